@@ -1,0 +1,609 @@
+//! The van's store: every acknowledged write survives a power cut, and nothing at rest can
+//! be read without the key.
+//!
+//! - Cases are Automerge documents persisted as their changes, one row per change, in an
+//!   SQLCipher database (WAL, `synchronous=FULL`). A background pass folds a case's changes
+//!   into a snapshot once it has many.
+//! - One writer thread makes every write durable with group commit ([`writer`]): concurrent
+//!   requests share one WAL sync.
+//! - An index table lists cases by status, van, time and patient without loading documents.
+//! - Large binaries are encrypted, content-addressed blob files ([`blobs`]).
+//! - Every read and write of patient data appends an audit entry in the same transaction as
+//!   the write it records (for reads: before the data is returned).
+//!
+//! Locking: each cached case has its own mutex, held from applying an edit until the edit
+//! is durable. Edits of one case are therefore serialised and never build on a change that
+//! could still be lost, while edits of different cases share group commits.
+
+mod blobs;
+mod db;
+mod error;
+mod key;
+mod writer;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::thread;
+
+use case_model::{
+    ActorId, CaseDoc, CaseId, CaseSummary, CaseView, Conflict, Edit, EditContext, NewCase, OrgId, UserId, VanId,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+
+pub use audit::{ChainError, ChainHead, Entry as AuditEntry, Outcome};
+pub use blobs::BlobRef;
+pub use db::Durability;
+pub use error::{OpenError, StoreError};
+pub use key::generate_key_file;
+
+use writer::{IndexRow, Op, Writer};
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Directory holding `cases.db`, `store.id` and `blobs/`.
+    pub data_dir: PathBuf,
+    /// The key file (64 hex digits, mode 0600).
+    pub key_file: PathBuf,
+    /// The van this store belongs to; names the Automerge actors of this device.
+    pub van: VanId,
+    /// Commit durability. Leave at [`Durability::Full`].
+    pub durability: Durability,
+    /// Fold a case's changes into a snapshot once it has this many.
+    pub compact_after: usize,
+    /// Largest attachment accepted, in bytes.
+    pub max_blob_bytes: u64,
+    /// An SQLite VFS to use instead of the default (fault-injection tests only).
+    pub vfs: Option<String>,
+}
+
+impl StoreConfig {
+    /// A config with the defaults.
+    pub fn new(data_dir: impl Into<PathBuf>, key_file: impl Into<PathBuf>, van: VanId) -> StoreConfig {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            key_file: key_file.into(),
+            van,
+            durability: Durability::Full,
+            compact_after: 500,
+            max_blob_bytes: 1 << 30,
+            vfs: None,
+        }
+    }
+}
+
+/// Which cases to list.
+#[derive(Debug, Clone, Default)]
+pub struct CaseFilter {
+    /// Only cases with this status.
+    pub status: Option<String>,
+    /// Only cases of this van.
+    pub van: Option<String>,
+    /// Only cases created at or after this time (ms).
+    pub created_after: Option<i64>,
+    /// Only cases created before this time (ms).
+    pub created_before: Option<i64>,
+    /// Patient name contains this (case-insensitive).
+    pub patient: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<u32>,
+}
+
+/// The store. Cheap to clone; all clones share one writer.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+type Slot = Arc<Mutex<Option<CaseDoc>>>;
+
+#[derive(Debug)]
+struct Inner {
+    config: StoreConfig,
+    writer: Writer,
+    reader: Mutex<Connection>,
+    cache: Mutex<HashMap<CaseId, Slot>>,
+    blobs: blobs::Blobs,
+    actor: ActorId,
+    compactor: Mutex<Option<mpsc::Sender<CaseId>>>,
+}
+
+impl Store {
+    /// Opens the store in `config.data_dir`, creating it if the directory holds none.
+    pub fn open(config: StoreConfig) -> Result<Store, OpenError> {
+        let keys = key::Keys::load(&config.key_file)?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| OpenError::Io {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let paths = db::Paths::new(&config.data_dir);
+        let conn = db::open(
+            &paths,
+            &keys,
+            &config.key_file,
+            config.durability,
+            config.vfs.as_deref(),
+        )?;
+        let reader = db::open_reader(&paths, &keys, config.vfs.as_deref()).map_err(|source| OpenError::Sqlite {
+            db: paths.db.clone(),
+            source,
+        })?;
+        let blobs = blobs::Blobs::open(&paths.blobs, keys.clone()).map_err(|source| OpenError::Io {
+            path: paths.blobs.clone(),
+            source,
+        })?;
+        let mut device = [0u8; 8];
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(config.van.as_str().as_bytes());
+        device.copy_from_slice(&digest[..8]);
+        let mut random = [0u8; 8];
+        rand::fill(&mut random);
+        let inner = Arc::new(Inner {
+            actor: case_model::session_actor(&device, random),
+            writer: Writer::start(conn),
+            reader: Mutex::new(reader),
+            cache: Mutex::new(HashMap::new()),
+            blobs,
+            config,
+            compactor: Mutex::new(None),
+        });
+        let store = Store { inner };
+        store.start_compactor();
+        Ok(store)
+    }
+
+    /// Opens a new case for `org` in this store's van.
+    pub fn create_case(&self, ctx: &EditContext, org: &OrgId) -> Result<CaseView, StoreError> {
+        let mut random = [0u8; 10];
+        rand::fill(&mut random);
+        let id = CaseId::new_v7(ctx.now, random);
+        let new = NewCase {
+            id,
+            org: org.clone(),
+            van: self.inner.config.van.clone(),
+            temp_patient_id: temp_patient_id(&random),
+        };
+        let (doc, applied) = CaseDoc::create(self.inner.actor.clone(), ctx, new);
+        let slot: Slot = Arc::new(Mutex::new(None));
+        let mut guard = lock(&slot);
+        self.inner.cache_insert(id, slot.clone());
+        let result = self.write(vec![
+            Op::Change {
+                case_id: id.to_string(),
+                bytes: applied.change,
+            },
+            Op::Index(index_row(&doc.summary(), ctx)),
+            Op::Audit(record(
+                ctx,
+                "case.create",
+                Some(id),
+                audit::Outcome::Allowed,
+                String::new(),
+            )),
+        ]);
+        match result {
+            Ok(()) => {
+                let view = doc.view();
+                *guard = Some(doc);
+                Ok(view)
+            }
+            Err(e) => {
+                drop(guard);
+                lock(&self.inner.cache).remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies a batch of edits as one change, durably. Refusals are audited too.
+    pub fn edit_case(&self, ctx: &EditContext, id: CaseId, edits: &[Edit]) -> Result<CaseView, StoreError> {
+        let slot = self.slot(ctx, id, "case.edit")?;
+        let mut guard = lock(&slot);
+        let doc = self.loaded(&mut guard, id)?;
+        let ops: Vec<&str> = edits.iter().map(Edit::name).collect();
+        let applied = match doc.apply(ctx, edits) {
+            Ok(a) => a,
+            Err(e) => {
+                self.write(vec![Op::Audit(record(
+                    ctx,
+                    "case.edit",
+                    Some(id),
+                    audit::Outcome::Refused,
+                    e.to_string(),
+                ))])?;
+                return Err(e.into());
+            }
+        };
+        let view = doc.view();
+        let summary = doc.summary();
+        let result = self.write(vec![
+            Op::Change {
+                case_id: id.to_string(),
+                bytes: applied.change,
+            },
+            Op::Index(index_row(&summary, ctx)),
+            Op::Audit(record(
+                ctx,
+                "case.edit",
+                Some(id),
+                audit::Outcome::Allowed,
+                ops.join(","),
+            )),
+        ]);
+        if let Err(e) = result {
+            // The change is in memory but not on disk: forget the in-memory document so the
+            // next access reloads exactly what is stored.
+            *guard = None;
+            return Err(e);
+        }
+        self.maybe_compact(id);
+        Ok(view)
+    }
+
+    /// Reads a case. The read is audited before the data is returned.
+    pub fn read_case(&self, ctx: &EditContext, id: CaseId) -> Result<CaseView, StoreError> {
+        let slot = self.slot(ctx, id, "case.read")?;
+        let mut guard = lock(&slot);
+        let view = self.loaded(&mut guard, id)?.view();
+        drop(guard);
+        self.write(vec![Op::Audit(record(
+            ctx,
+            "case.read",
+            Some(id),
+            audit::Outcome::Allowed,
+            String::new(),
+        ))])?;
+        Ok(view)
+    }
+
+    /// The unresolved conflicts of a case (an audited read).
+    pub fn conflicts(&self, ctx: &EditContext, id: CaseId) -> Result<Vec<Conflict>, StoreError> {
+        let slot = self.slot(ctx, id, "case.read")?;
+        let mut guard = lock(&slot);
+        let conflicts = self.loaded(&mut guard, id)?.conflicts();
+        drop(guard);
+        self.write(vec![Op::Audit(record(
+            ctx,
+            "case.read",
+            Some(id),
+            audit::Outcome::Allowed,
+            "conflicts".into(),
+        ))])?;
+        Ok(conflicts)
+    }
+
+    /// Lists cases from the index, newest first (an audited read: it shows patient names).
+    pub fn list_cases(&self, ctx: &EditContext, filter: &CaseFilter) -> Result<Vec<CaseSummary>, StoreError> {
+        let limit = filter.limit.unwrap_or(100).min(1000);
+        let pattern = filter
+            .patient
+            .as_ref()
+            .map(|p| format!("%{}%", p.replace(['%', '_'], "")));
+        let rows = {
+            let conn = lock(&self.inner.reader);
+            let mut stmt = conn.prepare_cached(
+                "SELECT summary FROM cases
+                 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR van = ?2)
+                   AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at < ?4)
+                   AND (?5 IS NULL OR patient_name LIKE ?5)
+                 ORDER BY created_at DESC LIMIT ?6",
+            )?;
+
+            stmt.query_map(
+                params![
+                    filter.status,
+                    filter.van,
+                    filter.created_after,
+                    filter.created_before,
+                    pattern,
+                    limit
+                ],
+                |r| r.get::<_, String>(0),
+            )?
+            .collect::<Result<Vec<_>, _>>()?
+        };
+        let summaries = rows.iter().filter_map(|s| serde_json::from_str(s).ok()).collect();
+        self.write(vec![Op::Audit(record(
+            ctx,
+            "case.list",
+            None,
+            audit::Outcome::Allowed,
+            format!("{} cases", rows.len()),
+        ))])?;
+        Ok(summaries)
+    }
+
+    /// Stores an attachment's bytes, encrypted. Attach it to a case with an
+    /// [`Edit::AddAttachment`] naming the returned hash.
+    pub fn put_blob(&self, ctx: &EditContext, content: &mut dyn Read, media_type: &str) -> Result<BlobRef, StoreError> {
+        let blob = self.inner.blobs.put(content, self.inner.config.max_blob_bytes)?;
+        self.write(vec![
+            Op::Blob {
+                sha256: blob.sha256.clone(),
+                size: blob.size,
+                media_type: media_type.to_owned(),
+                at: ctx.now.unix_millis(),
+            },
+            Op::Audit(record(
+                ctx,
+                "blob.write",
+                None,
+                audit::Outcome::Allowed,
+                blob.sha256.clone(),
+            )),
+        ])?;
+        Ok(blob)
+    }
+
+    /// Reads an attachment of a case, verified (an audited read).
+    pub fn read_blob(&self, ctx: &EditContext, id: CaseId, sha256: &str) -> Result<Vec<u8>, StoreError> {
+        let slot = self.slot(ctx, id, "blob.read")?;
+        let mut guard = lock(&slot);
+        let attached = self
+            .loaded(&mut guard, id)?
+            .view()
+            .attachments
+            .iter()
+            .any(|a| a.get("sha256").and_then(|s| s.as_str()) == Some(sha256));
+        drop(guard);
+        if !attached || !self.inner.blobs.contains(sha256) {
+            self.write(vec![Op::Audit(record(
+                ctx,
+                "blob.read",
+                Some(id),
+                audit::Outcome::Refused,
+                format!("no attachment {sha256}"),
+            ))])?;
+            return Err(StoreError::BlobNotFound {
+                case: id,
+                sha256: sha256.chars().take(64).collect(),
+            });
+        }
+        let data = self.inner.blobs.read(sha256)?;
+        self.write(vec![Op::Audit(record(
+            ctx,
+            "blob.read",
+            Some(id),
+            audit::Outcome::Allowed,
+            sha256.to_owned(),
+        ))])?;
+        Ok(data)
+    }
+
+    /// Checks the audit chain end to end.
+    pub fn verify_audit(&self) -> Result<ChainHead, ChainError> {
+        let conn = lock(&self.inner.reader);
+        audit::verify(&conn)
+    }
+
+    /// The audit entries of one case, oldest first.
+    pub fn audit_of_case(&self, id: CaseId) -> Result<Vec<AuditEntry>, StoreError> {
+        let conn = lock(&self.inner.reader);
+        Ok(audit::for_case(&conn, &id.to_string())?)
+    }
+
+    /// SQLite's full integrity check: `ok` when the database is sound.
+    pub fn integrity_check(&self) -> Result<String, StoreError> {
+        let conn = lock(&self.inner.reader);
+        Ok(conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+
+    /// Ids of every stored case.
+    pub fn case_ids(&self) -> Result<Vec<CaseId>, StoreError> {
+        let conn = lock(&self.inner.reader);
+        let mut stmt = conn.prepare("SELECT id FROM cases ORDER BY created_at")?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ids.iter().filter_map(|s| CaseId::parse(s).ok()).collect())
+    }
+
+    /// Loads a case straight from disk, bypassing the cache and the audit log. For
+    /// recovery checks and tests; the agent's API never calls it.
+    pub fn load_from_disk(&self, id: CaseId) -> Result<CaseDoc, StoreError> {
+        self.load(id)?.ok_or(StoreError::NotFound(id))
+    }
+
+    /// Folds a case's changes into one snapshot.
+    pub fn compact(&self, id: CaseId) -> Result<(), StoreError> {
+        let Some(slot) = lock(&self.inner.cache).get(&id).cloned() else {
+            return Ok(());
+        };
+        let mut guard = lock(&slot);
+        let bytes = self.loaded(&mut guard, id)?.save();
+        self.write(vec![Op::Snapshot {
+            case_id: id.to_string(),
+            bytes,
+        }])
+    }
+
+    /// Stops the writer after queued writes finish.
+    pub fn close(&self) {
+        lock(&self.inner.compactor).take();
+        self.inner.writer.shutdown();
+    }
+
+    /// A raw connection to the encrypted database, bypassing the store: for forensic tools
+    /// and tamper tests. Writes through it are not audited.
+    pub fn raw_connection(config: &StoreConfig) -> Result<Connection, OpenError> {
+        let keys = key::Keys::load(&config.key_file)?;
+        let paths = db::Paths::new(&config.data_dir);
+        let conn = Connection::open(&paths.db).map_err(|source| OpenError::Sqlite {
+            db: paths.db.clone(),
+            source,
+        })?;
+        conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(keys.sqlcipher)))
+            .map_err(|source| OpenError::Sqlite {
+                db: paths.db.clone(),
+                source,
+            })?;
+        Ok(conn)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.config.data_dir
+    }
+
+    fn write(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.inner.writer.write(ops)
+    }
+
+    /// The cache slot of a case that exists, or a refusal (audited) if it does not.
+    fn slot(&self, ctx: &EditContext, id: CaseId, action: &str) -> Result<Slot, StoreError> {
+        if let Some(s) = lock(&self.inner.cache).get(&id) {
+            return Ok(s.clone());
+        }
+        let exists: Option<i64> = lock(&self.inner.reader)
+            .query_row("SELECT 1 FROM cases WHERE id = ?1", [id.to_string()], |r| r.get(0))
+            .optional()?;
+        if exists.is_none() {
+            self.write(vec![Op::Audit(record(
+                ctx,
+                action,
+                Some(id),
+                audit::Outcome::Refused,
+                "no such case".into(),
+            ))])?;
+            return Err(StoreError::NotFound(id));
+        }
+        let slot: Slot = Arc::new(Mutex::new(None));
+        Ok(self.inner.cache_insert(id, slot))
+    }
+
+    /// The document in a locked slot, loading it from disk if needed (and migrating it).
+    fn loaded<'a>(
+        &self,
+        guard: &'a mut MutexGuard<'_, Option<CaseDoc>>,
+        id: CaseId,
+    ) -> Result<&'a mut CaseDoc, StoreError> {
+        if guard.is_none() {
+            let mut doc = self.load(id)?.ok_or(StoreError::NotFound(id))?;
+            let ctx = EditContext {
+                user: UserId::parse("system:schema-migration").expect("valid literal"),
+                now: doc.view().created_at,
+            };
+            if let Some(applied) = doc.migrate(&ctx) {
+                self.write(vec![Op::Change {
+                    case_id: id.to_string(),
+                    bytes: applied.change,
+                }])?;
+            }
+            **guard = Some(doc);
+        }
+        Ok(guard.as_mut().expect("filled above"))
+    }
+
+    fn load(&self, id: CaseId) -> Result<Option<CaseDoc>, StoreError> {
+        let conn = lock(&self.inner.reader);
+        let key = id.to_string();
+        let snapshot: Option<Vec<u8>> = conn
+            .query_row("SELECT bytes FROM snapshots WHERE case_id = ?1", [&key], |r| r.get(0))
+            .optional()?;
+        let mut stmt = conn.prepare_cached("SELECT bytes FROM changes WHERE case_id = ?1 ORDER BY id")?;
+        let changes = stmt
+            .query_map([&key], |r| r.get::<_, Vec<u8>>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        if snapshot.is_none() && changes.is_empty() {
+            return Ok(None);
+        }
+        let doc = CaseDoc::load(
+            self.inner.actor.clone(),
+            snapshot.as_deref(),
+            changes.iter().map(Vec::as_slice),
+        )
+        .map_err(|source| StoreError::Load {
+            case: id,
+            source: Box::new(source),
+        })?;
+        Ok(Some(doc))
+    }
+
+    fn maybe_compact(&self, id: CaseId) {
+        let count: i64 = match lock(&self.inner.reader).query_row(
+            "SELECT COUNT(*) FROM changes WHERE case_id = ?1",
+            [id.to_string()],
+            |r| r.get(0),
+        ) {
+            Ok(c) => c,
+            Err(_) => return,
+        };
+        if count as usize >= self.inner.config.compact_after
+            && let Some(tx) = lock(&self.inner.compactor).as_ref()
+        {
+            let _ = tx.send(id);
+        }
+    }
+
+    fn start_compactor(&self) {
+        let (tx, rx) = mpsc::channel::<CaseId>();
+        *lock(&self.inner.compactor) = Some(tx);
+        // A weak handle: the compactor must not keep the store alive.
+        let weak = Arc::downgrade(&self.inner);
+        let _ = thread::Builder::new().name("store-compactor".into()).spawn(move || {
+            while let Ok(id) = rx.recv() {
+                let Some(inner) = weak.upgrade() else { break };
+                let store = Store { inner };
+                if let Err(e) = store.compact(id) {
+                    tracing::warn!(case = %id, error = %e, "compaction failed; the case's changes stay as they are");
+                }
+            }
+        });
+    }
+}
+
+impl Inner {
+    fn cache_insert(&self, id: CaseId, slot: Slot) -> Slot {
+        lock(&self.cache).entry(id).or_insert(slot).clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks is a bug; the data behind them stays
+    // consistent because every mutation is validated before it is made.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn record(
+    ctx: &EditContext,
+    action: &str,
+    case: Option<CaseId>,
+    outcome: audit::Outcome,
+    detail: String,
+) -> audit::Record {
+    audit::Record {
+        at: ctx.now.unix_millis(),
+        actor: ctx.user.to_string(),
+        action: action.to_owned(),
+        case_id: case.map(|c| c.to_string()),
+        outcome,
+        detail,
+    }
+}
+
+fn index_row(s: &CaseSummary, ctx: &EditContext) -> IndexRow {
+    IndexRow {
+        id: s.id.to_string(),
+        org: s.org.to_string(),
+        van: s.van.to_string(),
+        status: s.status.map(|st| st.as_str().to_owned()),
+        created_at: s.created_at.unix_millis(),
+        updated_at: ctx.now.unix_millis(),
+        patient_name: s.patient_name.clone(),
+        temp_patient_id: s.temp_patient_id.clone(),
+        chief_complaint: s.chief_complaint.clone(),
+        has_conflicts: s.has_conflicts,
+        summary: serde_json::to_string(s).unwrap_or_default(),
+    }
+}
+
+/// `T-` and six characters a person can read out over a radio (no 0/O, 1/I).
+fn temp_patient_id(random: &[u8; 10]) -> String {
+    const ALPHABET: &[u8] = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZ";
+    let id: String = random[..6]
+        .iter()
+        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
+        .collect();
+    format!("T-{id}")
+}
