@@ -336,18 +336,24 @@ impl Store {
         Ok(blob)
     }
 
-    /// Reads an attachment of a case, verified (an audited read).
-    pub fn read_blob(&self, ctx: &EditContext, id: CaseId, sha256: &str) -> Result<Vec<u8>, StoreError> {
+    /// Reads an attachment of a case, verified, with its media type (an audited read).
+    pub fn read_blob(&self, ctx: &EditContext, id: CaseId, sha256: &str) -> Result<(Vec<u8>, String), StoreError> {
         let slot = self.slot(ctx, id, "blob.read")?;
         let mut guard = lock(&slot);
-        let attached = self
+        let attachment = self
             .loaded(&mut guard, id)?
             .view()
             .attachments
-            .iter()
-            .any(|a| a.get("sha256").and_then(|s| s.as_str()) == Some(sha256));
+            .into_iter()
+            .find(|a| a.get("sha256").and_then(|s| s.as_str()) == Some(sha256));
         drop(guard);
-        if !attached || !self.inner.blobs.contains(sha256) {
+        let media_type = attachment
+            .as_ref()
+            .and_then(|a| a.get("media_type"))
+            .and_then(|m| m.as_str())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        if attachment.is_none() || !self.inner.blobs.contains(sha256) {
             self.write(vec![Op::Audit(record(
                 ctx,
                 "blob.read",
@@ -368,7 +374,83 @@ impl Store {
             audit::Outcome::Allowed,
             sha256.to_owned(),
         ))])?;
-        Ok(data)
+        Ok((data, media_type))
+    }
+
+    /// Every change of a case with who made it (an audited read).
+    pub fn history(&self, ctx: &EditContext, id: CaseId) -> Result<Vec<case_model::ChangeInfo>, StoreError> {
+        let slot = self.slot(ctx, id, "case.read")?;
+        let mut guard = lock(&slot);
+        let history = self.loaded(&mut guard, id)?.history();
+        drop(guard);
+        self.write(vec![Op::Audit(record(
+            ctx,
+            "case.read",
+            Some(id),
+            audit::Outcome::Allowed,
+            "history".into(),
+        ))])?;
+        Ok(history)
+    }
+
+    /// Who accessed a case: its audit entries, oldest first. Looking is itself audited.
+    pub fn audit_trail(&self, ctx: &EditContext, id: CaseId) -> Result<Vec<AuditEntry>, StoreError> {
+        self.slot(ctx, id, "audit.read")?;
+        self.write(vec![Op::Audit(record(
+            ctx,
+            "audit.read",
+            Some(id),
+            audit::Outcome::Allowed,
+            String::new(),
+        ))])?;
+        self.audit_of_case(id)
+    }
+
+    /// Merges changes from another replica of a case (the sync protocol's way in) and
+    /// persists the ones that were new. Returns the case as it now stands.
+    pub fn apply_remote_changes(&self, ctx: &EditContext, id: CaseId, changes: &[u8]) -> Result<CaseView, StoreError> {
+        let slot = self.slot(ctx, id, "case.merge")?;
+        let mut guard = lock(&slot);
+        let doc = self.loaded(&mut guard, id)?;
+        let before = doc.heads();
+        if let Err(source) = doc.apply_changes(changes) {
+            self.write(vec![Op::Audit(record(
+                ctx,
+                "case.merge",
+                Some(id),
+                audit::Outcome::Refused,
+                source.to_string(),
+            ))])?;
+            *guard = None;
+            return Err(StoreError::Load {
+                case: id,
+                source: Box::new(source),
+            });
+        }
+        let mut ops: Vec<Op> = doc
+            .automerge()
+            .get_changes(&before)
+            .into_iter()
+            .map(|mut c| Op::Change {
+                case_id: id.to_string(),
+                bytes: c.bytes().into_owned(),
+            })
+            .collect();
+        let count = ops.len();
+        let view = doc.view();
+        ops.push(Op::Index(index_row(&doc.summary(), ctx)));
+        ops.push(Op::Audit(record(
+            ctx,
+            "case.merge",
+            Some(id),
+            audit::Outcome::Allowed,
+            format!("{count} changes"),
+        )));
+        if let Err(e) = self.write(ops) {
+            *guard = None;
+            return Err(e);
+        }
+        Ok(view)
     }
 
     /// Checks the audit chain end to end.

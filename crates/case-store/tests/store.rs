@@ -109,7 +109,8 @@ fn no_file_under_the_data_directory_contains_the_patients_name() {
         )
         .unwrap();
     store.compact(case.id).unwrap();
-    let read = store.read_blob(&ctx("dr-osei"), case.id, &blob.sha256).unwrap();
+    let (read, media) = store.read_blob(&ctx("dr-osei"), case.id, &blob.sha256).unwrap();
+    assert_eq!(media, "application/dicom");
     assert!(
         contains(&read, b"Zebedee Quixote"),
         "the attachment reads back decrypted"

@@ -1,0 +1,113 @@
+//! The agent's configuration file (TOML).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use case_model::{OrgId, VanId};
+use serde::Deserialize;
+
+/// Everything the agent reads from its config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This van and where it keeps its data.
+    pub agent: AgentConfig,
+    /// The hub this van syncs with (used once sync lands).
+    #[serde(default)]
+    pub hub: Option<HubConfig>,
+}
+
+/// The `[agent]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This van's id (NEMSIS eResponse.13).
+    pub van_id: VanId,
+    /// The organisation the van belongs to.
+    pub org_id: OrgId,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// The store's key file (create one with `edge-agent gen-key`).
+    pub key_file: PathBuf,
+    /// Address of the local API for the touchscreen.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest attachment accepted, in MiB.
+    #[serde(default = "default_max_attachment_mib")]
+    pub max_attachment_mib: u64,
+}
+
+/// The `[hub]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// The hub's sync address, `host:port`.
+    pub address: String,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8710))
+}
+
+fn default_max_attachment_mib() -> u64 {
+    256
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("Failed to read config file {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("Config file {} is not valid", path.display()))
+    }
+
+    /// Parses and checks config text.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        if !config.agent.listen.ip().is_loopback() {
+            // Until crew login lands, the API trusts the acting-user header, which is only
+            // acceptable when nothing but the van's own screen can reach it.
+            bail!(
+                "agent.listen = {} is not a loopback address; the local API has no login yet, so it must listen on 127.0.0.1 or ::1",
+                config.agent.listen
+            );
+        }
+        if config.agent.max_attachment_mib == 0 || config.agent.max_attachment_mib > 4096 {
+            bail!("agent.max_attachment_mib must be between 1 and 4096");
+        }
+        Ok(config)
+    }
+}
+
+/// An example config, printed by `edge-agent example-config`.
+pub const EXAMPLE: &str = r#"# Medvan edge agent configuration.
+[agent]
+van_id = "van-12"
+org_id = "org-north"
+data_dir = "/var/lib/medvan"
+key_file = "/etc/medvan/store.key"
+# The touchscreen API. Loopback only until crew login lands.
+listen = "127.0.0.1:8710"
+max_attachment_mib = 256
+
+[hub]
+address = "hub.example.org:4433"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_and_bad_configs_say_why() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(c.agent.van_id.as_str(), "van-12");
+        let err = Config::parse(&EXAMPLE.replace("127.0.0.1:8710", "0.0.0.0:8710")).unwrap_err();
+        assert!(format!("{err:#}").contains("not a loopback address"), "{err:#}");
+        let err = Config::parse(&EXAMPLE.replace("van_id", "vanid")).unwrap_err();
+        assert!(format!("{err:#}").contains("vanid"), "{err:#}");
+        let err = Config::parse(&EXAMPLE.replace("\"van-12\"", "\"van 12\"")).unwrap_err();
+        assert!(format!("{err:#}").contains("van id"), "{err:#}");
+    }
+}
