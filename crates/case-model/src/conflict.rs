@@ -9,7 +9,7 @@
 //! allergy is recorded (which a list would happily merge) is reported as well.
 
 use automerge::transaction::Transaction;
-use automerge::{ObjId, ObjType, ReadDoc, Value};
+use automerge::{ObjId, ObjType, ReadDoc, Value, ValueRef};
 use serde::{Deserialize, Serialize};
 
 use crate::apply::{self, active_allergies};
@@ -60,44 +60,44 @@ pub struct ConflictValue {
 /// All conflicts in a document.
 pub(crate) fn find(doc: &impl ReadDoc) -> Vec<Conflict> {
     let mut out = Vec::new();
-    walk_map(doc, &automerge::ROOT, String::new(), &mut out);
+    walk_map(doc, &automerge::ROOT, "", &mut out);
     allergy_contradiction(doc, &mut out);
     out
 }
 
-fn walk_map(doc: &impl ReadDoc, obj: &ObjId, prefix: String, out: &mut Vec<Conflict>) {
-    for key in doc.keys(obj) {
-        let path = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
+/// One pass over each map with Automerge's own conflict flags; `get_all` only where a key
+/// actually holds several values.
+fn walk_map(doc: &impl ReadDoc, obj: &ObjId, prefix: &str, out: &mut Vec<Conflict>) {
+    for item in doc.map_range(obj, ..) {
+        let join = |key: &str| {
+            if prefix.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{prefix}.{key}")
+            }
         };
-        let Ok(all) = doc.get_all(obj, key.as_str()) else {
-            continue;
-        };
-        if all.len() > 1 {
-            if let Some(c) = conflict_of(doc, &path, &all) {
+        if item.conflict {
+            let path = join(&item.key);
+            if let Ok(all) = doc.get_all(obj, item.key.as_ref())
+                && let Some(c) = conflict_of(doc, &path, &all)
+            {
                 out.push(c);
             }
             continue;
         }
-        if let Some((value, id)) = all.into_iter().next() {
-            descend(doc, value, &id, path, out);
-        }
-    }
-}
-
-fn descend(doc: &impl ReadDoc, value: Value<'_>, id: &ObjId, path: String, out: &mut Vec<Conflict>) {
-    match value {
-        // Field records are leaves: their own keys are written once, together.
-        Value::Object(ObjType::Map) if layout::read_field(doc, id).is_some() => {}
-        Value::Object(ObjType::Map) => walk_map(doc, id, path, out),
-        Value::Object(ObjType::List) => {
-            for (item_id, item) in layout::items(doc, id) {
-                walk_map(doc, &item, format!("{path}[{item_id}]"), out);
+        match item.value {
+            ValueRef::Object(ObjType::Map) => walk_map(doc, &item.id(), &join(&item.key), out),
+            ValueRef::Object(ObjType::List) => {
+                let list_path = join(&item.key);
+                for element in doc.list_range(item.id(), ..) {
+                    if let ValueRef::Object(ObjType::Map) = element.value {
+                        let id = element.id();
+                        walk_map(doc, &id, &format!("{list_path}[{id}]"), out);
+                    }
+                }
             }
+            _ => {}
         }
-        _ => {}
     }
 }
 

@@ -39,6 +39,10 @@ pub struct CaseDoc {
     id: CaseId,
     org: OrgId,
     van: VanId,
+    /// Known to hold no conflict. Local edits never create one (a put supersedes every value
+    /// it sees, and contradictions are refused), so once a check found none, only changes
+    /// from other replicas make a new check necessary.
+    conflict_free: bool,
 }
 
 /// The result of a successful batch.
@@ -108,6 +112,7 @@ impl CaseDoc {
                 id: new.id,
                 org: new.org,
                 van: new.van,
+                conflict_free: true,
             },
             change,
         )
@@ -150,7 +155,13 @@ impl CaseDoc {
         let van = layout::get_str(&doc, &case, "van")
             .and_then(|s| VanId::parse(&s).ok())
             .ok_or(LoadError::NotACase("no valid van"))?;
-        Ok(CaseDoc { doc, id, org, van })
+        Ok(CaseDoc {
+            doc,
+            id,
+            org,
+            van,
+            conflict_free: false,
+        })
     }
 
     /// Applies a batch of edits as one change. Nothing is applied if any edit is refused.
@@ -184,6 +195,10 @@ impl CaseDoc {
         }
         let ops = edits.iter().map(|e| e.name().to_owned()).collect::<Vec<_>>();
         commit(tx, ctx, &ops);
+        debug_assert!(
+            !self.conflict_free || conflict::find(&self.doc).is_empty(),
+            "a local edit created a conflict"
+        );
         Ok(last_change(&self.doc))
     }
 
@@ -193,6 +208,7 @@ impl CaseDoc {
         if self.schema_version() >= SCHEMA_VERSION {
             return None;
         }
+        self.conflict_free = false;
         let mut tx = self.doc.transaction();
         match schema::migrate(&mut tx) {
             Ok(()) => {
@@ -213,12 +229,14 @@ impl CaseDoc {
 
     /// Applies changes from another replica (Automerge change bytes, concatenated or not).
     pub fn apply_changes(&mut self, bytes: &[u8]) -> Result<(), LoadError> {
+        self.conflict_free = false;
         self.doc.load_incremental(bytes)?;
         Ok(())
     }
 
     /// Merges another replica of the same case into this one.
     pub fn merge(&mut self, other: &mut CaseDoc) -> Result<(), LoadError> {
+        self.conflict_free = false;
         self.doc.merge(&mut other.doc)?;
         Ok(())
     }
@@ -240,7 +258,15 @@ impl CaseDoc {
 
     /// The underlying Automerge document, mutable, for the sync protocol.
     pub fn automerge_mut(&mut self) -> &mut Automerge {
+        self.conflict_free = false;
         &mut self.doc
+    }
+
+    /// Looks for conflicts now, so later local edits can skip the search while none exist.
+    /// Call after loading or merging; returns whether any exist.
+    pub fn refresh_conflicts(&mut self) -> bool {
+        self.conflict_free = conflict::find(&self.doc).is_empty();
+        !self.conflict_free
     }
 
     /// The case id.
@@ -260,17 +286,22 @@ impl CaseDoc {
 
     /// A typed, serialisable view of the whole case, conflicts included.
     pub fn view(&self) -> CaseView {
-        view::view(&self.doc, self.id, &self.org, &self.van)
+        view::view(&self.doc, self.id, &self.org, &self.van, self.conflicts())
     }
 
     /// What the case index holds for listing without loading the document.
     pub fn summary(&self) -> CaseSummary {
-        view::summary(&self.doc, self.id, &self.org, &self.van)
+        let has_conflicts = !self.conflict_free && !conflict::find(&self.doc).is_empty();
+        view::summary(&self.doc, self.id, &self.org, &self.van, has_conflicts)
     }
 
     /// Every unresolved conflict.
     pub fn conflicts(&self) -> Vec<Conflict> {
-        conflict::find(&self.doc)
+        if self.conflict_free {
+            Vec::new()
+        } else {
+            conflict::find(&self.doc)
+        }
     }
 
     /// When the case was closed, if it is.

@@ -174,12 +174,11 @@ pub(crate) fn get_i64(doc: &impl ReadDoc, obj: &ObjId, key: &str) -> Option<i64>
 /// The items of a list, with their ids (the Automerge object id of each item, which is
 /// unique across all replicas).
 pub(crate) fn items(doc: &impl ReadDoc, list: &ObjId) -> Vec<(String, ObjId)> {
-    let n = doc.length(list);
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        if let Ok(Some((Value::Object(ObjType::Map), id))) = doc.get(list, i) {
-            out.push((id.to_string(), id));
-        }
-    }
-    out
+    doc.list_range(list, ..)
+        .filter(|item| matches!(item.value, automerge::ValueRef::Object(ObjType::Map)))
+        .map(|item| {
+            let id = item.id();
+            (id.to_string(), id)
+        })
+        .collect()
 }

@@ -4,7 +4,7 @@ use automerge::{ObjId, ReadDoc};
 use serde::{Deserialize, Serialize};
 
 use crate::codes::CaseStatus;
-use crate::conflict::{self, Conflict};
+use crate::conflict::Conflict;
 use crate::fields::{FieldName, FieldValue};
 use crate::ids::{CaseId, OrgId, VanId};
 use crate::layout;
@@ -95,7 +95,7 @@ pub struct CaseSummary {
     pub has_conflicts: bool,
 }
 
-pub(crate) fn view(doc: &impl ReadDoc, id: CaseId, org: &OrgId, van: &VanId) -> CaseView {
+pub(crate) fn view(doc: &impl ReadDoc, id: CaseId, org: &OrgId, van: &VanId, conflicts: Vec<Conflict>) -> CaseView {
     let case = layout::walk_maps(doc, &[layout::CASE]);
     let list = |path: &[&str]| layout::object(doc, path).map(|l| items(doc, &l)).unwrap_or_default();
     let text = |key: &str| {
@@ -150,11 +150,11 @@ pub(crate) fn view(doc: &impl ReadDoc, id: CaseId, org: &OrgId, van: &VanId) -> 
         chat: list(&["chat"]),
         addenda: list(&["addenda"]),
         resolutions: list(&["resolutions"]),
-        conflicts: conflict::find(doc),
+        conflicts,
     }
 }
 
-pub(crate) fn summary(doc: &impl ReadDoc, id: CaseId, org: &OrgId, van: &VanId) -> CaseSummary {
+pub(crate) fn summary(doc: &impl ReadDoc, id: CaseId, org: &OrgId, van: &VanId, has_conflicts: bool) -> CaseSummary {
     let case = layout::walk_maps(doc, &[layout::CASE]);
     let patient = layout::walk_maps(doc, &["patient"]);
     let text_field = |f: FieldName| match field_value(doc, f) {
@@ -180,7 +180,7 @@ pub(crate) fn summary(doc: &impl ReadDoc, id: CaseId, org: &OrgId, van: &VanId) 
         patient_name,
         temp_patient_id: patient.and_then(|p| layout::get_str(doc, &p, "temp_id")),
         chief_complaint: text_field(FieldName::ChiefComplaint),
-        has_conflicts: !conflict::find(doc).is_empty(),
+        has_conflicts,
     }
 }
 
@@ -238,22 +238,26 @@ fn items(doc: &impl ReadDoc, list: &ObjId) -> Vec<Item> {
 fn item(doc: &impl ReadDoc, id: String, obj: &ObjId) -> Item {
     let mut out = Item::new();
     out.insert("id".into(), id.into());
-    for key in doc.keys(obj) {
-        let value = match doc.get(obj, key.as_str()) {
-            Ok(Some((automerge::Value::Scalar(s), _))) => {
+    for entry in doc.map_range(obj, ..) {
+        let key = entry.key.as_ref();
+        let value = match entry.value {
+            automerge::ValueRef::Scalar(_) => {
+                let automerge::Value::Scalar(s) = entry.value.clone().into_value() else {
+                    continue;
+                };
                 let v = layout::from_scalar(&s);
-                match (&v, TIME_KEYS.contains(&key.as_str())) {
+                match (&v, TIME_KEYS.contains(&key)) {
                     (FieldValue::Int(ms), true) => Timestamp::from_unix_millis(*ms).to_string().into(),
                     _ => v.to_json(),
                 }
             }
-            Ok(Some((automerge::Value::Object(automerge::ObjType::Map), rec))) => match layout::read_field(doc, &rec) {
+            automerge::ValueRef::Object(automerge::ObjType::Map) => match layout::read_field(doc, &entry.id()) {
                 Some(r) => serde_json::json!({ "value": r.value.to_json(), "by": r.by, "at": r.at }),
                 None => continue,
             },
             _ => continue,
         };
-        out.insert(key, value);
+        out.insert(key.to_owned(), value);
     }
     out
 }

@@ -137,6 +137,8 @@ pub(crate) fn open(
         None => Connection::open_with_flags(&paths.db, flags),
     }
     .map_err(sql_err)?;
+    // SQLCipher's own logging writes to stderr; the store reports errors itself.
+    let _ = conn.execute_batch("PRAGMA cipher_log_level = NONE;");
     // A raw key skips SQLCipher's passphrase derivation: the key is already random.
     conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(keys.sqlcipher)))
         .map_err(sql_err)?;

@@ -125,7 +125,7 @@ pub enum StoreError {
     Closed,
     /// An I/O failure.
     #[error("storage I/O failed: {0}; the change was not saved")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// An SQLite failure.
     #[error("database error: {0}; the change was not saved")]
     Sqlite(rusqlite::Error),
@@ -137,6 +137,16 @@ impl From<rusqlite::Error> for StoreError {
             StoreError::DiskFull
         } else {
             StoreError::Sqlite(e)
+        }
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            StoreError::DiskFull
+        } else {
+            StoreError::Io(e)
         }
     }
 }

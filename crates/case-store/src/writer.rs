@@ -61,15 +61,15 @@ pub(crate) struct Writer {
     thread: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
-/// Largest group written in one transaction; bounds the latency one group adds to the next.
-const MAX_GROUP: usize = 512;
-
 impl Writer {
-    pub(crate) fn start(conn: Connection) -> Writer {
+    /// Starts the writer; `max_group` bounds how many requests share one commit (1 turns
+    /// group commit off, for comparison).
+    pub(crate) fn start(conn: Connection, max_group: usize) -> Writer {
         let (tx, rx) = mpsc::channel::<Request>();
+        let max_group = max_group.max(1);
         let thread = thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(conn, rx, max_group))
             .expect("spawning the writer thread");
         Writer {
             tx: Mutex::new(Some(tx)),
@@ -105,10 +105,10 @@ impl Drop for Writer {
     }
 }
 
-fn run(mut conn: Connection, rx: mpsc::Receiver<Request>) {
+fn run(mut conn: Connection, rx: mpsc::Receiver<Request>, max_group: usize) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+        while group.len() < max_group {
             match rx.try_recv() {
                 Ok(r) => group.push(r),
                 Err(_) => break,

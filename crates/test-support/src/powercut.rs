@@ -28,6 +28,7 @@ pub struct Control {
     quota: AtomicU64,
     written: AtomicU64,
     seed: AtomicU64,
+    sync_delay_us: AtomicU64,
     files: Mutex<HashMap<String, Arc<Mutex<Shared>>>>,
 }
 
@@ -62,6 +63,12 @@ impl Control {
     /// Lifts the quota (space was freed).
     pub fn clear_disk_quota(&self) {
         self.quota.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// Makes every sync take this long, as on slow flash (a van's eMMC syncs in
+    /// milliseconds, this VM's disk in tenths of one). For benchmarks.
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        self.sync_delay_us.store(delay.as_micros() as u64, Ordering::SeqCst);
     }
 
     /// Seeds the choice of which unsynced writes survive a cut.
@@ -247,6 +254,7 @@ pub fn register(name: &str) -> Arc<Control> {
         quota: AtomicU64::new(u64::MAX),
         written: AtomicU64::new(0),
         seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+        sync_delay_us: AtomicU64::new(0),
         files: Mutex::new(HashMap::new()),
     });
     // SAFETY: sqlite3_vfs_find(NULL) returns the default VFS, valid for the process.
@@ -518,6 +526,10 @@ unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int
         }
         if control.is_cut() {
             return ffi::SQLITE_IOERR_FSYNC;
+        }
+        let delay = control.sync_delay_us.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(delay));
         }
         lock(&*f.shared).sync(flags)
     }

@@ -116,7 +116,7 @@ pub(crate) async fn edit(
     if body.edits.len() > 200 {
         return Err(ApiError::BadRequest("send at most 200 edits in one request".into()));
     }
-    let view = blocking(move || s.store.edit_case(&ctx, id, &body.edits)).await?;
+    let view = blocking(move || s.store.edit_case_view(&ctx, id, &body.edits)).await?;
     Ok(Json(view).into_response())
 }
 
@@ -146,7 +146,7 @@ pub(crate) async fn resolve(
     let id = case_id(&id)?;
     let Json(b) = body?;
     let view = blocking(move || {
-        s.store.edit_case(
+        s.store.edit_case_view(
             &ctx,
             id,
             &[Edit::ResolveConflict {
@@ -173,7 +173,7 @@ pub(crate) async fn addendum(
 ) -> ApiResult<Response> {
     let id = case_id(&id)?;
     let Json(b) = body?;
-    let view = blocking(move || s.store.edit_case(&ctx, id, &[Edit::AddAddendum { text: b.text }])).await?;
+    let view = blocking(move || s.store.edit_case_view(&ctx, id, &[Edit::AddAddendum { text: b.text }])).await?;
     Ok(Json(view).into_response())
 }
 
@@ -216,7 +216,7 @@ pub(crate) async fn attach(
             size: blob.size,
             label: q.label,
         });
-        s.store.edit_case(&ctx, id, &[edit])
+        s.store.edit_case_view(&ctx, id, &[edit])
     })
     .await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then checks formatting and lints and
+# runs every test. Run from anywhere, as root on a fresh Debian machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+stage() {
+  local name=$1; shift
+  local start=$SECONDS
+  echo "==> $name"
+  "$@"
+  echo "==> $name: $((SECONDS - start)) s"
+}
+
+stage "install dependencies" scripts/setup-deps.sh
+stage "format check" cargo fmt --all -- --check
+stage "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+stage "tests" cargo test --workspace --locked
