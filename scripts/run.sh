@@ -37,6 +37,8 @@ listen = "127.0.0.1:$agent_port"
 address = "127.0.0.1:4433"
 TOML
 
+[ -f "$state/van-12/store.id" ] || target/release/edge-agent init-store --config "$state/agent.toml"
+
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done

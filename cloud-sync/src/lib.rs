@@ -37,10 +37,7 @@ impl HubState {
 
 /// The hub's router.
 pub fn app(state: HubState) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/openapi.json", get(openapi))
-        .with_state(Arc::new(state))
+    Router::new().route("/health", get(health)).route("/openapi.json", get(openapi)).with_state(Arc::new(state))
 }
 
 /// Serves until `shutdown` completes.
@@ -49,23 +46,14 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("Failed to serve the hub")
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await.context("Failed to serve the hub")
 }
 
 async fn health(State(state): State<Arc<HubState>>) -> impl IntoResponse {
     // Healthy means able to store: the data directory must be writable.
     let probe = state.data_dir.join(".health");
-    let writable = std::fs::write(&probe, b"ok")
-        .and_then(|()| std::fs::remove_file(&probe))
-        .is_ok();
-    let status = if writable {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let writable = std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe)).is_ok();
+    let status = if writable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = serde_json::json!({
         "status": if writable { "ok" } else { "degraded" },
         "service": "medvan-hub",
@@ -76,8 +64,5 @@ async fn health(State(state): State<Arc<HubState>>) -> impl IntoResponse {
 }
 
 async fn openapi() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        OPENAPI,
-    )
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], OPENAPI)
 }

@@ -30,6 +30,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -53,12 +54,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()
                 .context("Failed to start the runtime")?;
             runtime.block_on(async move {
+                let shutdown = shutdown_signal()?;
                 let state = cloud_sync::HubState::open(&config)?;
                 let listener = tokio::net::TcpListener::bind(config.hub.listen)
                     .await
                     .with_context(|| format!("Failed to listen on {}", config.hub.listen))?;
                 tracing::info!(address = %listener.local_addr()?, "hub listening");
-                cloud_sync::serve(state, listener, shutdown_signal()).await?;
+                cloud_sync::serve(state, listener, shutdown).await?;
                 tracing::info!("hub stopped cleanly");
                 Ok(())
             })
@@ -66,22 +68,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers for SIGTERM (systemd stopping the unit) and Ctrl-C now, before the service
+/// announces itself, and returns a future that resolves on either: a signal that arrives
+/// during start-up is not lost and never kills the process uncleanly.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("Failed to listen for SIGTERM")?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("Failed to listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down");
+        tracing::info!("shutting down: finishing requests and closing");
+    })
 }

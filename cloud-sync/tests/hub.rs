@@ -7,11 +7,7 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 async fn get(router: &axum::Router, uri: &str) -> (StatusCode, serde_json::Value) {
-    let resp = router
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let resp = router.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&bytes).unwrap())
@@ -27,11 +23,7 @@ async fn health_reports_whether_the_hub_can_store_data() {
     assert_eq!(body["checks"]["data_dir_writable"], true);
     std::fs::remove_dir_all(&dir).unwrap();
     let (status, body) = get(&router, "/health").await;
-    assert_eq!(
-        status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "a hub that cannot store is not healthy"
-    );
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a hub that cannot store is not healthy");
     assert_eq!(body["status"], "degraded");
 }
 

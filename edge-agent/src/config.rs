@@ -73,8 +73,8 @@ impl Config {
                 config.agent.listen
             );
         }
-        if config.agent.max_attachment_mib == 0 || config.agent.max_attachment_mib > 4096 {
-            bail!("agent.max_attachment_mib must be between 1 and 4096");
+        if config.agent.max_attachment_mib == 0 || config.agent.max_attachment_mib > 1024 {
+            bail!("agent.max_attachment_mib must be between 1 and 1024");
         }
         Ok(config)
     }

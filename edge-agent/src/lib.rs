@@ -12,11 +12,32 @@ use anyhow::Context;
 use case_store::{Store, StoreConfig};
 use tokio::net::TcpListener;
 
-/// Opens the store a config names.
-pub fn open_store(config: &config::Config) -> anyhow::Result<Store> {
+/// The store settings a config names.
+pub fn store_config(config: &config::Config) -> StoreConfig {
     let a = &config.agent;
-    let store_config = StoreConfig::new(&a.data_dir, &a.key_file, a.van_id.clone());
-    Store::open(store_config).with_context(|| format!("Failed to open the case store in {}", a.data_dir.display()))
+    let mut c = StoreConfig::new(&a.data_dir, &a.key_file, a.van_id.clone());
+    c.max_blob_bytes = a.max_attachment_mib * 1024 * 1024;
+    c
+}
+
+/// Opens the existing store a config names. A missing store is an error, never a fresh
+/// start: see [`init_store`].
+pub fn open_store(config: &config::Config) -> anyhow::Result<Store> {
+    Store::open(store_config(config))
+        .with_context(|| format!("Failed to open the case store in {}", config.agent.data_dir.display()))
+}
+
+/// Creates the store a config names (provisioning a new van). Refuses if one exists.
+pub fn init_store(config: &config::Config) -> anyhow::Result<()> {
+    let mut c = store_config(config);
+    if c.data_dir.join("store.id").exists() || c.data_dir.join("cases.db").exists() {
+        anyhow::bail!("a case store already exists in {}; nothing was changed", c.data_dir.display());
+    }
+    c.create_if_missing = true;
+    let store = Store::open(c)
+        .with_context(|| format!("Failed to create a case store in {}", config.agent.data_dir.display()))?;
+    store.close();
+    Ok(())
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then closes the store cleanly.
@@ -26,19 +47,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = api::AppState::new(
-        store.clone(),
-        config.agent.org_id.clone(),
-        (config.agent.max_attachment_mib * 1024 * 1024) as usize,
-    );
+    let limit = usize::try_from(config.agent.max_attachment_mib * 1024 * 1024).unwrap_or(usize::MAX);
+    let state = api::AppState::new(store.clone(), config.agent.org_id.clone(), limit);
     let app = api::app(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("Failed to serve the local API")?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("Failed to serve the local API")?;
     // Finish queued writes before exiting; everything acknowledged is already durable.
-    tokio::task::spawn_blocking(move || store.close())
-        .await
-        .context("Failed to close the store")?;
+    tokio::task::spawn_blocking(move || store.close()).await.context("Failed to close the store")?;
     Ok(())
 }

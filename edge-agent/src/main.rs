@@ -23,6 +23,12 @@ enum Command {
         #[arg(long, short, default_value = "/etc/medvan/agent.toml")]
         config: PathBuf,
     },
+    /// Create the van's case store (once, when provisioning a van). Refuses if one exists.
+    InitStore {
+        /// The config file.
+        #[arg(long, short, default_value = "/etc/medvan/agent.toml")]
+        config: PathBuf,
+    },
     /// Create a new random store key file (mode 0600). Never overwrites one.
     GenKey {
         /// Where to write the key.
@@ -38,10 +44,22 @@ enum Command {
     ExampleConfig,
 }
 
+/// The process holds decrypted patient records and the store key in memory: no core dumps.
+fn forbid_core_dumps() {
+    // SAFETY: plain system calls with constant arguments; failure leaves the defaults.
+    unsafe {
+        let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::setrlimit(libc::RLIMIT_CORE, &none);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    forbid_core_dumps();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -67,11 +85,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::InitStore { config } => {
+            let config = edge_agent::config::Config::load(&config)?;
+            edge_agent::init_store(&config)?;
+            println!("created an empty case store in {}", config.agent.data_dir.display());
+            Ok(())
+        }
         Command::VerifyAudit { config } => {
             let config = edge_agent::config::Config::load(&config)?;
-            let store = edge_agent::open_store(&config)?;
-            let result = store.verify_audit();
-            store.close();
+            // Read-only: safe beside a running agent.
+            let result = case_store::Store::verify_audit_at(&edge_agent::store_config(&config))
+                .context("Failed to open the case store")?;
             let head = result.context("The audit log failed verification")?;
             println!("audit log intact: {} entries, head {}", head.size, head.head);
             Ok(())
@@ -83,12 +107,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()
                 .context("Failed to start the runtime")?;
             runtime.block_on(async move {
+                let shutdown = shutdown_signal()?;
                 let store = edge_agent::open_store(&config)?;
                 let listener = tokio::net::TcpListener::bind(config.agent.listen)
                     .await
                     .with_context(|| format!("Failed to listen on {}", config.agent.listen))?;
                 tracing::info!(address = %listener.local_addr()?, van = %config.agent.van_id, "edge agent listening");
-                edge_agent::serve(config, store, listener, shutdown_signal()).await?;
+                edge_agent::serve(config, store, listener, shutdown).await?;
                 tracing::info!("edge agent stopped cleanly");
                 Ok(())
             })
@@ -96,25 +121,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Resolves on SIGTERM (systemd stopping the unit) or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers for SIGTERM (systemd stopping the unit) and Ctrl-C now, before the service
+/// announces itself, and returns a future that resolves on either: a signal that arrives
+/// during start-up is not lost and never kills the process uncleanly.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("Failed to listen for SIGTERM")?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("Failed to listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down: finishing requests and closing the store");
+        tracing::info!("shutting down: finishing requests and closing");
+    })
 }

@@ -22,17 +22,10 @@ fn agent() -> Agent {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("store.key");
     generate_key_file(&key).unwrap();
-    let store = Store::open(StoreConfig::new(
-        dir.path().join("data"),
-        &key,
-        VanId::parse("van-12").unwrap(),
-    ))
-    .unwrap();
-    let router = app(AppState::new(
-        store.clone(),
-        OrgId::parse("org-north").unwrap(),
-        1 << 20,
-    ));
+    let mut config = StoreConfig::new(dir.path().join("data"), &key, VanId::parse("van-12").unwrap());
+    config.create_if_missing = true;
+    let store = Store::open(config).unwrap();
+    let router = app(AppState::new(store.clone(), OrgId::parse("org-north").unwrap(), 1 << 20));
     Agent { dir, store, router }
 }
 
@@ -45,10 +38,7 @@ impl Agent {
         body: Body,
         content_type: &str,
     ) -> (StatusCode, Vec<u8>) {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("content-type", content_type);
+        let mut req = Request::builder().method(method).uri(uri).header("content-type", content_type);
         if let Some(u) = user {
             req = req.header("x-medvan-user", u);
         }
@@ -86,9 +76,7 @@ async fn a_case_is_created_edited_read_and_listed() {
         { "op": "add_vitals", "heart_rate": 96, "systolic": 132, "diastolic": 84, "spo2": 97 },
         { "op": "edit_narrative", "insert": "Found on the ground beside a ladder." }
     ]});
-    let (status, v) = a
-        .json(Method::POST, &format!("/api/v1/cases/{id}/edits"), Some(edits))
-        .await;
+    let (status, v) = a.json(Method::POST, &format!("/api/v1/cases/{id}/edits"), Some(edits)).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["status"], "on_scene");
     assert_eq!(v["vitals"][0]["heart_rate"], 96);
@@ -101,10 +89,7 @@ async fn a_case_is_created_edited_read_and_listed() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["chief_complaint"], "fall from ladder, forearm pain");
     let (_, history) = a.json(Method::GET, &format!("/api/v1/cases/{id}/history"), None).await;
-    assert_eq!(
-        history[1]["ops"],
-        json!(["set_status", "set_field", "add_vitals", "edit_narrative"])
-    );
+    assert_eq!(history[1]["ops"], json!(["set_status", "set_field", "add_vitals", "edit_narrative"]));
 }
 
 #[tokio::test]
@@ -112,43 +97,19 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let a = agent();
     let id = a.new_case().await;
     let uri = format!("/api/v1/cases/{id}/edits");
-    let (status, v) = a
-        .json(
-            Method::POST,
-            &uri,
-            Some(json!({ "edits": [{ "op": "add_vitals", "heart_rate": 900 }] })),
-        )
-        .await;
+    let (status, v) =
+        a.json(Method::POST, &uri, Some(json!({ "edits": [{ "op": "add_vitals", "heart_rate": 900 }] }))).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        v["message"],
-        "edit 0: vitals.heart_rate (eVitals.10) must be between 0 and 500; got 900"
-    );
+    assert_eq!(v["message"], "edit 0: vitals.heart_rate (eVitals.10) must be between 0 and 500; got 900");
 
-    let (status, bytes) = a
-        .call(
-            Method::POST,
-            &uri,
-            Some("ana"),
-            Body::from("{\"edits\": [ {\"op\": "),
-            "application/json",
-        )
-        .await;
+    let (status, bytes) =
+        a.call(Method::POST, &uri, Some("ana"), Body::from("{\"edits\": [ {\"op\": "), "application/json").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(
-        String::from_utf8_lossy(&bytes).contains("not acceptable"),
-        "{}",
-        String::from_utf8_lossy(&bytes)
-    );
+    assert!(String::from_utf8_lossy(&bytes).contains("not acceptable"), "{}", String::from_utf8_lossy(&bytes));
 
-    let (status, v) = a
-        .json(Method::POST, &uri, Some(json!({ "edits": [{ "op": "teleport" }] })))
-        .await;
+    let (status, v) = a.json(Method::POST, &uri, Some(json!({ "edits": [{ "op": "teleport" }] }))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(
-        v["message"].as_str().unwrap().contains("unknown variant `teleport`"),
-        "{v}"
-    );
+    assert!(v["message"].as_str().unwrap().contains("unknown variant `teleport`"), "{v}");
 
     let (status, v) = a.json(Method::GET, "/api/v1/cases/not-a-uuid", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -158,15 +119,8 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let (status, _) = a.json(Method::GET, &format!("/api/v1/cases/{unknown}"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    let (status, bytes) = a
-        .call(
-            Method::GET,
-            &format!("/api/v1/cases/{id}"),
-            None,
-            Body::empty(),
-            "application/json",
-        )
-        .await;
+    let (status, bytes) =
+        a.call(Method::GET, &format!("/api/v1/cases/{id}"), None, Body::empty(), "application/json").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(String::from_utf8_lossy(&bytes).contains("x-medvan-user"));
 
@@ -213,23 +167,14 @@ async fn conflicts_are_listed_and_resolved_through_the_api() {
     let id = a.new_case().await;
     let case = CaseId::parse(&id).unwrap();
     // The hub's replica, edited by a doctor while the van was offline.
-    let mut hub = CaseDoc::load(
-        ActorId::from([9u8; 16]),
-        Some(&a.store.load_from_disk(case).unwrap().save()),
-        [],
-    )
-    .unwrap();
+    let mut hub =
+        CaseDoc::load(ActorId::from([9u8; 16]), Some(&a.store.load_from_disk(case).unwrap().save()), []).unwrap();
     let before = hub.heads();
-    let doctor = EditContext {
-        user: UserId::parse("dr-osei").unwrap(),
-        now: Timestamp::from_unix_millis(1_795_000_000_000),
-    };
+    let doctor =
+        EditContext { user: UserId::parse("dr-osei").unwrap(), now: Timestamp::from_unix_millis(1_795_000_000_000) };
     hub.apply(
         &doctor,
-        &[Edit::SetField {
-            field: FieldName::DateOfBirth,
-            value: FieldValue::Text("1985-03-14".into()),
-        }],
+        &[Edit::SetField { field: FieldName::DateOfBirth, value: FieldValue::Text("1985-03-14".into()) }],
     )
     .unwrap();
     a.json(
@@ -238,25 +183,14 @@ async fn conflicts_are_listed_and_resolved_through_the_api() {
         Some(json!({ "edits": [{ "op": "set_field", "field": "patient.date_of_birth", "value": "1958-03-14" }] })),
     )
     .await;
-    let changes: Vec<u8> = hub
-        .automerge()
-        .get_changes(&before)
-        .into_iter()
-        .flat_map(|mut c| c.bytes().into_owned())
-        .collect();
+    let changes: Vec<Vec<u8>> =
+        hub.automerge().get_changes(&before).into_iter().map(|mut c| c.bytes().into_owned()).collect();
     a.store.apply_remote_changes(&doctor, case, &changes).unwrap();
 
-    let (status, conflicts) = a
-        .json(Method::GET, &format!("/api/v1/cases/{id}/conflicts"), None)
-        .await;
+    let (status, conflicts) = a.json(Method::GET, &format!("/api/v1/cases/{id}/conflicts"), None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(conflicts[0]["path"], "patient.date_of_birth");
-    let by: Vec<&str> = conflicts[0]["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["by"].as_str().unwrap())
-        .collect();
+    let by: Vec<&str> = conflicts[0]["values"].as_array().unwrap().iter().map(|v| v["by"].as_str().unwrap()).collect();
     assert!(by.contains(&"ana") && by.contains(&"dr-osei"), "{conflicts}");
 
     let (status, v) = a
@@ -316,15 +250,8 @@ async fn attachments_round_trip_and_no_file_reveals_the_patient() {
     assert_eq!(status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&bytes));
     let view: Value = serde_json::from_slice(&bytes).unwrap();
     let sha = view["attachments"][0]["sha256"].as_str().unwrap().to_owned();
-    let (status, got) = a
-        .call(
-            Method::GET,
-            &format!("/api/v1/cases/{id}/attachments/{sha}"),
-            Some("dr-osei"),
-            Body::empty(),
-            "",
-        )
-        .await;
+    let (status, got) =
+        a.call(Method::GET, &format!("/api/v1/cases/{id}/attachments/{sha}"), Some("dr-osei"), Body::empty(), "").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(got, payload);
     let (status, _) = a
@@ -351,10 +278,7 @@ async fn attachments_round_trip_and_no_file_reveals_the_patient() {
     let mut files = Vec::new();
     all_files(&a.dir.path().join("data"), &mut files);
     for (path, bytes) in &files {
-        assert!(
-            !bytes.windows(7).any(|w| w == b"Zebedee" || w == b"Quixote"),
-            "{path} reveals the patient's name"
-        );
+        assert!(!bytes.windows(7).any(|w| w == b"Zebedee" || w == b"Quixote"), "{path} reveals the patient's name");
     }
 }
 
@@ -375,8 +299,7 @@ async fn every_call_on_a_case_leaves_an_audit_entry() {
     )
     .await;
     a.json(Method::GET, &format!("/api/v1/cases/{id}"), None).await;
-    a.json(Method::GET, &format!("/api/v1/cases/{id}/conflicts"), None)
-        .await;
+    a.json(Method::GET, &format!("/api/v1/cases/{id}/conflicts"), None).await;
     a.json(Method::GET, &format!("/api/v1/cases/{id}/history"), None).await;
     let (_, audit) = a.json(Method::GET, &format!("/api/v1/cases/{id}/audit"), None).await;
     let got: Vec<String> = audit
@@ -444,6 +367,13 @@ async fn sigterm_style_shutdown_finishes_and_closes_the_store() {
         key.display()
     );
     let config = edge_agent::config::Config::parse(&text).unwrap();
+    let err = edge_agent::open_store(&config).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("edge-agent init-store"),
+        "a missing store is an error, not a fresh start: {err:#}"
+    );
+    edge_agent::init_store(&config).unwrap();
+    assert!(edge_agent::init_store(&config).is_err(), "init-store never touches an existing store");
     let store = edge_agent::open_store(&config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -454,9 +384,7 @@ async fn sigterm_style_shutdown_finishes_and_closes_the_store() {
     // A real request over a real socket.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).await.unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
@@ -465,9 +393,6 @@ async fn sigterm_style_shutdown_finishes_and_closes_the_store() {
     server.await.unwrap().unwrap();
     // The store was closed cleanly: the WAL was folded back into the database.
     let wal = dir.path().join("data/cases.db-wal");
-    assert!(
-        !wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0,
-        "WAL left behind after a clean shutdown"
-    );
+    assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0, "WAL left behind after a clean shutdown");
     edge_agent::open_store(&config).unwrap().close();
 }

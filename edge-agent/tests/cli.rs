@@ -21,16 +21,10 @@ fn help_lists_the_commands() {
 
 #[test]
 fn a_missing_config_is_a_clear_error() {
-    let out = agent()
-        .args(["run", "--config", "/nonexistent/agent.toml"])
-        .output()
-        .unwrap();
+    let out = agent().args(["run", "--config", "/nonexistent/agent.toml"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        err.contains("Failed to read config file /nonexistent/agent.toml"),
-        "{err}"
-    );
+    assert!(err.contains("Failed to read config file /nonexistent/agent.toml"), "{err}");
 }
 
 #[test]
@@ -50,6 +44,8 @@ fn sigterm_stops_a_running_agent_cleanly() {
         ),
     )
     .unwrap();
+    let init = agent().args(["init-store", "--config"]).arg(&config).output().unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     let mut child = agent()
         .args(["run", "--config"])
         .arg(&config)
@@ -67,20 +63,13 @@ fn sigterm_stops_a_running_agent_cleanly() {
         }
         assert!(Instant::now() < deadline, "agent did not start");
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let exit = child.wait().unwrap();
     assert!(exit.success(), "agent exited with {exit}: {rest:?}");
     assert!(rest.iter().any(|l| l.contains("stopped cleanly")), "{rest:?}");
-    let audit = agent()
-        .args(["verify-audit", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let audit = agent().args(["verify-audit", "--config"]).arg(&config).output().unwrap();
     assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stderr));
     assert!(String::from_utf8_lossy(&audit.stdout).contains("audit log intact"));
 }

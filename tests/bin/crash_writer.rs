@@ -18,6 +18,7 @@ fn main() {
     let threads: usize = threads.parse().expect("THREADS is a number");
     let mut config = StoreConfig::new(data, key, VanId::parse("van-7").expect("valid"));
     config.compact_after = 16;
+    config.create_if_missing = true;
     let store = Store::open(config).unwrap_or_else(|e| {
         eprintln!("crash-writer: {e}");
         std::process::exit(1)
@@ -30,17 +31,12 @@ fn main() {
             let out = out.clone();
             let org = org.clone();
             std::thread::spawn(move || {
-                let ctx = || EditContext {
-                    user: UserId::parse("ana").expect("valid"),
-                    now: now(),
-                };
+                let ctx = || EditContext { user: UserId::parse("ana").expect("valid"), now: now() };
                 let case = store.create_case(&ctx(), &org).expect("create");
                 let mut i = 0u64;
                 loop {
                     let text = format!("w{t}-{i}-{}", std::process::id());
-                    store
-                        .edit_case(&ctx(), case.id, &[Edit::AddChat { text: text.clone() }])
-                        .expect("edit");
+                    store.edit_case(&ctx(), case.id, &[Edit::AddChat { text: text.clone() }]).expect("edit");
                     // Printed only after the store returned: the write is acknowledged.
                     let mut o = out.lock().expect("stdout lock");
                     writeln!(o, "{}", medvan_tests::ack_line(&case.id.to_string(), &text)).expect("stdout");
@@ -56,9 +52,7 @@ fn main() {
 }
 
 fn now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     Timestamp::from_unix_millis(ms)
 }

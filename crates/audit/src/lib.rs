@@ -161,16 +161,8 @@ pub fn append(conn: &Connection, rec: &Record) -> Result<Entry, AuditError> {
         Some((s, h)) => (s + 1, to_array(&h)),
         None => (1, [0u8; 32]),
     };
-    let hash = entry_hash(
-        seq,
-        rec.at,
-        &rec.actor,
-        &rec.action,
-        rec.case_id.as_deref(),
-        rec.outcome,
-        &rec.detail,
-        &prev,
-    );
+    let hash =
+        entry_hash(seq, rec.at, &rec.actor, &rec.action, rec.case_id.as_deref(), rec.outcome, &rec.detail, &prev);
     conn.execute(
         "INSERT INTO audit_log (seq, at, actor, action, case_id, outcome, detail, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![seq as i64, rec.at, rec.actor, rec.action, rec.case_id, rec.outcome.as_str(), rec.detail, &prev[..], &hash[..]],
@@ -224,10 +216,7 @@ pub fn verify(conn: &Connection) -> Result<ChainHead, ChainError> {
         prev_hash = computed;
         expected_seq += 1;
     }
-    Ok(ChainHead {
-        size: expected_seq - 1,
-        head: hex::encode(prev_hash),
-    })
+    Ok(ChainHead { size: expected_seq - 1, head: hex::encode(prev_hash) })
 }
 
 /// Entries about one case, oldest first: "who saw this patient".
@@ -323,8 +312,7 @@ mod tests {
     }
 
     fn unlock(conn: &Connection) {
-        conn.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
-            .unwrap();
+        conn.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;").unwrap();
     }
 
     #[test]
@@ -338,9 +326,7 @@ mod tests {
     #[test]
     fn updates_and_deletes_are_refused_by_the_database() {
         let conn = log_with(3);
-        let err = conn
-            .execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 2", [])
-            .unwrap_err();
+        let err = conn.execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 2", []).unwrap_err();
         assert!(err.to_string().contains("append-only"), "{err}");
         assert!(conn.execute("DELETE FROM audit_log WHERE seq = 2", []).is_err());
     }
@@ -349,8 +335,7 @@ mod tests {
     fn a_changed_entry_is_named() {
         let conn = log_with(10);
         unlock(&conn);
-        conn.execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 6", [])
-            .unwrap();
+        conn.execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 6", []).unwrap();
         assert_eq!(verify(&conn), Err(ChainError::Altered { seq: 6 }));
     }
 
@@ -385,34 +370,12 @@ mod tests {
             .query_row(
                 "SELECT at, actor, action, case_id, outcome, detail, prev FROM audit_log WHERE seq = 3",
                 [],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                },
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
             )
             .unwrap();
-        let forged = entry_hash(
-            3,
-            row.0,
-            "mallory",
-            &row.2,
-            row.3.as_deref(),
-            Outcome::Allowed,
-            &row.5,
-            &to_array(&row.6),
-        );
-        conn.execute(
-            "UPDATE audit_log SET actor = 'mallory', hash = ?1 WHERE seq = 3",
-            [&forged[..]],
-        )
-        .unwrap();
+        let forged =
+            entry_hash(3, row.0, "mallory", &row.2, row.3.as_deref(), Outcome::Allowed, &row.5, &to_array(&row.6));
+        conn.execute("UPDATE audit_log SET actor = 'mallory', hash = ?1 WHERE seq = 3", [&forged[..]]).unwrap();
         assert_eq!(verify(&conn), Err(ChainError::BrokenLink { seq: 4, previous: 3 }));
     }
 }

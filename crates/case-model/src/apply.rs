@@ -21,14 +21,22 @@ type Res<T = ()> = Result<T, EditError>;
 
 /// Applies one edit. `closed` is the time the case was closed, if it is.
 pub(crate) fn apply(tx: &mut Transaction<'_>, ctx: &EditContext, edit: &Edit, closed: Option<Timestamp>) -> Res {
+    // After closing, the record takes addenda, and resolutions of conflicts that merged in
+    // from edits made elsewhere before the close was known.
     if let Some(closed_at) = closed
-        && !matches!(edit, Edit::AddAddendum { .. })
+        && !matches!(edit, Edit::AddAddendum { .. } | Edit::ResolveConflict { .. })
     {
         return Err(EditError::CaseClosed { closed_at });
     }
     match edit {
         Edit::SetStatus { status, at, source } => {
-            let at = check_time("timeline.at", status.nemsis_code(), at.unwrap_or(ctx.now), ctx)?;
+            let at = check_time(tx, "timeline.at", status.nemsis_code(), at.unwrap_or(ctx.now), ctx)?;
+            if *status == CaseStatus::Closed {
+                let open = conflict::find(tx).len();
+                if open > 0 {
+                    return Err(EditError::UnresolvedConflicts(open));
+                }
+            }
             let item = new_item(tx, &["timeline"], ctx)?;
             put(tx, &item, "status", status.as_str())?;
             put(tx, &item, "time", at.unix_millis())?;
@@ -123,10 +131,7 @@ pub(crate) fn find_item(tx: &Transaction<'_>, list_path: &[&str], kind: &'static
         .into_iter()
         .find(|(item_id, _)| item_id == id)
         .map(|(_, obj)| obj)
-        .ok_or_else(|| EditError::UnknownItem {
-            kind,
-            id: id.chars().take(100).collect(),
-        })
+        .ok_or_else(|| EditError::UnknownItem { kind, id: id.chars().take(100).collect() })
 }
 
 pub(crate) fn put(tx: &mut Transaction<'_>, obj: &ObjId, key: &str, v: impl Into<ScalarValue>) -> Res {
@@ -138,10 +143,7 @@ pub(crate) fn active_allergies(doc: &impl ReadDoc) -> Vec<(String, ObjId)> {
     let Some(list) = layout::object(doc, &["patient", "allergies"]) else {
         return Vec::new();
     };
-    layout::items(doc, &list)
-        .into_iter()
-        .filter(|(_, obj)| layout::field_at(doc, obj, "retracted").is_none())
-        .collect()
+    layout::items(doc, &list).into_iter().filter(|(_, obj)| layout::field_at(doc, obj, "retracted").is_none()).collect()
 }
 
 fn check_no_active_allergies(tx: &Transaction<'_>) -> Res {
@@ -149,10 +151,7 @@ fn check_no_active_allergies(tx: &Transaction<'_>) -> Res {
     if active.is_empty() {
         return Ok(());
     }
-    let names: Vec<String> = active
-        .iter()
-        .filter_map(|(_, o)| layout::get_str(tx, o, "substance"))
-        .collect();
+    let names: Vec<String> = active.iter().filter_map(|(_, o)| layout::get_str(tx, o, "substance")).collect();
     Err(EditError::Invalid {
         field: FieldName::AllergyStatus.path().into(),
         element: "eHistory.06",
@@ -210,26 +209,13 @@ fn add_allergy(tx: &mut Transaction<'_>, ctx: &EditContext, a: &AllergyInput) ->
     }
     // Recording an allergy states that allergies are known. Written as a field so that a
     // concurrent "no known allergies" elsewhere shows up as a conflict on the status.
-    set_field(
-        tx,
-        FieldName::AllergyStatus,
-        &FieldValue::Text(AllergyStatus::Known.as_str().into()),
-        ctx,
-    )
+    set_field(tx, FieldName::AllergyStatus, &FieldValue::Text(AllergyStatus::Known.as_str().into()), ctx)
 }
 
 fn add_current_medication(tx: &mut Transaction<'_>, ctx: &EditContext, m: &CurrentMedicationInput) -> Res {
     let name = text("current_medication.name", "eHistory.12", &m.name, 1, 100)?;
-    let rx = m
-        .rxnorm
-        .as_deref()
-        .map(|r| rxnorm("current_medication.rxnorm", "eHistory.12", r))
-        .transpose()?;
-    let dose = m
-        .dose
-        .as_deref()
-        .map(|d| text("current_medication.dose", "eHistory.13", d, 1, 100))
-        .transpose()?;
+    let rx = m.rxnorm.as_deref().map(|r| rxnorm("current_medication.rxnorm", "eHistory.12", r)).transpose()?;
+    let dose = m.dose.as_deref().map(|d| text("current_medication.dose", "eHistory.13", d, 1, 100)).transpose()?;
     let item = new_item(tx, &["patient", "medications"], ctx)?;
     put(tx, &item, "name", name.as_str())?;
     if let Some(rx) = rx {
@@ -261,7 +247,7 @@ fn add_history(tx: &mut Transaction<'_>, ctx: &EditContext, h: &HistoryInput) ->
 }
 
 fn add_vitals(tx: &mut Transaction<'_>, ctx: &EditContext, v: &VitalsInput) -> Res {
-    let taken_at = check_time("vitals.taken_at", "eVitals.01", v.taken_at.unwrap_or(ctx.now), ctx)?;
+    let taken_at = check_time(tx, "vitals.taken_at", "eVitals.01", v.taken_at.unwrap_or(ctx.now), ctx)?;
     let int =
         |name: &str, element: &'static str, value: Option<i64>, min: i64, max: i64| -> Res<Option<(String, i64)>> {
             match value {
@@ -291,8 +277,9 @@ fn add_vitals(tx: &mut Transaction<'_>, ctx: &EditContext, v: &VitalsInput) -> R
     .into_iter()
     .flatten()
     .collect();
+    // 0/0 is a real reading (cardiac arrest); otherwise diastolic lies below systolic.
     if let (Some(s), Some(d)) = (v.systolic, v.diastolic)
-        && d >= s
+        && (d > s || (d == s && s != 0))
     {
         return Err(EditError::Invalid {
             field: "vitals.diastolic".into(),
@@ -379,12 +366,7 @@ fn add_vitals(tx: &mut Transaction<'_>, ctx: &EditContext, v: &VitalsInput) -> R
 }
 
 fn add_procedure(tx: &mut Transaction<'_>, ctx: &EditContext, p: &ProcedureInput) -> Res {
-    let at = check_time(
-        "procedure.performed_at",
-        "eProcedures.01",
-        p.performed_at.unwrap_or(ctx.now),
-        ctx,
-    )?;
+    let at = check_time(tx, "procedure.performed_at", "eProcedures.01", p.performed_at.unwrap_or(ctx.now), ctx)?;
     let name = text("procedure.procedure", "eProcedures.03", &p.procedure, 1, 200)?;
     if let Some(code) = p.snomed
         && !(100_000..=999_999_999_999_999_999).contains(&code)
@@ -413,12 +395,7 @@ fn add_procedure(tx: &mut Transaction<'_>, ctx: &EditContext, p: &ProcedureInput
     }
     put(tx, &item, "attempts", attempts)?;
     put(tx, &item, "successful", p.successful.unwrap_or(true))?;
-    put(
-        tx,
-        &item,
-        "performer",
-        p.performer.as_ref().unwrap_or(&ctx.user).as_str(),
-    )?;
+    put(tx, &item, "performer", p.performer.as_ref().unwrap_or(&ctx.user).as_str())?;
     if let Some(l) = p.performer_level {
         put(tx, &item, "performer_level", l.as_str())?;
     }
@@ -426,18 +403,9 @@ fn add_procedure(tx: &mut Transaction<'_>, ctx: &EditContext, p: &ProcedureInput
 }
 
 fn add_medication(tx: &mut Transaction<'_>, ctx: &EditContext, m: &MedicationInput) -> Res {
-    let at = check_time(
-        "medication.given_at",
-        "eMedications.01",
-        m.given_at.unwrap_or(ctx.now),
-        ctx,
-    )?;
+    let at = check_time(tx, "medication.given_at", "eMedications.01", m.given_at.unwrap_or(ctx.now), ctx)?;
     let name = text("medication.medication", "eMedications.03", &m.medication, 1, 200)?;
-    let rx = m
-        .rxnorm
-        .as_deref()
-        .map(|r| rxnorm("medication.rxnorm", "eMedications.03", r))
-        .transpose()?;
+    let rx = m.rxnorm.as_deref().map(|r| rxnorm("medication.rxnorm", "eMedications.03", r)).transpose()?;
     check_dose("medication.dose", "eMedications.05", m.dose)?;
     let item = new_item(tx, &["medications_given"], ctx)?;
     put(tx, &item, "given_at", at.unix_millis())?;
@@ -451,12 +419,7 @@ fn add_medication(tx: &mut Transaction<'_>, ctx: &EditContext, m: &MedicationInp
     if let Some(r) = m.response {
         put(tx, &item, "response", r.as_str())?;
     }
-    put(
-        tx,
-        &item,
-        "performer",
-        m.performer.as_ref().unwrap_or(&ctx.user).as_str(),
-    )?;
+    put(tx, &item, "performer", m.performer.as_ref().unwrap_or(&ctx.user).as_str())?;
     if let Some(l) = m.performer_level {
         put(tx, &item, "performer_level", l.as_str())?;
     }
@@ -464,12 +427,7 @@ fn add_medication(tx: &mut Transaction<'_>, ctx: &EditContext, m: &MedicationInp
 }
 
 fn add_attachment(tx: &mut Transaction<'_>, ctx: &EditContext, a: &AttachmentInput) -> Res {
-    if a.sha256.len() != 64
-        || !a
-            .sha256
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    {
+    if a.sha256.len() != 64 || !a.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
         return Err(EditError::Invalid {
             field: "attachment.sha256".into(),
             element: "",
@@ -484,11 +442,7 @@ fn add_attachment(tx: &mut Transaction<'_>, ctx: &EditContext, a: &AttachmentInp
             reason: format!("{media:?} is not a media type such as application/dicom"),
         });
     }
-    let label = a
-        .label
-        .as_deref()
-        .map(|l| text("attachment.label", "", l, 1, 200))
-        .transpose()?;
+    let label = a.label.as_deref().map(|l| text("attachment.label", "", l, 1, 200)).transpose()?;
     let item = new_item(tx, &["attachments"], ctx)?;
     put(tx, &item, "sha256", a.sha256.as_str())?;
     put(tx, &item, "kind", a.kind.as_str())?;
@@ -502,11 +456,7 @@ fn add_attachment(tx: &mut Transaction<'_>, ctx: &EditContext, a: &AttachmentInp
 
 fn add_prescription(tx: &mut Transaction<'_>, ctx: &EditContext, p: &PrescriptionInput) -> Res {
     let name = text("prescription.medication", "", &p.medication, 1, 200)?;
-    let rx = p
-        .rxnorm
-        .as_deref()
-        .map(|r| rxnorm("prescription.rxnorm", "", r))
-        .transpose()?;
+    let rx = p.rxnorm.as_deref().map(|r| rxnorm("prescription.rxnorm", "", r)).transpose()?;
     check_dose("prescription.dose", "", p.dose)?;
     let freq = text("prescription.frequency", "", &p.frequency, 1, 200)?;
     if let Some(d) = p.duration_days
@@ -532,15 +482,7 @@ fn add_prescription(tx: &mut Transaction<'_>, ctx: &EditContext, p: &Prescriptio
     if let Some(d) = p.duration_days {
         put(tx, &item, "duration_days", d)?;
     }
-    put_field(
-        tx,
-        &item,
-        "status",
-        &FieldValue::Text("draft".into()),
-        &ctx.user,
-        ctx.now,
-    )
-    .map_err(internal)
+    put_field(tx, &item, "status", &FieldValue::Text("draft".into()), &ctx.user, ctx.now).map_err(internal)
 }
 
 fn splice(tx: &mut Transaction<'_>, key: &str, field: &str, s: &TextSplice) -> Res {
@@ -571,8 +513,7 @@ fn splice(tx: &mut Transaction<'_>, key: &str, field: &str, s: &TextSplice) -> R
             reason: "the splice neither deletes nor inserts anything".into(),
         });
     }
-    tx.splice_text(&obj, pos, s.delete as isize, &s.insert)
-        .map_err(internal)
+    tx.splice_text(&obj, pos, s.delete as isize, &s.insert).map_err(internal)
 }
 
 fn text(field: &str, element: &'static str, s: &str, min: usize, max: usize) -> Res<String> {
@@ -611,17 +552,33 @@ fn check_dose(field: &str, element: &'static str, dose: f64) -> Res {
     if dose.is_finite() && dose > 0.0 && dose < 1_000_000.0 {
         Ok(())
     } else {
-        Err(EditError::OutOfRange {
-            field: field.into(),
-            element,
-            min: 0.001,
-            max: 999_999.999,
-            value: dose,
-        })
+        Err(EditError::OutOfRange { field: field.into(), element, min: 0.001, max: 999_999.999, value: dose })
     }
 }
 
-fn check_time(field: &str, element: &'static str, t: Timestamp, ctx: &EditContext) -> Res<Timestamp> {
+/// Events of a case happen around it: from a day before it was opened (a case opened late,
+/// times entered afterwards) to a few minutes past the device clock (clocks drift).
+const BEFORE_CASE_MS: i64 = 24 * 60 * 60 * 1000;
+
+fn check_time(
+    doc: &impl ReadDoc,
+    field: &str,
+    element: &'static str,
+    t: Timestamp,
+    ctx: &EditContext,
+) -> Res<Timestamp> {
+    if let Some(created) = layout::walk_maps(doc, &[layout::CASE]).and_then(|c| layout::get_i64(doc, &c, "created_at"))
+        && t.unix_millis() < created - BEFORE_CASE_MS
+    {
+        return Err(EditError::Invalid {
+            field: field.into(),
+            element,
+            reason: format!(
+                "{t} is more than a day before the case was opened ({}); check the date",
+                Timestamp::from_unix_millis(created)
+            ),
+        });
+    }
     if t.unix_millis() > ctx.now.unix_millis() + FUTURE_TOLERANCE_MS {
         return Err(EditError::Invalid {
             field: field.into(),
@@ -631,11 +588,7 @@ fn check_time(field: &str, element: &'static str, t: Timestamp, ctx: &EditContex
     }
     // NEMSIS DateTimeType starts at 1950; anything earlier is a typo.
     if t.unix_millis() < -631_152_000_000 {
-        return Err(EditError::Invalid {
-            field: field.into(),
-            element,
-            reason: format!("{t} is before 1950"),
-        });
+        return Err(EditError::Invalid { field: field.into(), element, reason: format!("{t} is before 1950") });
     }
     Ok(t)
 }
@@ -656,9 +609,5 @@ fn internal(e: automerge::AutomergeError) -> EditError {
 }
 
 fn internal_msg(msg: &str) -> EditError {
-    EditError::Invalid {
-        field: "document".into(),
-        element: "",
-        reason: format!("the case document is malformed ({msg}); report this case id to support"),
-    }
+    EditError::Internal(msg.to_owned())
 }

@@ -312,11 +312,7 @@ mod tests {
     fn codes_parse_by_wire_name_and_by_nemsis_code() {
         assert_eq!(Sex::parse("female"), Some(Sex::Female));
         assert_eq!(Sex::parse("9919003"), Some(Sex::Male));
-        assert_eq!(
-            Sex::parse("9906001"),
-            None,
-            "deprecated ePatient.13 codes are not accepted"
-        );
+        assert_eq!(Sex::parse("9906001"), None, "deprecated ePatient.13 codes are not accepted");
         assert_eq!(Route::parse("intravenous").unwrap().nemsis_code(), "9927023");
         assert_eq!(DoseUnit::parse("mcg").unwrap().label(), "Micrograms (mcg)");
         assert_eq!(CaseStatus::Closed.rank(), CaseStatus::ALL.len() - 1);

@@ -70,11 +70,7 @@ pub(crate) fn find(doc: &impl ReadDoc) -> Vec<Conflict> {
 fn walk_map(doc: &impl ReadDoc, obj: &ObjId, prefix: &str, out: &mut Vec<Conflict>) {
     for item in doc.map_range(obj, ..) {
         let join = |key: &str| {
-            if prefix.is_empty() {
-                key.to_owned()
-            } else {
-                format!("{prefix}.{key}")
-            }
+            if prefix.is_empty() { key.to_owned() } else { format!("{prefix}.{key}") }
         };
         if item.conflict {
             let path = join(&item.key);
@@ -111,12 +107,7 @@ fn conflict_of(doc: &impl ReadDoc, path: &str, all: &[(Value<'_>, ObjId)]) -> Op
             }
             Value::Scalar(s) => {
                 let (by, at) = author_of(doc, id);
-                ConflictValue {
-                    value: layout::from_scalar(s).to_json(),
-                    by,
-                    at,
-                    detail: None,
-                }
+                ConflictValue { value: layout::from_scalar(s).to_json(), by, at, detail: None }
             }
             // Containers are created once per case, so two of them under one key means the
             // document was built by other software; show the winner only.
@@ -146,12 +137,7 @@ fn record_value(path: &str, rec: &FieldRecord, detail: Option<String>) -> Confli
         (Some(f), FieldValue::Int(ms)) if f.is_date_time() => Timestamp::from_unix_millis(*ms).to_string().into(),
         (_, v) => v.to_json(),
     };
-    ConflictValue {
-        value,
-        by: rec.by.clone(),
-        at: rec.at,
-        detail,
-    }
+    ConflictValue { value, by: rec.by.clone(), at: rec.at, detail }
 }
 
 /// "No known allergies" standing while allergies are recorded.
@@ -194,10 +180,7 @@ fn allergy_contradiction(doc: &impl ReadDoc, out: &mut Vec<Conflict>) {
 /// Plain scalars are written once, with their item, through this crate; two standing values
 /// mean the document was edited by other software, which left no author.
 fn author_of(_doc: &impl ReadDoc, _id: &ObjId) -> (String, Timestamp) {
-    (
-        "(unknown: not written through Medvan)".into(),
-        Timestamp::from_unix_millis(0),
-    )
+    ("(unknown: not written through Medvan)".into(), Timestamp::from_unix_millis(0))
 }
 
 /// Resolves the conflict at `path` with `value`.
@@ -210,19 +193,14 @@ pub(crate) fn resolve(
     let conflict = find(tx)
         .into_iter()
         .find(|c| c.path == path)
-        .ok_or_else(|| EditError::NotInConflict {
-            path: path.chars().take(200).collect(),
-        })?;
+        .ok_or_else(|| EditError::NotInConflict { path: path.chars().take(200).collect() })?;
     let stored = match FieldName::parse(path) {
         Some(field) => field.validate(value, ctx.now)?,
         None => {
             let chosen = value.to_json();
             if !conflict.values.iter().any(|v| v.value == chosen) {
                 let choices: Vec<String> = conflict.values.iter().map(|v| v.value.to_string()).collect();
-                return Err(EditError::NotAChoice {
-                    path: path.into(),
-                    choices: choices.join(", "),
-                });
+                return Err(EditError::NotAChoice { path: path.into(), choices: choices.join(", ") });
             }
             value.clone()
         }
@@ -249,11 +227,7 @@ pub(crate) fn resolve(
                 &ctx.user,
                 ctx.now,
             )
-            .map_err(|e| EditError::Invalid {
-                field: path.into(),
-                element: "",
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| EditError::Invalid { field: path.into(), element: "", reason: e.to_string() })?;
         }
     }
     let item = apply::new_item(tx, &["resolutions"], ctx)?;

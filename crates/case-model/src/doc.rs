@@ -6,7 +6,7 @@
 //! from other replicas arrive through [`CaseDoc::apply_changes`] or [`CaseDoc::merge`].
 
 use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
+use automerge::{ActorId, Automerge, ChangeHash, LoadOptions, OnPartialLoad, ReadDoc};
 use serde::{Deserialize, Serialize};
 
 use crate::apply;
@@ -106,34 +106,26 @@ impl CaseDoc {
         build(&mut tx).expect("writing a fresh document cannot fail");
         commit(tx, ctx, &["create_case".into()]);
         let change = last_change(&doc);
-        (
-            CaseDoc {
-                doc,
-                id: new.id,
-                org: new.org,
-                van: new.van,
-                conflict_free: true,
-            },
-            change,
-        )
+        (CaseDoc { doc, id: new.id, org: new.org, van: new.van, conflict_free: true }, change)
     }
 
-    /// Loads a case from a snapshot (if any) followed by changes, as the store keeps them.
+    /// Loads a case from a snapshot (if any) followed by changes, one change per item, as
+    /// the store keeps them. Strict: a change that does not decode fails the load, naming
+    /// it, rather than hiding it and everything after it.
     pub fn load<'a>(
         actor: ActorId,
         snapshot: Option<&[u8]>,
         changes: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<CaseDoc, LoadError> {
         let mut doc = match snapshot {
-            Some(bytes) => Automerge::load(bytes)?,
+            Some(bytes) => {
+                Automerge::load_with_options(bytes, LoadOptions::new().on_partial_load(OnPartialLoad::Error))?
+            }
             None => Automerge::new(),
         };
-        let mut buf = Vec::new();
-        for c in changes {
-            buf.extend_from_slice(c);
-        }
-        if !buf.is_empty() {
-            doc.load_incremental(&buf)?;
+        let parsed = parse_changes(changes)?;
+        if !parsed.is_empty() {
+            doc.apply_changes(parsed)?;
         }
         let missing = doc.get_missing_deps(&[]).len();
         if missing > 0 {
@@ -155,32 +147,22 @@ impl CaseDoc {
         let van = layout::get_str(&doc, &case, "van")
             .and_then(|s| VanId::parse(&s).ok())
             .ok_or(LoadError::NotACase("no valid van"))?;
-        Ok(CaseDoc {
-            doc,
-            id,
-            org,
-            van,
-            conflict_free: false,
-        })
+        Ok(CaseDoc { doc, id, org, van, conflict_free: false })
     }
 
     /// Applies a batch of edits as one change. Nothing is applied if any edit is refused.
     pub fn apply(&mut self, ctx: &EditContext, edits: &[Edit]) -> Result<Applied, BatchError> {
         if edits.is_empty() {
-            return Err(BatchError {
-                index: 0,
-                error: EditError::Empty,
-            });
+            return Err(BatchError { index: 0, error: EditError::Empty });
         }
         let found = self.schema_version();
         if found > SCHEMA_VERSION {
-            return Err(BatchError {
-                index: 0,
-                error: EditError::NewerSchema {
-                    found,
-                    supported: SCHEMA_VERSION,
-                },
-            });
+            return Err(BatchError { index: 0, error: EditError::NewerSchema { found, supported: SCHEMA_VERSION } });
+        }
+        if found < SCHEMA_VERSION {
+            // Edits are written in the current layout; an old document must be migrated
+            // first, or the migration would later overwrite what they wrote.
+            return Err(BatchError { index: 0, error: EditError::NeedsMigration { found, current: SCHEMA_VERSION } });
         }
         let mut closed = apply::closed_at(&self.doc);
         let mut tx = self.doc.transaction();
@@ -195,29 +177,26 @@ impl CaseDoc {
         }
         let ops = edits.iter().map(|e| e.name().to_owned()).collect::<Vec<_>>();
         commit(tx, ctx, &ops);
-        debug_assert!(
-            !self.conflict_free || conflict::find(&self.doc).is_empty(),
-            "a local edit created a conflict"
-        );
+        debug_assert!(!self.conflict_free || conflict::find(&self.doc).is_empty(), "a local edit created a conflict");
         Ok(last_change(&self.doc))
     }
 
     /// Upgrades a document written under an older schema. Returns the migration's change,
     /// to persist like any edit, or `None` if nothing needed doing.
-    pub fn migrate(&mut self, ctx: &EditContext) -> Option<Applied> {
+    pub fn migrate(&mut self, ctx: &EditContext) -> Result<Option<Applied>, LoadError> {
         if self.schema_version() >= SCHEMA_VERSION {
-            return None;
+            return Ok(None);
         }
         self.conflict_free = false;
         let mut tx = self.doc.transaction();
         match schema::migrate(&mut tx) {
             Ok(()) => {
                 commit(tx, ctx, &["migrate_schema".into()]);
-                Some(last_change(&self.doc))
+                Ok(Some(last_change(&self.doc)))
             }
-            Err(_) => {
+            Err(e) => {
                 tx.rollback();
-                None
+                Err(LoadError::Decode(e))
             }
         }
     }
@@ -227,10 +206,12 @@ impl CaseDoc {
         layout::get_i64(&self.doc, &automerge::ROOT, layout::SCHEMA).map_or(0, |v| v as u64)
     }
 
-    /// Applies changes from another replica (Automerge change bytes, concatenated or not).
-    pub fn apply_changes(&mut self, bytes: &[u8]) -> Result<(), LoadError> {
+    /// Applies changes from another replica, one Automerge change per item. Strict: a
+    /// change that does not decode is refused before anything is applied.
+    pub fn apply_changes<'a>(&mut self, changes: impl IntoIterator<Item = &'a [u8]>) -> Result<(), LoadError> {
+        let parsed = parse_changes(changes)?;
         self.conflict_free = false;
-        self.doc.load_incremental(bytes)?;
+        self.doc.apply_changes(parsed)?;
         Ok(())
     }
 
@@ -297,11 +278,7 @@ impl CaseDoc {
 
     /// Every unresolved conflict.
     pub fn conflicts(&self) -> Vec<Conflict> {
-        if self.conflict_free {
-            Vec::new()
-        } else {
-            conflict::find(&self.doc)
-        }
+        if self.conflict_free { Vec::new() } else { conflict::find(&self.doc) }
     }
 
     /// When the case was closed, if it is.
@@ -328,27 +305,28 @@ impl CaseDoc {
     }
 }
 
+fn parse_changes<'a>(changes: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<automerge::Change>, LoadError> {
+    changes
+        .into_iter()
+        .enumerate()
+        .map(|(index, bytes)| {
+            automerge::Change::from_bytes(bytes.to_vec())
+                .map_err(|e| LoadError::BadChange { index, reason: e.to_string() })
+        })
+        .collect()
+}
+
 /// The user who made the change goes into its message: Automerge records devices, not people.
 fn commit(tx: automerge::transaction::Transaction<'_>, ctx: &EditContext, ops: &[String]) {
-    let meta = ChangeMeta {
-        by: ctx.user.as_str().to_owned(),
-        ops: ops.to_vec(),
-    };
+    let meta = ChangeMeta { by: ctx.user.as_str().to_owned(), ops: ops.to_vec() };
     let msg = serde_json::to_string(&meta).unwrap_or_default();
-    tx.commit_with(
-        CommitOptions::default()
-            .with_message(msg)
-            .with_time(ctx.now.unix_millis()),
-    );
+    tx.commit_with(CommitOptions::default().with_message(msg).with_time(ctx.now.unix_millis()));
 }
 
 fn last_change(doc: &Automerge) -> Applied {
     // Called right after a local commit, so there is always a last local change.
     let mut change = doc.get_last_local_change().expect("a change was just committed");
-    Applied {
-        hash: change.hash(),
-        change: change.bytes().into_owned(),
-    }
+    Applied { hash: change.hash(), change: change.bytes().into_owned() }
 }
 
 /// A new actor id for a device session: 8 bytes naming the device, 8 random bytes so that

@@ -7,7 +7,7 @@ use crate::time::Timestamp;
 #[non_exhaustive]
 pub enum EditError {
     /// A number outside the range its NEMSIS element allows.
-    #[error("{field} ({element}) must be between {min} and {max}; got {value}")]
+    #[error("{field}{} must be between {min} and {max}; got {value}", element_suffix(element))]
     OutOfRange {
         /// Our field name.
         field: String,
@@ -21,7 +21,7 @@ pub enum EditError {
         value: f64,
     },
     /// A value of the wrong shape (bad code, bad date, text too long...).
-    #[error("{field} ({element}): {reason}")]
+    #[error("{field}{}: {reason}", element_suffix(element))]
     Invalid {
         /// Our field name.
         field: String,
@@ -68,9 +68,58 @@ pub enum EditError {
         /// Newest version this build understands.
         supported: u64,
     },
+    /// The document uses an older schema and must be migrated before it is edited.
+    #[error(
+        "this case uses schema version {found}; it must be migrated to version {current} before it is edited (the store does this when it loads a case)"
+    )]
+    NeedsMigration {
+        /// Version found in the document.
+        found: u64,
+        /// The version this build writes.
+        current: u64,
+    },
+    /// The case document is malformed in a way validation cannot explain: a bug or damage.
+    #[error("the case document could not be updated ({0}); nothing was changed")]
+    Internal(String),
+    /// Closing a case that still has conflicts.
+    #[error("the case has {0} unresolved conflict(s); resolve them before closing it")]
+    UnresolvedConflicts(usize),
     /// An empty batch.
     #[error("no edits were given")]
     Empty,
+}
+
+impl EditError {
+    /// The field the error is about, if any: what an audit entry records of a refusal
+    /// (the refused value itself may be patient data and stays out of the log).
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            EditError::OutOfRange { field, .. } | EditError::Invalid { field, .. } => Some(field),
+            EditError::NotInConflict { path } | EditError::NotAChoice { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// A short name of the kind of refusal.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EditError::OutOfRange { .. } => "out_of_range",
+            EditError::Invalid { .. } => "invalid",
+            EditError::CaseClosed { .. } => "case_closed",
+            EditError::UnknownItem { .. } => "unknown_item",
+            EditError::NotInConflict { .. } => "not_in_conflict",
+            EditError::NotAChoice { .. } => "not_a_choice",
+            EditError::NewerSchema { .. } => "newer_schema",
+            EditError::NeedsMigration { .. } => "needs_migration",
+            EditError::Internal(_) => "internal",
+            EditError::UnresolvedConflicts(_) => "unresolved_conflicts",
+            EditError::Empty => "empty",
+        }
+    }
+}
+
+fn element_suffix(element: &str) -> String {
+    if element.is_empty() { String::new() } else { format!(" ({element})") }
 }
 
 /// An edit in a batch was refused; `index` says which (counting from 0).
@@ -95,6 +144,16 @@ pub enum LoadError {
     #[error("the document is not a Medvan case: {0}")]
     NotACase(&'static str),
     /// Changes were loaded whose dependencies are missing, so some edits cannot be shown.
-    #[error("{0} change(s) of this case depend on changes that are missing from storage")]
+    #[error(
+        "{0} change(s) of this case depend on changes that are missing from storage; sync the case from the hub to recover them"
+    )]
     MissingDependencies(usize),
+    /// One stored or received change does not decode.
+    #[error("change {index} of this case is damaged ({reason}); sync the case from the hub to recover it")]
+    BadChange {
+        /// Its position in the list given.
+        index: usize,
+        /// What the decoder said.
+        reason: String,
+    },
 }

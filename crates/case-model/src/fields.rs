@@ -48,6 +48,7 @@ enum Kind {
     DateTime,
     Code(fn(&str) -> Option<&'static str>, fn() -> String),
     Icd10,
+    Bool,
 }
 
 macro_rules! fields {
@@ -96,6 +97,7 @@ fields! {
     MiddleName = ("patient.middle_name", "ePatient.04", Kind::Text { min: 1, max: 50 }),
     DateOfBirth = ("patient.date_of_birth", "ePatient.17", Kind::Date),
     Age = ("patient.age", "ePatient.15", Kind::Int { min: 1, max: 120 }),
+    AgeEstimated = ("patient.age_estimated", "ePatient.15", Kind::Bool),
     AgeUnits = ("patient.age_units", "ePatient.16", Kind::Code(|s| AgeUnits::parse(s).map(AgeUnits::as_str), AgeUnits::expected)),
     Sex = ("patient.sex", "ePatient.25", Kind::Code(|s| Sex::parse(s).map(Sex::as_str), Sex::expected)),
     AllergyStatus = ("patient.allergy_status", "eHistory.06", Kind::Code(|s| AllergyStatus::parse(s).map(AllergyStatus::as_str), AllergyStatus::expected)),
@@ -118,11 +120,7 @@ impl FieldName {
         if *value == FieldValue::Null {
             return Ok(FieldValue::Null);
         }
-        let invalid = |reason: String| EditError::Invalid {
-            field: field.into(),
-            element,
-            reason,
-        };
+        let invalid = |reason: String| EditError::Invalid { field: field.into(), element, reason };
         match (self.kind(), value) {
             (Kind::Text { min, max }, FieldValue::Text(s)) => {
                 let s = s.trim();
@@ -151,10 +149,7 @@ impl FieldName {
                 let date =
                     parse_date(s).ok_or_else(|| invalid(format!("{s:?} is not a date of the form YYYY-MM-DD")))?;
                 if date.as_str() < "1890-01-01" || date > now.date() {
-                    return Err(invalid(format!(
-                        "{date} must lie between 1890-01-01 and today ({})",
-                        now.date()
-                    )));
+                    return Err(invalid(format!("{date} must lie between 1890-01-01 and today ({})", now.date())));
                 }
                 Ok(FieldValue::Text(date))
             }
@@ -169,19 +164,14 @@ impl FieldName {
                 Some(code) => Ok(FieldValue::Text(code.to_owned())),
                 None => Err(invalid(format!("{s:?} is not one of: {}", expected()))),
             },
+            (Kind::Bool, FieldValue::Bool(b)) => Ok(FieldValue::Bool(*b)),
             (Kind::Icd10, FieldValue::Text(s)) => {
                 if !is_icd10(s) {
-                    return Err(invalid(format!(
-                        "{s:?} is not an ICD-10-CM code (for example S52.5 or R07.9)"
-                    )));
+                    return Err(invalid(format!("{s:?} is not an ICD-10-CM code (for example S52.5 or R07.9)")));
                 }
                 Ok(FieldValue::Text(s.to_ascii_uppercase()))
             }
-            (kind, other) => Err(invalid(format!(
-                "expected {}, got {}",
-                kind_name(kind),
-                other.to_json()
-            ))),
+            (kind, other) => Err(invalid(format!("expected {}, got {}", kind_name(kind), other.to_json()))),
         }
     }
 
@@ -202,6 +192,7 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::DateTime => "an RFC 3339 date-time",
         Kind::Code(..) => "a code",
         Kind::Icd10 => "an ICD-10-CM code",
+        Kind::Bool => "true or false",
     }
 }
 
@@ -255,35 +246,20 @@ mod tests {
             "patient.age (ePatient.15) must be between 1 and 120; got 900"
         );
         assert!(
-            check(FieldName::DateOfBirth, FieldValue::Text("1970-02-30".into()))
-                .unwrap_err()
-                .contains("YYYY-MM-DD")
+            check(FieldName::DateOfBirth, FieldValue::Text("1970-02-30".into())).unwrap_err().contains("YYYY-MM-DD")
         );
-        assert!(
-            check(FieldName::DateOfBirth, FieldValue::Text("2099-01-01".into()))
-                .unwrap_err()
-                .contains("today")
-        );
-        assert!(
-            check(FieldName::Sex, FieldValue::Text("f".into()))
-                .unwrap_err()
-                .contains("female, male, unknown")
-        );
-        assert_eq!(
-            check(FieldName::Sex, FieldValue::Text("9919001".into())),
-            Ok(FieldValue::Text("female".into()))
-        );
+        assert!(check(FieldName::DateOfBirth, FieldValue::Text("2099-01-01".into())).unwrap_err().contains("today"));
+        assert!(check(FieldName::Sex, FieldValue::Text("f".into())).unwrap_err().contains("female, male, unknown"));
+        assert_eq!(check(FieldName::Sex, FieldValue::Text("9919001".into())), Ok(FieldValue::Text("female".into())));
         assert_eq!(
             check(FieldName::PrimaryImpression, FieldValue::Text("s52.5".into())),
             Ok(FieldValue::Text("S52.5".into()))
         );
         assert!(check(FieldName::PrimaryImpression, FieldValue::Text("broken arm".into())).is_err());
-        assert!(
-            check(FieldName::ChiefComplaint, FieldValue::Int(3))
-                .unwrap_err()
-                .contains("expected text")
-        );
+        assert!(check(FieldName::ChiefComplaint, FieldValue::Int(3)).unwrap_err().contains("expected text"));
         assert_eq!(check(FieldName::LastName, FieldValue::Null), Ok(FieldValue::Null));
+        assert_eq!(check(FieldName::AgeEstimated, FieldValue::Bool(true)), Ok(FieldValue::Bool(true)));
+        assert!(check(FieldName::AgeEstimated, FieldValue::Text("yes".into())).unwrap_err().contains("true or false"));
     }
 
     #[test]

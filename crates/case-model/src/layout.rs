@@ -20,13 +20,8 @@ pub(crate) const NARRATIVE: &str = "narrative";
 pub(crate) const ASSESSMENT: &str = "assessment";
 
 /// Maps under the root, and maps nested in them.
-pub(crate) const MAPS: &[&[&str]] = &[
-    &["case"],
-    &["response"],
-    &["patient"],
-    &["patient", "insurance"],
-    &["situation"],
-];
+pub(crate) const MAPS: &[&[&str]] =
+    &[&["case"], &["response"], &["patient"], &["patient", "insurance"], &["situation"]];
 /// Lists of items, by path.
 pub(crate) const LISTS: &[&[&str]] = &[
     &["timeline"],

@@ -46,6 +46,7 @@
 //! | `patient.last_name`, `first_name`, `middle_name` | ePatient.02, ePatient.03, ePatient.04 |
 //! | `patient.date_of_birth` | ePatient.17 Date of Birth |
 //! | `patient.age`, `patient.age_units` | ePatient.15 Age, ePatient.16 Age Units |
+//! | `patient.age_estimated` = true | ePatient.15 with PN 8801029 Approximate |
 //! | `patient.sex` | ePatient.25 Sex (ePatient.13 Gender is deprecated) |
 //! | `patient.allergy_status` = `no_known_allergies` | eHistory.06 nil with PN 8801013 No Known Drug Allergy |
 //! | `patient.allergies` (medication) | eHistory.06 Medication Allergies (RxNorm, ICD-10 Z88.x) |

@@ -41,7 +41,9 @@ fn v1_to_v2(tx: &mut Transaction<'_>) -> Result<(), automerge::AutomergeError> {
             }),
             _ => None,
         };
-        if let Some(sex) = sex {
+        // A `sex` written by a newer replica is a clinician's statement: never overwrite it.
+        let already = tx.get(&patient, "sex")?.is_some();
+        if let Some(sex) = sex.filter(|_| !already) {
             // The clinical statement stays attributed to the person who made it.
             let by =
                 UserId::parse(&rec.by).unwrap_or_else(|_| UserId::parse("system:migration").expect("valid literal"));
@@ -65,10 +67,7 @@ mod tests {
     };
 
     fn ctx() -> EditContext {
-        EditContext {
-            user: UserId::parse("ana").unwrap(),
-            now: Timestamp::from_unix_millis(1_795_000_000_000),
-        }
+        EditContext { user: UserId::parse("ana").unwrap(), now: Timestamp::from_unix_millis(1_795_000_000_000) }
     }
 
     /// A case as schema version 1 wrote it: `patient.gender` with an ePatient.13 code.
@@ -102,12 +101,12 @@ mod tests {
         for (code, sex) in [("9906001", "female"), ("9906003", "male"), ("9906007", "unknown")] {
             let mut doc = v1_case(code);
             assert_eq!(doc.schema_version(), 1);
-            assert!(doc.migrate(&ctx()).is_some());
+            assert!(doc.migrate(&ctx()).unwrap().is_some());
             assert_eq!(doc.schema_version(), 2);
             let view = doc.view();
             assert_eq!(view.fields["patient.sex"]["value"], sex);
             assert_eq!(view.fields["patient.sex"]["by"], "ben");
-            assert!(doc.migrate(&ctx()).is_none(), "migrating twice does nothing");
+            assert!(doc.migrate(&ctx()).unwrap().is_none(), "migrating twice does nothing");
         }
     }
 
@@ -116,11 +115,42 @@ mod tests {
         let doc = v1_case("9906003");
         let mut a = CaseDoc::load(session_actor(&[2; 8], [2; 8]), Some(&doc.save()), []).unwrap();
         let mut b = CaseDoc::load(session_actor(&[3; 8], [3; 8]), Some(&doc.save()), []).unwrap();
-        a.migrate(&ctx()).unwrap();
-        b.migrate(&ctx()).unwrap();
+        a.migrate(&ctx()).unwrap().unwrap();
+        b.migrate(&ctx()).unwrap().unwrap();
         a.merge(&mut b).unwrap();
         assert!(a.conflicts().is_empty(), "{:?}", a.conflicts());
         assert_eq!(a.view().fields["patient.sex"]["value"], "male");
+    }
+
+    #[test]
+    fn an_old_document_is_refused_for_editing_until_migrated() {
+        let mut doc = v1_case("9906003");
+        let err = doc.apply(&ctx(), &[Edit::AddChat { text: "hi".into() }]).unwrap_err();
+        assert_eq!(err.error, EditError::NeedsMigration { found: 1, current: 2 });
+        doc.migrate(&ctx()).unwrap();
+        doc.apply(&ctx(), &[Edit::AddChat { text: "hi".into() }]).unwrap();
+    }
+
+    #[test]
+    fn migration_never_overwrites_a_sex_recorded_under_the_new_schema() {
+        let mut doc = v1_case("9906003");
+        // A replica already on v2 recorded the patient's sex; its change arrives first.
+        let am = doc.automerge_mut();
+        let mut tx = am.transaction();
+        let patient = layout::walk_maps(&tx, &["patient"]).unwrap();
+        put_field(
+            &mut tx,
+            &patient,
+            "sex",
+            &FieldValue::Text("female".into()),
+            &UserId::parse("dr-osei").unwrap(),
+            ctx().now,
+        )
+        .unwrap();
+        tx.commit();
+        doc.migrate(&ctx()).unwrap();
+        assert_eq!(doc.view().fields["patient.sex"]["value"], "female");
+        assert_eq!(doc.view().fields["patient.sex"]["by"], "dr-osei");
     }
 
     #[test]
@@ -131,13 +161,7 @@ mod tests {
         tx.put(automerge::ROOT, layout::SCHEMA, 99u64).unwrap();
         tx.commit();
         let err = doc.apply(&ctx(), &[Edit::AddChat { text: "hi".into() }]).unwrap_err();
-        assert_eq!(
-            err.error,
-            EditError::NewerSchema {
-                found: 99,
-                supported: 2
-            }
-        );
+        assert_eq!(err.error, EditError::NewerSchema { found: 99, supported: 2 });
         assert!(err.to_string().contains("update Medvan"));
     }
 }

@@ -98,18 +98,9 @@ pub struct CaseSummary {
 pub(crate) fn view(doc: &impl ReadDoc, id: CaseId, org: &OrgId, van: &VanId, conflicts: Vec<Conflict>) -> CaseView {
     let case = layout::walk_maps(doc, &[layout::CASE]);
     let list = |path: &[&str]| layout::object(doc, path).map(|l| items(doc, &l)).unwrap_or_default();
-    let text = |key: &str| {
-        layout::object(doc, &[key])
-            .and_then(|t| doc.text(&t).ok())
-            .unwrap_or_default()
-    };
+    let text = |key: &str| layout::object(doc, &[key]).and_then(|t| doc.text(&t).ok()).unwrap_or_default();
     let mut timeline = list(&["timeline"]);
-    timeline.sort_by_key(|i| {
-        (
-            i.get("time").and_then(|t| t.as_str()).map(str::to_owned),
-            status_rank(i),
-        )
-    });
+    timeline.sort_by_key(|i| (i.get("time").and_then(|t| t.as_str()).map(str::to_owned), status_rank(i)));
     let mut fields = serde_json::Map::new();
     for f in FieldName::ALL {
         if let Some(v) = field_json(doc, *f) {
@@ -122,14 +113,9 @@ pub(crate) fn view(doc: &impl ReadDoc, id: CaseId, org: &OrgId, van: &VanId, con
         van: van.clone(),
         schema: layout::get_i64(doc, &automerge::ROOT, layout::SCHEMA).unwrap_or(0) as u64,
         created_at: Timestamp::from_unix_millis(
-            case.as_ref()
-                .and_then(|c| layout::get_i64(doc, c, "created_at"))
-                .unwrap_or(0),
+            case.as_ref().and_then(|c| layout::get_i64(doc, c, "created_at")).unwrap_or(0),
         ),
-        created_by: case
-            .as_ref()
-            .and_then(|c| layout::get_str(doc, c, "created_by"))
-            .unwrap_or_default(),
+        created_by: case.as_ref().and_then(|c| layout::get_str(doc, c, "created_by")).unwrap_or_default(),
         status: current_status(doc),
         closed_at: crate::apply::closed_at(doc),
         timeline,
@@ -173,9 +159,7 @@ pub(crate) fn summary(doc: &impl ReadDoc, id: CaseId, org: &OrgId, van: &VanId, 
         van: van.clone(),
         status: current_status(doc),
         created_at: Timestamp::from_unix_millis(
-            case.as_ref()
-                .and_then(|c| layout::get_i64(doc, c, "created_at"))
-                .unwrap_or(0),
+            case.as_ref().and_then(|c| layout::get_i64(doc, c, "created_at")).unwrap_or(0),
         ),
         patient_name,
         temp_patient_id: patient.and_then(|p| layout::get_str(doc, &p, "temp_id")),
@@ -198,19 +182,14 @@ fn current_status(doc: &impl ReadDoc) -> Option<CaseStatus> {
 }
 
 fn status_rank(item: &Item) -> usize {
-    item.get("status")
-        .and_then(|s| s.as_str())
-        .and_then(CaseStatus::parse)
-        .map_or(0, CaseStatus::rank)
+    item.get("status").and_then(|s| s.as_str()).and_then(CaseStatus::parse).map_or(0, CaseStatus::rank)
 }
 
 fn field_value(doc: &impl ReadDoc, f: FieldName) -> Option<FieldValue> {
     let path: Vec<&str> = f.path().split('.').collect();
     let (key, parents) = path.split_last()?;
     let obj = layout::walk_maps(doc, parents)?;
-    layout::field_at(doc, &obj, key)
-        .map(|r| r.value)
-        .filter(|v| *v != FieldValue::Null)
+    layout::field_at(doc, &obj, key).map(|r| r.value).filter(|v| *v != FieldValue::Null)
 }
 
 fn field_json(doc: &impl ReadDoc, f: FieldName) -> Option<serde_json::Value> {
@@ -229,10 +208,7 @@ fn field_json(doc: &impl ReadDoc, f: FieldName) -> Option<serde_json::Value> {
 const TIME_KEYS: &[&str] = &["at", "time", "taken_at", "performed_at", "given_at"];
 
 fn items(doc: &impl ReadDoc, list: &ObjId) -> Vec<Item> {
-    layout::items(doc, list)
-        .into_iter()
-        .map(|(id, obj)| item(doc, id, &obj))
-        .collect()
+    layout::items(doc, list).into_iter().map(|(id, obj)| item(doc, id, &obj)).collect()
 }
 
 fn item(doc: &impl ReadDoc, id: String, obj: &ObjId) -> Item {

@@ -33,6 +33,7 @@ fn config(dir: &Path) -> StoreConfig {
     }
     let mut cfg = StoreConfig::new(dir.join("data"), key, VanId::parse("van-12").unwrap());
     cfg.compact_after = usize::MAX;
+    cfg.create_if_missing = true;
     cfg
 }
 
@@ -70,11 +71,7 @@ fn latency(dir: &Path) -> (Duration, Duration, f64) {
     let case = store.create_case(&ctx(), &org).unwrap();
     let mut times = Vec::new();
     for i in 0..1000 {
-        let edit = Edit::AddVitals(VitalsInput {
-            heart_rate: Some(60 + i % 50),
-            spo2: Some(95),
-            ..Default::default()
-        });
+        let edit = Edit::AddVitals(VitalsInput { heart_rate: Some(60 + i % 50), spo2: Some(95), ..Default::default() });
         let t = Instant::now();
         store.edit_case(&ctx(), case.id, &[edit]).unwrap();
         times.push(t.elapsed());
@@ -82,11 +79,7 @@ fn latency(dir: &Path) -> (Duration, Duration, f64) {
     let total: Duration = times.iter().sum();
     times.sort();
     store.close();
-    (
-        percentile(&times, 0.5),
-        percentile(&times, 0.99),
-        times.len() as f64 / total.as_secs_f64(),
-    )
+    (percentile(&times, 0.5), percentile(&times, 0.99), times.len() as f64 / total.as_secs_f64())
 }
 
 fn throughput(cfg: StoreConfig, threads: usize, secs: u64) -> f64 {
@@ -100,9 +93,7 @@ fn throughput(cfg: StoreConfig, threads: usize, secs: u64) -> f64 {
             std::thread::spawn(move || {
                 let case = store.create_case(&ctx(), &org).unwrap();
                 while !stop.load(Ordering::Relaxed) {
-                    store
-                        .edit_case(&ctx(), case.id, &[Edit::AddChat { text: "copy".into() }])
-                        .unwrap();
+                    store.edit_case(&ctx(), case.id, &[Edit::AddChat { text: "copy".into() }]).unwrap();
                     count.fetch_add(1, Ordering::Relaxed);
                 }
             })
@@ -177,17 +168,10 @@ fn typical_case(id_seed: u8, words: usize, vitals: usize, procedures: usize, fie
             })
         } else if made.3 < fields && i % (total / fields.max(1)).max(1) == 2 {
             made.3 += 1;
-            Edit::SetField {
-                field: FieldName::ChiefComplaint,
-                value: FieldValue::Text(format!("forearm pain {i}")),
-            }
+            Edit::SetField { field: FieldName::ChiefComplaint, value: FieldValue::Text(format!("forearm pain {i}")) }
         } else if made.0 < words {
             made.0 += 1;
-            Edit::EditNarrative(TextSplice {
-                pos: None,
-                delete: 0,
-                insert: format!("{} ", WORDS[i % WORDS.len()]),
-            })
+            Edit::EditNarrative(TextSplice { pos: None, delete: 0, insert: format!("{} ", WORDS[i % WORDS.len()]) })
         } else {
             Edit::AddChat { text: "ok".into() }
         };
@@ -198,12 +182,8 @@ fn typical_case(id_seed: u8, words: usize, vitals: usize, procedures: usize, fie
 
 /// Puts a document's changes into the store as one sync would.
 fn import(store: &Store, doc: &CaseDoc) -> CaseId {
-    let bytes: Vec<u8> = doc
-        .automerge()
-        .get_changes(&[])
-        .into_iter()
-        .flat_map(|mut c| c.bytes().into_owned())
-        .collect();
+    let bytes: Vec<Vec<u8>> =
+        doc.automerge().get_changes(&[]).into_iter().map(|mut c| c.bytes().into_owned()).collect();
     store.import_case(&ctx(), doc.id(), &bytes).unwrap();
     doc.id()
 }
@@ -268,11 +248,7 @@ fn bytes_per_case(dir: &Path) -> (f64, f64, usize) {
     conn.execute_batch("VACUUM;").unwrap();
     drop(conn);
     let compacted = fs::metadata(&db).unwrap().len();
-    (
-        (raw - empty) as f64 / n as f64,
-        (compacted.saturating_sub(empty)) as f64 / n as f64,
-        changes,
-    )
+    ((raw - empty) as f64 / n as f64, (compacted.saturating_sub(empty)) as f64 / n as f64, changes)
 }
 
 fn main() {
@@ -282,10 +258,7 @@ fn main() {
         fs::create_dir_all(&p).unwrap();
         p
     };
-    println!(
-        "medvan store benchmark (SQLCipher, WAL, synchronous=FULL), data in {}",
-        base.path().display()
-    );
+    println!("medvan store benchmark (SQLCipher, WAL, synchronous=FULL), data in {}", base.path().display());
     let fsyncs = fsync_rate(base.path());
     println!("one fsync per edit (4 KiB write + fdatasync): {fsyncs:.0} per second");
     let (p50, p99, seq) = latency(&sub("latency"));
@@ -298,10 +271,7 @@ fn main() {
     // this machine's disk, and on a simulated van eMMC whose syncs take 5 ms.
     let slow = test_support::powercut::register("bench-slow-flash");
     slow.set_sync_delay(Duration::from_millis(5));
-    for (disk, vfs) in [
-        ("this disk", None),
-        ("simulated 5 ms-sync flash", Some("bench-slow-flash")),
-    ] {
+    for (disk, vfs) in [("this disk", None), ("simulated 5 ms-sync flash", Some("bench-slow-flash"))] {
         let mut rates = Vec::new();
         for max_group in [1, 512] {
             let mut cfg = config(&sub(&format!("throughput-{}-{max_group}", vfs.is_some())));

@@ -43,15 +43,18 @@ pub(crate) struct Blobs {
 
 impl Blobs {
     pub(crate) fn open(dir: &Path, keys: Keys) -> io::Result<Blobs> {
-        fs::create_dir_all(dir.join("tmp"))?;
+        if !dir.join("tmp").exists() {
+            fs::create_dir_all(dir.join("tmp"))?;
+            sync_dir(dir)?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
         // Temporary files are writes that never finished; nothing refers to them.
         for entry in fs::read_dir(dir.join("tmp"))? {
             let _ = fs::remove_file(entry?.path());
         }
-        Ok(Blobs {
-            dir: dir.to_owned(),
-            keys,
-        })
+        Ok(Blobs { dir: dir.to_owned(), keys })
     }
 
     /// Encrypts `content` into the store. Returns once the file is durable.
@@ -69,19 +72,20 @@ impl Blobs {
         };
         let path = self.path_of(&sha);
         let parent = path.parent().unwrap_or(&self.dir).to_owned();
-        fs::create_dir_all(&parent)?;
+        if !parent.exists() {
+            fs::create_dir_all(&parent)?;
+            sync_dir(&self.dir)?;
+        }
         if path.exists() {
             // Same content already stored: keep the existing file.
             fs::remove_file(&tmp)?;
         } else {
             fs::rename(&tmp, &path)?;
-            sync_dir(&parent)?;
-            sync_dir(&self.dir)?;
         }
-        Ok(BlobRef {
-            sha256: hex::encode(sha),
-            size,
-        })
+        // Synced even when the file existed: an earlier put may have died between its
+        // rename and its sync.
+        sync_dir(&parent)?;
+        Ok(BlobRef { sha256: hex::encode(sha), size })
     }
 
     fn write_tmp(
@@ -101,11 +105,7 @@ impl Blobs {
         // Read one chunk ahead so the last chunk can be flagged as last.
         let mut current = read_chunk(content)?;
         loop {
-            let next = if current.len() == CHUNK {
-                read_chunk(content)?
-            } else {
-                Vec::new()
-            };
+            let next = if current.len() == CHUNK { read_chunk(content)? } else { Vec::new() };
             let last = next.is_empty();
             size += current.len() as u64;
             if size > limit {
@@ -113,13 +113,7 @@ impl Blobs {
             }
             hasher.update(&current);
             let ct = cipher
-                .encrypt(
-                    &nonce(prefix, index, last),
-                    Payload {
-                        msg: &current,
-                        aad: MAGIC,
-                    },
-                )
+                .encrypt(&nonce(prefix, index, last), Payload { msg: &current, aad: MAGIC })
                 .map_err(|_| io::Error::other("encryption failed"))?;
             out.write_all(&ct)?;
             if last {
@@ -135,10 +129,8 @@ impl Blobs {
 
     /// Reads and verifies a blob.
     pub(crate) fn read(&self, sha256_hex: &str) -> Result<Vec<u8>, StoreError> {
-        let corrupt = |reason: &str| StoreError::BlobCorrupt {
-            sha256: sha256_hex.to_owned(),
-            reason: reason.to_owned(),
-        };
+        let corrupt =
+            |reason: &str| StoreError::BlobCorrupt { sha256: sha256_hex.to_owned(), reason: reason.to_owned() };
         let sha = parse_sha(sha256_hex).ok_or_else(|| corrupt("not a SHA-256"))?;
         let data = match fs::read(self.path_of(&sha)) {
             Ok(d) => d,
@@ -148,9 +140,7 @@ impl Blobs {
         if data.len() < MAGIC.len() + PREFIX + TAG || &data[..MAGIC.len()] != MAGIC {
             return Err(corrupt("the file header is damaged"));
         }
-        let prefix: [u8; PREFIX] = data[MAGIC.len()..MAGIC.len() + PREFIX]
-            .try_into()
-            .expect("length checked above");
+        let prefix: [u8; PREFIX] = data[MAGIC.len()..MAGIC.len() + PREFIX].try_into().expect("length checked above");
         let cipher = XChaCha20Poly1305::new((&self.keys.blob_cipher).into());
         let mut body = &data[MAGIC.len() + PREFIX..];
         let mut out = Vec::with_capacity(body.len());
@@ -159,13 +149,7 @@ impl Blobs {
             let take = body.len().min(CHUNK + TAG);
             let last = take == body.len();
             let plain = cipher
-                .decrypt(
-                    &nonce(&prefix, index, last),
-                    Payload {
-                        msg: &body[..take],
-                        aad: MAGIC,
-                    },
-                )
+                .decrypt(&nonce(&prefix, index, last), Payload { msg: &body[..take], aad: MAGIC })
                 .map_err(|_| corrupt("a chunk failed authentication (damaged, truncated or tampered with)"))?;
             out.extend_from_slice(&plain);
             body = &body[take..];
@@ -178,11 +162,6 @@ impl Blobs {
             return Err(corrupt("its content does not match its hash"));
         }
         Ok(out)
-    }
-
-    /// Whether a blob's file exists.
-    pub(crate) fn contains(&self, sha256_hex: &str) -> bool {
-        parse_sha(sha256_hex).is_some_and(|sha| self.path_of(&sha).exists())
     }
 
     fn path_of(&self, sha: &[u8; 32]) -> PathBuf {
@@ -254,13 +233,7 @@ mod tests {
         let mut flipped = good.clone();
         flipped[100] ^= 1;
         fs::write(&path, &flipped).unwrap();
-        assert!(
-            blobs
-                .read(&r.sha256)
-                .unwrap_err()
-                .to_string()
-                .contains("failed authentication")
-        );
+        assert!(blobs.read(&r.sha256).unwrap_err().to_string().contains("failed authentication"));
 
         // Dropping the last chunk leaves a file that ends on a chunk not flagged as last.
         let cut = good.len() - (CHUNK + TAG);
@@ -275,10 +248,7 @@ mod tests {
     fn over_limit_blobs_are_refused_and_leave_nothing() {
         let (d, blobs) = store();
         let data = vec![1u8; CHUNK * 2];
-        assert!(matches!(
-            blobs.put(&mut data.as_slice(), 1000),
-            Err(StoreError::BlobTooLarge { limit: 1000 })
-        ));
+        assert!(matches!(blobs.put(&mut data.as_slice(), 1000), Err(StoreError::BlobTooLarge { limit: 1000 })));
         assert_eq!(fs::read_dir(d.path().join("blobs/tmp")).unwrap().count(), 0);
     }
 }

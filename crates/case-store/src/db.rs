@@ -78,11 +78,7 @@ pub(crate) struct Paths {
 
 impl Paths {
     pub(crate) fn new(dir: &Path) -> Paths {
-        Paths {
-            db: dir.join("cases.db"),
-            marker: dir.join("store.id"),
-            blobs: dir.join("blobs"),
-        }
+        Paths { db: dir.join("cases.db"), marker: dir.join("store.id"), blobs: dir.join("blobs") }
     }
 }
 
@@ -94,36 +90,19 @@ pub(crate) fn open(
     durability: Durability,
     vfs: Option<&str>,
 ) -> Result<Connection, OpenError> {
-    let sql_err = |source| OpenError::Sqlite {
-        db: paths.db.clone(),
-        source,
-    };
-    let marker = read_marker(&paths.marker).map_err(|source| OpenError::Io {
-        path: paths.marker.clone(),
-        source,
-    })?;
+    let sql_err = |source| OpenError::Sqlite { db: paths.db.clone(), source };
+    let marker = read_marker(&paths.marker).map_err(|source| OpenError::Io { path: paths.marker.clone(), source })?;
     let exists = paths.db.exists();
     if !exists && marker.is_some() {
-        return Err(OpenError::MissingDatabase {
-            db: paths.db.clone(),
-            marker: paths.marker.clone(),
-        });
+        return Err(OpenError::MissingDatabase { db: paths.db.clone(), marker: paths.marker.clone() });
     }
     if let Some(id) = &marker
         && *id != keys.key_id
     {
-        return Err(OpenError::WrongKey {
-            db: paths.db.clone(),
-            key_file: key_file.to_owned(),
-        });
+        return Err(OpenError::WrongKey { db: paths.db.clone(), key_file: key_file.to_owned() });
     }
     if exists {
-        let len = fs::metadata(&paths.db)
-            .map_err(|source| OpenError::Io {
-                path: paths.db.clone(),
-                source,
-            })?
-            .len();
+        let len = fs::metadata(&paths.db).map_err(|source| OpenError::Io { path: paths.db.clone(), source })?.len();
         if len == 0 && marker.is_some() {
             return Err(OpenError::Corrupt {
                 db: paths.db.clone(),
@@ -140,8 +119,7 @@ pub(crate) fn open(
     // SQLCipher's own logging writes to stderr; the store reports errors itself.
     let _ = conn.execute_batch("PRAGMA cipher_log_level = NONE;");
     // A raw key skips SQLCipher's passphrase derivation: the key is already random.
-    conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(keys.sqlcipher)))
-        .map_err(sql_err)?;
+    conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(keys.sqlcipher))).map_err(sql_err)?;
     // Prove the file readable before writing anything.
     let version: i64 = match conn.query_row("PRAGMA user_version", [], |r| r.get(0)) {
         Ok(v) => v,
@@ -152,10 +130,7 @@ pub(crate) fn open(
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(|e| classify(paths, e, marker.is_some(), key_file))?;
         if check != "ok" {
-            return Err(OpenError::Corrupt {
-                db: paths.db.clone(),
-                detail: format!("integrity check: {check}"),
-            });
+            return Err(OpenError::Corrupt { db: paths.db.clone(), detail: format!("integrity check: {check}") });
         }
     }
     if version == 0 && marker.is_some() {
@@ -166,11 +141,7 @@ pub(crate) fn open(
     }
     let latest = MIGRATIONS.len() as i64;
     if version > latest {
-        return Err(OpenError::NewerSchema {
-            db: paths.db.clone(),
-            found: version,
-            supported: latest,
-        });
+        return Err(OpenError::NewerSchema { db: paths.db.clone(), found: version, supported: latest });
     }
     let sync = match durability {
         Durability::Full => "FULL",
@@ -187,10 +158,8 @@ pub(crate) fn open(
     .map_err(|e| classify(paths, e, marker.is_some(), key_file))?;
     migrate(&conn, version).map_err(sql_err)?;
     if marker.is_none() {
-        write_marker(&paths.marker, &keys.key_id).map_err(|source| OpenError::Io {
-            path: paths.marker.clone(),
-            source,
-        })?;
+        write_marker(&paths.marker, &keys.key_id)
+            .map_err(|source| OpenError::Io { path: paths.marker.clone(), source })?;
     }
     Ok(conn)
 }
@@ -234,14 +203,10 @@ fn classify(paths: &Paths, e: rusqlite::Error, had_marker: bool, key_file: &Path
                 ),
             }
         }
-        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => OpenError::Corrupt {
-            db: paths.db.clone(),
-            detail: e.to_string(),
-        },
-        _ => OpenError::Sqlite {
-            db: paths.db.clone(),
-            source: e,
-        },
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+            OpenError::Corrupt { db: paths.db.clone(), detail: e.to_string() }
+        }
+        _ => OpenError::Sqlite { db: paths.db.clone(), source: e },
     }
 }
 

@@ -47,6 +47,20 @@ pub enum OpenError {
         /// The marker file.
         marker: PathBuf,
     },
+    /// No store exists here and creating one was not asked for.
+    #[error(
+        "no case store in {dir}: if this van is new, create one with `edge-agent init-store`; if it had one, check that its data partition is mounted"
+    )]
+    NoStore {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// Another process has the store open.
+    #[error("another process has the case store in {dir} open (is an edge agent already running?); stop it first")]
+    InUse {
+        /// The data directory.
+        dir: PathBuf,
+    },
     /// The data directory could not be created or written.
     #[error("data directory {path}: {source}")]
     Io {
@@ -120,14 +134,20 @@ pub enum StoreError {
         /// Why.
         source: Box<LoadError>,
     },
+    /// A commit failed in a way that leaves its outcome unknown (an I/O error while syncing).
+    #[error("saving failed ({0}) and the change may or may not have been stored; reload the case before retrying")]
+    Uncertain(String),
+    /// A failure from another part of the store, passed on to each request of a group.
+    #[error("{0}")]
+    Failed(String),
     /// The store is shutting down.
     #[error("the store is shutting down; retry after the agent restarts")]
     Closed,
     /// An I/O failure.
-    #[error("storage I/O failed: {0}; the change was not saved")]
+    #[error("storage I/O failed: {0}")]
     Io(std::io::Error),
     /// An SQLite failure.
-    #[error("database error: {0}; the change was not saved")]
+    #[error("database error: {0}")]
     Sqlite(rusqlite::Error),
 }
 
@@ -143,11 +163,7 @@ impl From<rusqlite::Error> for StoreError {
 
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> Self {
-        if e.kind() == std::io::ErrorKind::StorageFull {
-            StoreError::DiskFull
-        } else {
-            StoreError::Io(e)
-        }
+        if e.kind() == std::io::ErrorKind::StorageFull { StoreError::DiskFull } else { StoreError::Io(e) }
     }
 }
 
@@ -168,7 +184,9 @@ impl Clone for StoreError {
             StoreError::Closed => StoreError::Closed,
             StoreError::NotFound(id) => StoreError::NotFound(*id),
             StoreError::Invalid(b) => StoreError::Invalid(b.clone()),
-            other => StoreError::Io(std::io::Error::other(other.to_string())),
+            StoreError::Uncertain(m) => StoreError::Uncertain(m.clone()),
+            StoreError::Io(e) => StoreError::Io(std::io::Error::new(e.kind(), e.to_string())),
+            other => StoreError::Failed(other.to_string()),
         }
     }
 }

@@ -29,24 +29,16 @@ pub(crate) struct Keys {
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keys")
-            .field("key_id", &self.key_id)
-            .finish_non_exhaustive()
+        f.debug_struct("Keys").field("key_id", &self.key_id).finish_non_exhaustive()
     }
 }
 
 impl Keys {
     /// Reads and checks the key file: 64 hex digits, readable by its owner only.
     pub(crate) fn load(path: &Path) -> Result<Keys, OpenError> {
-        let err = |reason: String| OpenError::Key {
-            path: path.to_owned(),
-            reason,
-        };
+        let err = |reason: String| OpenError::Key { path: path.to_owned(), reason };
         let meta = fs::metadata(path).map_err(|e| {
-            err(format!(
-                "cannot read it ({e}); create one with `edge-agent gen-key {}`",
-                path.display()
-            ))
+            err(format!("cannot read it ({e}); create one with `edge-agent gen-key {}`", path.display()))
         })?;
         #[cfg(unix)]
         {
@@ -62,9 +54,8 @@ impl Keys {
         let text = fs::read_to_string(path).map_err(|e| err(format!("cannot read it ({e})")))?;
         let bytes =
             hex::decode(text.trim()).map_err(|_| err("must hold 64 hexadecimal characters (a 256-bit key)".into()))?;
-        let master: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| err("must hold 64 hexadecimal characters (a 256-bit key)".into()))?;
+        let master: [u8; 32] =
+            bytes.try_into().map_err(|_| err("must hold 64 hexadecimal characters (a 256-bit key)".into()))?;
         Ok(Keys::derive(&master))
     }
 
@@ -73,8 +64,7 @@ impl Keys {
         let derive = |label: &[u8]| {
             let mut out = [0u8; 32];
             // 32 bytes is far below HKDF-SHA256's output limit.
-            hk.expand(label, &mut out)
-                .expect("32 bytes is a valid HKDF output length");
+            hk.expand(label, &mut out).expect("32 bytes is a valid HKDF output length");
             out
         };
         let id = derive(b"key-id");
@@ -109,7 +99,12 @@ pub fn generate_key_file(path: &Path) -> std::io::Result<()> {
     let mut f = opts.open(path)?;
     writeln!(f, "{}", hex::encode(key))?;
     f.sync_all()?;
-    Ok(())
+    // Losing the key loses every case: make its directory entry durable too.
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::File::open(parent)?.sync_all()
 }
 
 #[cfg(test)]
@@ -135,11 +130,6 @@ mod tests {
         }
         fs::write(&path, "not hex").unwrap();
         assert!(Keys::load(&path).unwrap_err().to_string().contains("64 hexadecimal"));
-        assert!(
-            Keys::load(&dir.path().join("missing"))
-                .unwrap_err()
-                .to_string()
-                .contains("gen-key")
-        );
+        assert!(Keys::load(&dir.path().join("missing")).unwrap_err().to_string().contains("gen-key"));
     }
 }

@@ -60,6 +60,9 @@ pub struct StoreConfig {
     pub max_group: usize,
     /// An SQLite VFS to use instead of the default (fault-injection tests only).
     pub vfs: Option<String>,
+    /// Create a new, empty store if the directory holds none. Off by default: a van whose
+    /// data partition failed to mount must not quietly start an empty record.
+    pub create_if_missing: bool,
 }
 
 impl StoreConfig {
@@ -74,6 +77,7 @@ impl StoreConfig {
             max_blob_bytes: 1 << 30,
             max_group: 512,
             vfs: None,
+            create_if_missing: false,
         }
     }
 }
@@ -114,32 +118,43 @@ struct Inner {
     compactor: Mutex<Option<mpsc::Sender<CaseId>>>,
     /// Changes stored per case since its last snapshot, counted as they are written.
     uncompacted: Mutex<HashMap<CaseId, usize>>,
+    /// Held until the store is closed: the OS releases it if the process dies.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl Store {
     /// Opens the store in `config.data_dir`, creating it if the directory holds none.
     pub fn open(config: StoreConfig) -> Result<Store, OpenError> {
         let keys = key::Keys::load(&config.key_file)?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| OpenError::Io {
-            path: config.data_dir.clone(),
-            source,
-        })?;
         let paths = db::Paths::new(&config.data_dir);
-        let conn = db::open(
-            &paths,
-            &keys,
-            &config.key_file,
-            config.durability,
-            config.vfs.as_deref(),
-        )?;
-        let reader = db::open_reader(&paths, &keys, config.vfs.as_deref()).map_err(|source| OpenError::Sqlite {
-            db: paths.db.clone(),
-            source,
-        })?;
-        let blobs = blobs::Blobs::open(&paths.blobs, keys.clone()).map_err(|source| OpenError::Io {
-            path: paths.blobs.clone(),
-            source,
-        })?;
+        if !paths.db.exists() && !paths.marker.exists() && !config.create_if_missing {
+            return Err(OpenError::NoStore { dir: config.data_dir.clone() });
+        }
+        let io = |source| OpenError::Io { path: config.data_dir.clone(), source };
+        if !config.data_dir.exists() {
+            std::fs::create_dir_all(&config.data_dir).map_err(io)?;
+            if let Some(parent) = config.data_dir.parent() {
+                db::sync_dir(parent).map_err(io)?;
+            }
+        }
+        restrict_to_owner(&config.data_dir).map_err(io)?;
+        // One process per store: compaction and blob clean-up assume no other writer.
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(config.data_dir.join("store.lock"))
+            .map_err(io)?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::InUse { dir: config.data_dir.clone() }),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        let conn = db::open(&paths, &keys, &config.key_file, config.durability, config.vfs.as_deref())?;
+        let reader = db::open_reader(&paths, &keys, config.vfs.as_deref())
+            .map_err(|source| OpenError::Sqlite { db: paths.db.clone(), source })?;
+        let blobs = blobs::Blobs::open(&paths.blobs, keys.clone())
+            .map_err(|source| OpenError::Io { path: paths.blobs.clone(), source })?;
         let mut device = [0u8; 8];
         let digest = <sha2::Sha256 as sha2::Digest>::digest(config.van.as_str().as_bytes());
         device.copy_from_slice(&digest[..8]);
@@ -154,6 +169,7 @@ impl Store {
             config,
             compactor: Mutex::new(None),
             uncompacted: Mutex::new(HashMap::new()),
+            lock: Mutex::new(Some(lock_file)),
         });
         let store = Store { inner };
         store.start_compactor();
@@ -176,18 +192,9 @@ impl Store {
         let mut guard = lock(&slot);
         self.inner.cache_insert(id, slot.clone());
         let result = self.write(vec![
-            Op::Change {
-                case_id: id.to_string(),
-                bytes: applied.change,
-            },
+            Op::Change { case_id: id.to_string(), bytes: applied.change },
             Op::Index(index_row(&doc.summary(), ctx)),
-            Op::Audit(record(
-                ctx,
-                "case.create",
-                Some(id),
-                audit::Outcome::Allowed,
-                String::new(),
-            )),
+            Op::Audit(record(ctx, "case.create", Some(id), audit::Outcome::Allowed, String::new())),
         ]);
         match result {
             Ok(()) => {
@@ -223,40 +230,29 @@ impl Store {
         answer: impl FnOnce(&CaseDoc) -> T,
     ) -> Result<T, StoreError> {
         let slot = self.slot(ctx, id, "case.edit")?;
+        let edits = match self.check_attachments(edits) {
+            Ok(e) => e,
+            Err(e) => return Err(self.refuse(ctx, id, e)),
+        };
         let mut guard = lock(&slot);
         let doc = self.loaded(&mut guard, id)?;
         let ops: Vec<&str> = edits.iter().map(Edit::name).collect();
-        let applied = match doc.apply(ctx, edits) {
+        let applied = match doc.apply(ctx, &edits) {
             Ok(a) => a,
             Err(e) => {
-                self.write(vec![Op::Audit(record(
-                    ctx,
-                    "case.edit",
-                    Some(id),
-                    audit::Outcome::Refused,
-                    e.to_string(),
-                ))])?;
-                return Err(e.into());
+                drop(guard);
+                return Err(self.refuse(ctx, id, e));
             }
         };
         let summary = doc.summary();
         let result = self.write(vec![
-            Op::Change {
-                case_id: id.to_string(),
-                bytes: applied.change,
-            },
+            Op::Change { case_id: id.to_string(), bytes: applied.change },
             Op::Index(index_row(&summary, ctx)),
-            Op::Audit(record(
-                ctx,
-                "case.edit",
-                Some(id),
-                audit::Outcome::Allowed,
-                ops.join(","),
-            )),
+            Op::Audit(record(ctx, "case.edit", Some(id), audit::Outcome::Allowed, ops.join(","))),
         ]);
         if let Err(e) = result {
-            // The change is in memory but not on disk: forget the in-memory document so the
-            // next access reloads exactly what is stored.
+            // The change is in memory but may not be on disk: forget the in-memory document
+            // so the next access reloads exactly what is stored.
             *guard = None;
             return Err(e);
         }
@@ -266,19 +262,56 @@ impl Store {
         Ok(out)
     }
 
+    /// Audits a refused edit (naming the field, not the refused value, which may be
+    /// patient data) and returns the error to give the caller.
+    fn refuse(&self, ctx: &EditContext, id: CaseId, e: case_model::BatchError) -> StoreError {
+        let detail =
+            format!("edit {}: {} {}", e.index, e.error.kind(), e.error.field().unwrap_or("")).trim_end().to_owned();
+        match self.write(vec![Op::Audit(record(ctx, "case.edit", Some(id), audit::Outcome::Refused, detail))]) {
+            Ok(()) => e.into(),
+            Err(write_error) => write_error,
+        }
+    }
+
+    /// Attachments must name a blob this store holds; their size and media type are taken
+    /// from the stored blob, not from the request.
+    fn check_attachments(&self, edits: &[Edit]) -> Result<Vec<Edit>, case_model::BatchError> {
+        let mut out = edits.to_vec();
+        for (index, edit) in out.iter_mut().enumerate() {
+            let Edit::AddAttachment(a) = edit else { continue };
+            let row: Option<(i64, String)> = lock(&self.inner.reader)
+                .query_row("SELECT size, media_type FROM blobs WHERE sha256 = ?1", [&a.sha256], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+                .unwrap_or(None);
+            match row {
+                Some((size, media_type)) => {
+                    a.size = size as u64;
+                    a.media_type = media_type;
+                }
+                None => {
+                    return Err(case_model::BatchError {
+                        index,
+                        error: case_model::EditError::Invalid {
+                            field: "attachment.sha256".into(),
+                            element: "",
+                            reason: "no uploaded attachment has this hash; upload the file first (POST /api/v1/cases/{id}/attachments)".into(),
+                        },
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads a case. The read is audited before the data is returned.
     pub fn read_case(&self, ctx: &EditContext, id: CaseId) -> Result<CaseView, StoreError> {
         let slot = self.slot(ctx, id, "case.read")?;
         let mut guard = lock(&slot);
         let view = self.loaded(&mut guard, id)?.view();
         drop(guard);
-        self.write(vec![Op::Audit(record(
-            ctx,
-            "case.read",
-            Some(id),
-            audit::Outcome::Allowed,
-            String::new(),
-        ))])?;
+        self.write(vec![Op::Audit(record(ctx, "case.read", Some(id), audit::Outcome::Allowed, String::new()))])?;
         Ok(view)
     }
 
@@ -288,23 +321,15 @@ impl Store {
         let mut guard = lock(&slot);
         let conflicts = self.loaded(&mut guard, id)?.conflicts();
         drop(guard);
-        self.write(vec![Op::Audit(record(
-            ctx,
-            "case.read",
-            Some(id),
-            audit::Outcome::Allowed,
-            "conflicts".into(),
-        ))])?;
+        self.write(vec![Op::Audit(record(ctx, "case.read", Some(id), audit::Outcome::Allowed, "conflicts".into()))])?;
         Ok(conflicts)
     }
 
-    /// Lists cases from the index, newest first (an audited read: it shows patient names).
+    /// Lists cases from the index, newest first. Audited: one entry per case shown (a list
+    /// shows patient names), so "who saw this patient" includes list views.
     pub fn list_cases(&self, ctx: &EditContext, filter: &CaseFilter) -> Result<Vec<CaseSummary>, StoreError> {
         let limit = filter.limit.unwrap_or(100).min(1000);
-        let pattern = filter
-            .patient
-            .as_ref()
-            .map(|p| format!("%{}%", p.replace(['%', '_'], "")));
+        let pattern = filter.patient.as_ref().map(|p| format!("%{}%", p.replace(['%', '_'], "")));
         let rows = {
             let conn = lock(&self.inner.reader);
             let mut stmt = conn.prepare_cached(
@@ -314,34 +339,57 @@ impl Store {
                    AND (?5 IS NULL OR patient_name LIKE ?5)
                  ORDER BY created_at DESC LIMIT ?6",
             )?;
-
             stmt.query_map(
-                params![
-                    filter.status,
-                    filter.van,
-                    filter.created_after,
-                    filter.created_before,
-                    pattern,
-                    limit
-                ],
+                params![filter.status, filter.van, filter.created_after, filter.created_before, pattern, limit],
                 |r| r.get::<_, String>(0),
             )?
             .collect::<Result<Vec<_>, _>>()?
         };
-        let summaries = rows.iter().filter_map(|s| serde_json::from_str(s).ok()).collect();
-        self.write(vec![Op::Audit(record(
-            ctx,
-            "case.list",
-            None,
-            audit::Outcome::Allowed,
-            format!("{} cases", rows.len()),
-        ))])?;
+        let summaries: Vec<CaseSummary> = rows.iter().filter_map(|s| serde_json::from_str(s).ok()).collect();
+        let detail = if filter.patient.is_some() { "listed; patient name search" } else { "listed" };
+        let mut ops: Vec<Op> = summaries
+            .iter()
+            .map(|c| Op::Audit(record(ctx, "case.list", Some(c.id), audit::Outcome::Allowed, detail.into())))
+            .collect();
+        if ops.is_empty() {
+            ops.push(Op::Audit(record(ctx, "case.list", None, audit::Outcome::Allowed, "no cases shown".into())));
+        }
+        self.write(ops)?;
         Ok(summaries)
     }
 
-    /// Stores an attachment's bytes, encrypted. Attach it to a case with an
-    /// [`Edit::AddAttachment`] naming the returned hash.
-    pub fn put_blob(&self, ctx: &EditContext, content: &mut dyn Read, media_type: &str) -> Result<BlobRef, StoreError> {
+    /// Stores an attachment's bytes for a case, encrypted, and attaches it in the same step.
+    pub fn attach(
+        &self,
+        ctx: &EditContext,
+        id: CaseId,
+        content: &mut dyn Read,
+        media_type: &str,
+        kind: case_model::codes::AttachmentKind,
+        label: Option<String>,
+    ) -> Result<CaseView, StoreError> {
+        let blob = self.put_blob(ctx, id, content, media_type)?;
+        let edit = Edit::AddAttachment(case_model::edit::AttachmentInput {
+            sha256: blob.sha256,
+            kind,
+            media_type: media_type.to_owned(),
+            size: blob.size,
+            label,
+        });
+        self.edit_case_view(ctx, id, &[edit])
+    }
+
+    /// Stores an attachment's bytes for a case, encrypted; attach it with an
+    /// [`Edit::AddAttachment`] naming the returned hash (or use [`Store::attach`]).
+    pub fn put_blob(
+        &self,
+        ctx: &EditContext,
+        id: CaseId,
+        content: &mut dyn Read,
+        media_type: &str,
+    ) -> Result<BlobRef, StoreError> {
+        // The case must exist before patient data is written for it.
+        self.slot(ctx, id, "blob.write")?;
         let blob = self.inner.blobs.put(content, self.inner.config.max_blob_bytes)?;
         self.write(vec![
             Op::Blob {
@@ -350,13 +398,7 @@ impl Store {
                 media_type: media_type.to_owned(),
                 at: ctx.now.unix_millis(),
             },
-            Op::Audit(record(
-                ctx,
-                "blob.write",
-                None,
-                audit::Outcome::Allowed,
-                blob.sha256.clone(),
-            )),
+            Op::Audit(record(ctx, "blob.write", Some(id), audit::Outcome::Allowed, blob.sha256.clone())),
         ])?;
         Ok(blob)
     }
@@ -372,33 +414,21 @@ impl Store {
             .into_iter()
             .find(|a| a.get("sha256").and_then(|s| s.as_str()) == Some(sha256));
         drop(guard);
-        let media_type = attachment
-            .as_ref()
-            .and_then(|a| a.get("media_type"))
-            .and_then(|m| m.as_str())
-            .unwrap_or("application/octet-stream")
-            .to_owned();
-        if attachment.is_none() || !self.inner.blobs.contains(sha256) {
+        let Some(attachment) = attachment else {
             self.write(vec![Op::Audit(record(
                 ctx,
                 "blob.read",
                 Some(id),
                 audit::Outcome::Refused,
-                format!("no attachment {sha256}"),
+                "no such attachment".into(),
             ))])?;
-            return Err(StoreError::BlobNotFound {
-                case: id,
-                sha256: sha256.chars().take(64).collect(),
-            });
-        }
+            return Err(StoreError::BlobNotFound { case: id, sha256: sha256.chars().take(64).collect() });
+        };
+        let media_type =
+            attachment.get("media_type").and_then(|m| m.as_str()).unwrap_or("application/octet-stream").to_owned();
+        // A missing or damaged file is reported as such, not as "no attachment".
         let data = self.inner.blobs.read(sha256)?;
-        self.write(vec![Op::Audit(record(
-            ctx,
-            "blob.read",
-            Some(id),
-            audit::Outcome::Allowed,
-            sha256.to_owned(),
-        ))])?;
+        self.write(vec![Op::Audit(record(ctx, "blob.read", Some(id), audit::Outcome::Allowed, sha256.to_owned()))])?;
         Ok((data, media_type))
     }
 
@@ -408,90 +438,80 @@ impl Store {
         let mut guard = lock(&slot);
         let history = self.loaded(&mut guard, id)?.history();
         drop(guard);
-        self.write(vec![Op::Audit(record(
-            ctx,
-            "case.read",
-            Some(id),
-            audit::Outcome::Allowed,
-            "history".into(),
-        ))])?;
+        self.write(vec![Op::Audit(record(ctx, "case.read", Some(id), audit::Outcome::Allowed, "history".into()))])?;
         Ok(history)
     }
 
     /// Who accessed a case: its audit entries, oldest first. Looking is itself audited.
     pub fn audit_trail(&self, ctx: &EditContext, id: CaseId) -> Result<Vec<AuditEntry>, StoreError> {
         self.slot(ctx, id, "audit.read")?;
-        self.write(vec![Op::Audit(record(
-            ctx,
-            "audit.read",
-            Some(id),
-            audit::Outcome::Allowed,
-            String::new(),
-        ))])?;
+        self.write(vec![Op::Audit(record(ctx, "audit.read", Some(id), audit::Outcome::Allowed, String::new()))])?;
         self.audit_of_case(id)
     }
 
     /// Stores a case that arrives whole from a peer (a case the hub assigned to this van),
-    /// or merges into it if it is already here.
-    pub fn import_case(&self, ctx: &EditContext, id: CaseId, changes: &[u8]) -> Result<CaseView, StoreError> {
-        let exists = lock(&self.inner.cache).contains_key(&id)
+    /// one Automerge change per item, or merges into it if it is already here.
+    pub fn import_case(&self, ctx: &EditContext, id: CaseId, changes: &[Vec<u8>]) -> Result<CaseView, StoreError> {
+        let known = lock(&self.inner.cache).contains_key(&id)
             || lock(&self.inner.reader)
                 .query_row("SELECT 1 FROM cases WHERE id = ?1", [id.to_string()], |_| Ok(()))
                 .optional()?
                 .is_some();
-        if exists {
+        if known {
             return self.apply_remote_changes(ctx, id, changes);
         }
-        let mut doc = CaseDoc::load(self.inner.actor.clone(), None, [changes]).map_err(|source| StoreError::Load {
-            case: id,
-            source: Box::new(source),
-        })?;
-        doc.refresh_conflicts();
+        let load_err = |source| StoreError::Load { case: id, source: Box::new(source) };
+        let mut doc =
+            CaseDoc::load(self.inner.actor.clone(), None, changes.iter().map(Vec::as_slice)).map_err(load_err)?;
         if doc.id() != id {
-            return Err(StoreError::Load {
-                case: id,
-                source: Box::new(case_model::LoadError::NotACase("the changes belong to another case")),
-            });
+            return Err(load_err(case_model::LoadError::NotACase("the changes belong to another case")));
         }
-        let slot: Slot = Arc::new(Mutex::new(None));
-        let slot = self.inner.cache_insert(id, slot);
+        let slot = self.inner.cache_insert(id, Arc::new(Mutex::new(None)));
         let mut guard = lock(&slot);
         if guard.is_some() {
             drop(guard);
             return self.apply_remote_changes(ctx, id, changes);
         }
-        let mut ops: Vec<Op> = doc
-            .automerge()
-            .get_changes(&[])
-            .into_iter()
-            .map(|mut c| Op::Change {
-                case_id: id.to_string(),
-                bytes: c.bytes().into_owned(),
-            })
-            .collect();
+        let mut ops: Vec<Op> =
+            changes.iter().map(|c| Op::Change { case_id: id.to_string(), bytes: c.clone() }).collect();
         let count = ops.len();
+        if let Some(applied) = doc.migrate(&migration_context(ctx)).map_err(load_err)? {
+            ops.push(Op::Change { case_id: id.to_string(), bytes: applied.change });
+            ops.push(Op::Audit(record(
+                &migration_context(ctx),
+                "case.migrate",
+                Some(id),
+                audit::Outcome::Allowed,
+                String::new(),
+            )));
+        }
+        doc.refresh_conflicts();
         ops.push(Op::Index(index_row(&doc.summary(), ctx)));
-        ops.push(Op::Audit(record(
-            ctx,
-            "case.import",
-            Some(id),
-            audit::Outcome::Allowed,
-            format!("{count} changes"),
-        )));
+        ops.push(Op::Audit(record(ctx, "case.import", Some(id), audit::Outcome::Allowed, format!("{count} changes"))));
         self.write(ops)?;
         let view = doc.view();
         *guard = Some(doc);
         Ok(view)
     }
 
-    /// Merges changes from another replica of a case (the sync protocol's way in) and
-    /// persists the ones that were new. Returns the case as it now stands.
-    pub fn apply_remote_changes(&self, ctx: &EditContext, id: CaseId, changes: &[u8]) -> Result<CaseView, StoreError> {
+    /// Merges changes from another replica of a case (the sync protocol's way in), one
+    /// Automerge change per item, and persists the ones that were new. Returns the case as
+    /// it now stands.
+    pub fn apply_remote_changes(
+        &self,
+        ctx: &EditContext,
+        id: CaseId,
+        changes: &[Vec<u8>],
+    ) -> Result<CaseView, StoreError> {
         let slot = self.slot(ctx, id, "case.merge")?;
         let mut guard = lock(&slot);
         let doc = self.loaded(&mut guard, id)?;
         let before = doc.heads();
-        if let Err(source) = doc.apply_changes(changes) {
+        if let Err(source) = doc.apply_changes(changes.iter().map(Vec::as_slice)) {
+            // Nothing was applied (changes are checked before any is), but drop the cached
+            // document anyway so memory never runs ahead of disk.
+            *guard = None;
+            drop(guard);
             self.write(vec![Op::Audit(record(
                 ctx,
                 "case.merge",
@@ -499,32 +519,19 @@ impl Store {
                 audit::Outcome::Refused,
                 source.to_string(),
             ))])?;
-            *guard = None;
-            return Err(StoreError::Load {
-                case: id,
-                source: Box::new(source),
-            });
+            return Err(StoreError::Load { case: id, source: Box::new(source) });
         }
         let mut ops: Vec<Op> = doc
             .automerge()
             .get_changes(&before)
             .into_iter()
-            .map(|mut c| Op::Change {
-                case_id: id.to_string(),
-                bytes: c.bytes().into_owned(),
-            })
+            .map(|mut c| Op::Change { case_id: id.to_string(), bytes: c.bytes().into_owned() })
             .collect();
         let count = ops.len();
         doc.refresh_conflicts();
         let view = doc.view();
         ops.push(Op::Index(index_row(&doc.summary(), ctx)));
-        ops.push(Op::Audit(record(
-            ctx,
-            "case.merge",
-            Some(id),
-            audit::Outcome::Allowed,
-            format!("{count} changes"),
-        )));
+        ops.push(Op::Audit(record(ctx, "case.merge", Some(id), audit::Outcome::Allowed, format!("{count} changes"))));
         if let Err(e) = self.write(ops) {
             *guard = None;
             return Err(e);
@@ -554,9 +561,7 @@ impl Store {
     pub fn case_ids(&self) -> Result<Vec<CaseId>, StoreError> {
         let conn = lock(&self.inner.reader);
         let mut stmt = conn.prepare("SELECT id FROM cases ORDER BY created_at")?;
-        let ids = stmt
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
+        let ids = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
         Ok(ids.iter().filter_map(|s| CaseId::parse(s).ok()).collect())
     }
 
@@ -573,10 +578,7 @@ impl Store {
         };
         let mut guard = lock(&slot);
         let bytes = self.loaded(&mut guard, id)?.save();
-        self.write(vec![Op::Snapshot {
-            case_id: id.to_string(),
-            bytes,
-        }])?;
+        self.write(vec![Op::Snapshot { case_id: id.to_string(), bytes }])?;
         lock(&self.inner.uncompacted).insert(id, 0);
         Ok(())
     }
@@ -585,6 +587,20 @@ impl Store {
     pub fn close(&self) {
         lock(&self.inner.compactor).take();
         self.inner.writer.shutdown();
+        lock(&self.inner.lock).take();
+    }
+
+    /// Verifies the audit chain of a store without opening it for writing, so it can run
+    /// beside a running agent (WAL readers do not block the writer).
+    pub fn verify_audit_at(config: &StoreConfig) -> Result<Result<ChainHead, ChainError>, OpenError> {
+        let keys = key::Keys::load(&config.key_file)?;
+        let paths = db::Paths::new(&config.data_dir);
+        if !paths.db.exists() {
+            return Err(OpenError::NoStore { dir: config.data_dir.clone() });
+        }
+        let conn = db::open_reader(&paths, &keys, config.vfs.as_deref())
+            .map_err(|source| OpenError::Sqlite { db: paths.db.clone(), source })?;
+        Ok(audit::verify(&conn))
     }
 
     /// A raw connection to the encrypted database, bypassing the store: for forensic tools
@@ -592,15 +608,9 @@ impl Store {
     pub fn raw_connection(config: &StoreConfig) -> Result<Connection, OpenError> {
         let keys = key::Keys::load(&config.key_file)?;
         let paths = db::Paths::new(&config.data_dir);
-        let conn = Connection::open(&paths.db).map_err(|source| OpenError::Sqlite {
-            db: paths.db.clone(),
-            source,
-        })?;
+        let conn = Connection::open(&paths.db).map_err(|source| OpenError::Sqlite { db: paths.db.clone(), source })?;
         conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(keys.sqlcipher)))
-            .map_err(|source| OpenError::Sqlite {
-                db: paths.db.clone(),
-                source,
-            })?;
+            .map_err(|source| OpenError::Sqlite { db: paths.db.clone(), source })?;
         Ok(conn)
     }
 
@@ -622,13 +632,7 @@ impl Store {
             .query_row("SELECT 1 FROM cases WHERE id = ?1", [id.to_string()], |r| r.get(0))
             .optional()?;
         if exists.is_none() {
-            self.write(vec![Op::Audit(record(
-                ctx,
-                action,
-                Some(id),
-                audit::Outcome::Refused,
-                "no such case".into(),
-            ))])?;
+            self.write(vec![Op::Audit(record(ctx, action, Some(id), audit::Outcome::Refused, "no such case".into()))])?;
             return Err(StoreError::NotFound(id));
         }
         let slot: Slot = Arc::new(Mutex::new(None));
@@ -643,16 +647,23 @@ impl Store {
     ) -> Result<&'a mut CaseDoc, StoreError> {
         if guard.is_none() {
             let mut doc = self.load(id)?.ok_or(StoreError::NotFound(id))?;
-            let ctx = EditContext {
-                user: UserId::parse("system:schema-migration").expect("valid literal"),
-                now: doc.view().created_at,
-            };
-            if let Some(applied) = doc.migrate(&ctx) {
-                self.write(vec![Op::Change {
-                    case_id: id.to_string(),
-                    bytes: applied.change,
-                }])?;
+            let ctx =
+                migration_context(&EditContext { user: UserId::parse("system").expect("valid literal"), now: now() });
+            let migrated =
+                doc.migrate(&ctx).map_err(|source| StoreError::Load { case: id, source: Box::new(source) })?;
+            if let Some(applied) = migrated {
+                self.write(vec![
+                    Op::Change { case_id: id.to_string(), bytes: applied.change },
+                    Op::Audit(record(
+                        &ctx,
+                        "case.migrate",
+                        Some(id),
+                        audit::Outcome::Allowed,
+                        format!("to schema {}", case_model::SCHEMA_VERSION),
+                    )),
+                ])?;
             }
+            doc.refresh_conflicts();
             **guard = Some(doc);
         }
         Ok(guard.as_mut().expect("filled above"))
@@ -661,25 +672,15 @@ impl Store {
     fn load(&self, id: CaseId) -> Result<Option<CaseDoc>, StoreError> {
         let conn = lock(&self.inner.reader);
         let key = id.to_string();
-        let snapshot: Option<Vec<u8>> = conn
-            .query_row("SELECT bytes FROM snapshots WHERE case_id = ?1", [&key], |r| r.get(0))
-            .optional()?;
+        let snapshot: Option<Vec<u8>> =
+            conn.query_row("SELECT bytes FROM snapshots WHERE case_id = ?1", [&key], |r| r.get(0)).optional()?;
         let mut stmt = conn.prepare_cached("SELECT bytes FROM changes WHERE case_id = ?1 ORDER BY id")?;
-        let changes = stmt
-            .query_map([&key], |r| r.get::<_, Vec<u8>>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
+        let changes = stmt.query_map([&key], |r| r.get::<_, Vec<u8>>(0))?.collect::<Result<Vec<_>, _>>()?;
         if snapshot.is_none() && changes.is_empty() {
             return Ok(None);
         }
-        let doc = CaseDoc::load(
-            self.inner.actor.clone(),
-            snapshot.as_deref(),
-            changes.iter().map(Vec::as_slice),
-        )
-        .map_err(|source| StoreError::Load {
-            case: id,
-            source: Box::new(source),
-        })?;
+        let doc = CaseDoc::load(self.inner.actor.clone(), snapshot.as_deref(), changes.iter().map(Vec::as_slice))
+            .map_err(|source| StoreError::Load { case: id, source: Box::new(source) })?;
         Ok(Some(doc))
     }
 
@@ -692,11 +693,7 @@ impl Store {
             }
             None => {
                 let stored: i64 = lock(&self.inner.reader)
-                    .query_row(
-                        "SELECT COUNT(*) FROM changes WHERE case_id = ?1",
-                        [id.to_string()],
-                        |r| r.get(0),
-                    )
+                    .query_row("SELECT COUNT(*) FROM changes WHERE case_id = ?1", [id.to_string()], |r| r.get(0))
                     .unwrap_or(0);
                 counts.insert(id, stored as usize);
                 stored as usize
@@ -731,6 +728,28 @@ impl Inner {
     fn cache_insert(&self, id: CaseId, slot: Slot) -> Slot {
         lock(&self.cache).entry(id).or_insert(slot).clone()
     }
+}
+
+/// The acting "user" of a schema migration, at the time given.
+fn migration_context(ctx: &EditContext) -> EditContext {
+    EditContext { user: UserId::parse("system:schema-migration").expect("valid literal"), now: ctx.now }
+}
+
+/// The device clock, for writes the store makes on its own (migrations).
+fn now() -> case_model::Timestamp {
+    let ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    case_model::Timestamp::from_unix_millis(ms)
+}
+
+/// Everything in the data directory is encrypted; the directory is still the agent's alone.
+fn restrict_to_owner(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -775,9 +794,6 @@ fn index_row(s: &CaseSummary, ctx: &EditContext) -> IndexRow {
 /// `T-` and six characters a person can read out over a radio (no 0/O, 1/I).
 fn temp_patient_id(random: &[u8; 10]) -> String {
     const ALPHABET: &[u8] = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZ";
-    let id: String = random[..6]
-        .iter()
-        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
-        .collect();
+    let id: String = random[..6].iter().map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char).collect();
     format!("T-{id}")
 }

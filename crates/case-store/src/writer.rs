@@ -23,12 +23,7 @@ pub(crate) enum Op {
     /// Append an audit entry.
     Audit(audit::Record),
     /// Record a blob whose file is already durable.
-    Blob {
-        sha256: String,
-        size: u64,
-        media_type: String,
-        at: i64,
-    },
+    Blob { sha256: String, size: u64, media_type: String, at: i64 },
     /// Replace a case's changes up to now with a snapshot.
     Snapshot { case_id: String, bytes: Vec<u8> },
 }
@@ -71,21 +66,13 @@ impl Writer {
             .name("store-writer".into())
             .spawn(move || run(conn, rx, max_group))
             .expect("spawning the writer thread");
-        Writer {
-            tx: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
-        }
+        Writer { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) }
     }
 
     /// Writes `ops` atomically and durably; returns once they are on disk.
     pub(crate) fn write(&self, ops: Vec<Op>) -> Result<(), StoreError> {
         let (done, wait) = mpsc::sync_channel(1);
-        let sender = self
-            .tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(StoreError::Closed)?;
+        let sender = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or(StoreError::Closed)?;
         sender.send(Request { ops, done }).map_err(|_| StoreError::Closed)?;
         wait.recv().map_err(|_| StoreError::Closed)?
     }
@@ -141,16 +128,36 @@ fn write_group(conn: &mut Connection, group: &[Request]) -> Vec<Result<(), Store
                     Ok(())
                 }
                 Err(e) => {
-                    tx.execute_batch("ROLLBACK TO request; RELEASE request")?;
+                    // After a full disk or an I/O error SQLite may have rolled back the whole
+                    // transaction; only roll back to the savepoint while it still exists.
+                    if !tx.is_autocommit() {
+                        tx.execute_batch("ROLLBACK TO request; RELEASE request")?;
+                    }
                     Err(e)
                 }
             }
         })();
+        let fatal = match &result {
+            Ok(()) => false,
+            Err(e) => tx.is_autocommit() || matches!(e, StoreError::DiskFull | StoreError::Io(_)),
+        };
+        if let (true, Err(e)) = (fatal, &result) {
+            // The transaction is gone or the disk is failing: the whole group fails, the
+            // requests written before this one included (they were in the same
+            // transaction), and none after it may start a transaction of its own.
+            tracing::error!(error = %e, "a write failed; failing its whole group");
+            return group.iter().map(|_| Err(e.clone())).collect();
+        }
         results.push(result);
     }
     if let Err(e) = tx.commit() {
-        // Nothing of the group reached the disk; the rollback happens when `tx` drops.
-        let err = StoreError::from(e);
+        // The commit did not complete. With an I/O error during the sync, frames may still
+        // reach the disk; callers are told the outcome is uncertain (see StoreError::Uncertain).
+        // SQLITE_FULL rolls the transaction back: then nothing was stored, for certain.
+        let err = match StoreError::from(e) {
+            StoreError::DiskFull => StoreError::DiskFull,
+            other => StoreError::Uncertain(other.to_string()),
+        };
         tracing::error!(error = %err, "group commit failed");
         return group.iter().map(|_| Err(err.clone())).collect();
     }
@@ -185,12 +192,7 @@ fn apply(conn: &Connection, op: &Op) -> Result<(), StoreError> {
         Op::Audit(rec) => {
             audit::append(conn, rec)?;
         }
-        Op::Blob {
-            sha256,
-            size,
-            media_type,
-            at,
-        } => {
+        Op::Blob { sha256, size, media_type, at } => {
             conn.prepare_cached(
                 "INSERT OR IGNORE INTO blobs (sha256, size, media_type, created_at) VALUES (?1, ?2, ?3, ?4)",
             )?
@@ -199,19 +201,13 @@ fn apply(conn: &Connection, op: &Op) -> Result<(), StoreError> {
         Op::Snapshot { case_id, bytes } => {
             // Callers hold the case's lock and every change of it is already durable, so
             // the snapshot covers exactly the changes stored so far.
-            let upto: i64 = conn.query_row(
-                "SELECT COALESCE(MAX(id), 0) FROM changes WHERE case_id = ?1",
-                [case_id],
-                |r| r.get(0),
-            )?;
+            let upto: i64 =
+                conn.query_row("SELECT COALESCE(MAX(id), 0) FROM changes WHERE case_id = ?1", [case_id], |r| r.get(0))?;
             conn.execute(
                 "INSERT OR REPLACE INTO snapshots (case_id, upto, bytes) VALUES (?1, ?2, ?3)",
                 params![case_id, upto, bytes],
             )?;
-            conn.execute(
-                "DELETE FROM changes WHERE case_id = ?1 AND id <= ?2",
-                params![case_id, upto],
-            )?;
+            conn.execute("DELETE FROM changes WHERE case_id = ?1 AND id <= ?2", params![case_id, upto])?;
         }
     }
     Ok(())

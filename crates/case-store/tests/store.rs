@@ -33,21 +33,17 @@ fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("store.key");
     generate_key_file(&key).unwrap();
-    Env {
-        data: dir.path().join("data"),
-        key,
-        _dir: dir,
-    }
+    Env { data: dir.path().join("data"), key, _dir: dir }
 }
 
 fn config(e: &Env) -> StoreConfig {
-    StoreConfig::new(&e.data, &e.key, VanId::parse("van-12").unwrap())
+    let mut c = StoreConfig::new(&e.data, &e.key, VanId::parse("van-12").unwrap());
+    c.create_if_missing = true;
+    c
 }
 
 fn chat(n: usize) -> Edit {
-    Edit::AddChat {
-        text: format!("edit-{n}"),
-    }
+    Edit::AddChat { text: format!("edit-{n}") }
 }
 
 /// Everything under `dir`, as (path, bytes).
@@ -76,6 +72,7 @@ fn no_file_under_the_data_directory_contains_the_patients_name() {
     let blob = store
         .put_blob(
             &ctx("ana"),
+            case.id,
             &mut &b"DICOM preamble ... PatientName=Quixote^Zebedee ... Zebedee Quixote"[..],
             "application/dicom",
         )
@@ -85,14 +82,8 @@ fn no_file_under_the_data_directory_contains_the_patients_name() {
             &ctx("ana"),
             case.id,
             &[
-                Edit::SetField {
-                    field: FieldName::FirstName,
-                    value: FieldValue::Text("Zebedee".into()),
-                },
-                Edit::SetField {
-                    field: FieldName::LastName,
-                    value: FieldValue::Text("Quixote".into()),
-                },
+                Edit::SetField { field: FieldName::FirstName, value: FieldValue::Text("Zebedee".into()) },
+                Edit::SetField { field: FieldName::LastName, value: FieldValue::Text("Quixote".into()) },
                 Edit::EditNarrative(case_model::edit::TextSplice {
                     pos: None,
                     delete: 0,
@@ -111,10 +102,7 @@ fn no_file_under_the_data_directory_contains_the_patients_name() {
     store.compact(case.id).unwrap();
     let (read, media) = store.read_blob(&ctx("dr-osei"), case.id, &blob.sha256).unwrap();
     assert_eq!(media, "application/dicom");
-    assert!(
-        contains(&read, b"Zebedee Quixote"),
-        "the attachment reads back decrypted"
-    );
+    assert!(contains(&read, b"Zebedee Quixote"), "the attachment reads back decrypted");
     // While the store is open (WAL and shared memory present) and after it closed.
     for phase in ["open", "closed"] {
         let files = all_files(&e.data);
@@ -139,14 +127,7 @@ fn every_call_is_audited_and_a_changed_entry_is_named() {
     let store = Store::open(config(&e)).unwrap();
     let case = store.create_case(&ctx("ana"), &org()).unwrap();
     store
-        .edit_case(
-            &ctx("ana"),
-            case.id,
-            &[Edit::AddVitals(VitalsInput {
-                heart_rate: Some(88),
-                ..Default::default()
-            })],
-        )
+        .edit_case(&ctx("ana"), case.id, &[Edit::AddVitals(VitalsInput { heart_rate: Some(88), ..Default::default() })])
         .unwrap();
     store.read_case(&ctx("dr-osei"), case.id).unwrap();
     store.list_cases(&ctx("dr-osei"), &Default::default()).unwrap();
@@ -154,52 +135,44 @@ fn every_call_is_audited_and_a_changed_entry_is_named() {
     let refused = store.edit_case(
         &ctx("ana"),
         case.id,
-        &[Edit::AddVitals(VitalsInput {
-            heart_rate: Some(900),
-            ..Default::default()
-        })],
+        &[Edit::AddVitals(VitalsInput { heart_rate: Some(900), ..Default::default() })],
     );
     assert!(matches!(refused, Err(StoreError::Invalid(_))));
     let missing = CaseId::new_v7(Timestamp::from_unix_millis(1), [0; 10]);
-    assert!(matches!(
-        store.read_case(&ctx("mallory"), missing),
-        Err(StoreError::NotFound(_))
-    ));
+    assert!(matches!(store.read_case(&ctx("mallory"), missing), Err(StoreError::NotFound(_))));
 
     let entries = store.audit_of_case(case.id).unwrap();
-    let got: Vec<(String, String, String)> = entries
-        .iter()
-        .map(|e| (e.actor.clone(), e.action.clone(), format!("{:?}", e.outcome)))
-        .collect();
+    let got: Vec<(String, String, String)> =
+        entries.iter().map(|e| (e.actor.clone(), e.action.clone(), format!("{:?}", e.outcome))).collect();
     assert_eq!(
         got,
         vec![
             ("ana".into(), "case.create".into(), "Allowed".into()),
             ("ana".into(), "case.edit".into(), "Allowed".into()),
             ("dr-osei".into(), "case.read".into(), "Allowed".into()),
+            ("dr-osei".into(), "case.list".into(), "Allowed".into()),
             ("dr-osei".into(), "case.read".into(), "Allowed".into()),
             ("ana".into(), "case.edit".into(), "Refused".into()),
         ]
     );
-    assert!(entries[4].detail.contains("heart_rate"));
+    assert_eq!(
+        entries[5].detail, "edit 0: out_of_range vitals.heart_rate",
+        "the refused value itself stays out of the log"
+    );
     let missing_entries = store.audit_of_case(missing).unwrap();
     assert_eq!(missing_entries.len(), 1);
     assert_eq!(missing_entries[0].actor, "mallory");
     let head = store.verify_audit().unwrap();
-    assert_eq!(head.size, 7, "six case entries and one list entry");
+    assert_eq!(head.size, 7, "six entries for the case and one for the missing case");
     store.close();
 
     // Someone with the key changes entry 3 behind the store's back.
     let conn = Store::raw_connection(&config(&e)).unwrap();
-    conn.execute_batch("DROP TRIGGER audit_no_update; UPDATE audit_log SET actor = 'nobody' WHERE seq = 3;")
-        .unwrap();
+    conn.execute_batch("DROP TRIGGER audit_no_update; UPDATE audit_log SET actor = 'nobody' WHERE seq = 3;").unwrap();
     drop(conn);
     let store = Store::open(config(&e)).unwrap();
     let err = store.verify_audit().unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "audit entry 3 was altered: its contents do not match its hash"
-    );
+    assert_eq!(err.to_string(), "audit entry 3 was altered: its contents do not match its hash");
 }
 
 #[test]
@@ -213,10 +186,7 @@ fn the_index_lists_cases_without_loading_documents() {
             &ctx("ana"),
             a.id,
             &[
-                Edit::SetField {
-                    field: FieldName::LastName,
-                    value: FieldValue::Text("Okafor".into()),
-                },
+                Edit::SetField { field: FieldName::LastName, value: FieldValue::Text("Okafor".into()) },
                 Edit::SetStatus {
                     status: case_model::codes::CaseStatus::OnScene,
                     at: None,
@@ -226,32 +196,16 @@ fn the_index_lists_cases_without_loading_documents() {
         )
         .unwrap();
     let on_scene = store
-        .list_cases(
-            &ctx("ana"),
-            &case_store::CaseFilter {
-                status: Some("on_scene".into()),
-                ..Default::default()
-            },
-        )
+        .list_cases(&ctx("ana"), &case_store::CaseFilter { status: Some("on_scene".into()), ..Default::default() })
         .unwrap();
     assert_eq!(on_scene.iter().map(|s| s.id).collect::<Vec<_>>(), vec![a.id]);
     let by_name = store
-        .list_cases(
-            &ctx("ana"),
-            &case_store::CaseFilter {
-                patient: Some("okaf".into()),
-                ..Default::default()
-            },
-        )
+        .list_cases(&ctx("ana"), &case_store::CaseFilter { patient: Some("okaf".into()), ..Default::default() })
         .unwrap();
     assert_eq!(by_name.len(), 1);
     assert_eq!(by_name[0].patient_name.as_deref(), Some("Okafor"));
     let all = store.list_cases(&ctx("ana"), &Default::default()).unwrap();
-    assert_eq!(
-        all.iter().map(|s| s.id).collect::<Vec<_>>(),
-        vec![b.id, a.id],
-        "newest first"
-    );
+    assert_eq!(all.iter().map(|s| s.id).collect::<Vec<_>>(), vec![b.id, a.id], "newest first");
 }
 
 #[test]
@@ -271,10 +225,7 @@ fn compaction_keeps_every_change_and_reloads_identically() {
     let store = Store::open(cfg).unwrap();
     let after = store.read_case(&ctx("ana"), case.id).unwrap();
     assert_eq!(after.chat.len(), 75);
-    assert_eq!(
-        serde_json::to_value(&before).unwrap(),
-        serde_json::to_value(&after).unwrap()
-    );
+    assert_eq!(serde_json::to_value(&before).unwrap(), serde_json::to_value(&after).unwrap());
 }
 
 // ---- Damage, wrong keys, full disks ----
@@ -355,18 +306,13 @@ fn a_full_disk_refuses_the_write_clearly_and_loses_nothing() {
         store.edit_case(&ctx("ana"), case.id, &[chat(i)]).unwrap();
     }
     control.set_disk_quota(0);
-    let err = store
-        .edit_case(&ctx("ana"), case.id, &[Edit::AddChat { text: "lost".into() }])
-        .unwrap_err();
+    let err = store.edit_case(&ctx("ana"), case.id, &[Edit::AddChat { text: "lost".into() }]).unwrap_err();
     assert!(matches!(err, StoreError::DiskFull), "{err}");
     assert!(err.to_string().contains("free space"), "{err}");
     // Reads of what is stored still work while the disk is full... except that a read is
     // audited, and the audit entry cannot be written: the read is refused, not served
     // unaudited.
-    assert!(matches!(
-        store.read_case(&ctx("ana"), case.id),
-        Err(StoreError::DiskFull)
-    ));
+    assert!(matches!(store.read_case(&ctx("ana"), case.id), Err(StoreError::DiskFull)));
     control.clear_disk_quota();
     store.edit_case(&ctx("ana"), case.id, &[chat(10)]).unwrap();
     let view = store.read_case(&ctx("ana"), case.id).unwrap();
@@ -443,10 +389,7 @@ fn power_cut_round(seed: u64, durability: Durability) -> Result<usize, String> {
     // Every connection of the dead store must be gone before the power comes back.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while control.open_files() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "seed {seed}: connections outlived the store"
-        );
+        assert!(std::time::Instant::now() < deadline, "seed {seed}: connections outlived the store");
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     control.restore();
@@ -463,9 +406,7 @@ fn power_cut_round(seed: u64, durability: Durability) -> Result<usize, String> {
     let mut ids: Vec<CaseId> = acked.iter().map(|(id, _)| *id).collect();
     ids.dedup();
     for id in store.case_ids().unwrap() {
-        store
-            .load_from_disk(id)
-            .unwrap_or_else(|err| panic!("seed {seed}: case {id} does not load: {err}"));
+        store.load_from_disk(id).unwrap_or_else(|err| panic!("seed {seed}: case {id} does not load: {err}"));
     }
     for id in ids {
         let Ok(doc) = store.load_from_disk(id) else {
@@ -474,10 +415,7 @@ fn power_cut_round(seed: u64, durability: Durability) -> Result<usize, String> {
         };
         let view = doc.view();
         let texts: Vec<&str> = view.chat.iter().filter_map(|c| c["text"].as_str()).collect();
-        lost += acked
-            .iter()
-            .filter(|(c, t)| *c == id && !t.is_empty() && !texts.contains(&t.as_str()))
-            .count();
+        lost += acked.iter().filter(|(c, t)| *c == id && !t.is_empty() && !texts.contains(&t.as_str())).count();
     }
     store.close();
     Ok(lost)
@@ -487,10 +425,7 @@ fn power_cut_round(seed: u64, durability: Durability) -> Result<usize, String> {
 fn acknowledged_writes_survive_200_power_cuts() {
     for seed in 1..=200 {
         let lost = power_cut_round(seed, Durability::Full).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            lost, 0,
-            "seed {seed}: {lost} acknowledged writes lost with synchronous=FULL"
-        );
+        assert_eq!(lost, 0, "seed {seed}: {lost} acknowledged writes lost with synchronous=FULL");
     }
 }
 
@@ -506,9 +441,124 @@ fn the_power_cut_harness_catches_unsafe_durability_settings() {
             }
         }
         println!("{durability:?}: {lost} acknowledged writes lost, {unopenable} stores unreadable, over 40 cuts");
-        assert!(
-            lost + unopenable > 0,
-            "{durability:?} lost nothing: the harness cannot tell safe from unsafe"
-        );
+        assert!(lost + unopenable > 0, "{durability:?} lost nothing: the harness cannot tell safe from unsafe");
     }
+}
+
+#[test]
+fn a_disk_filling_up_under_concurrent_writers_reports_every_outcome_truthfully() {
+    let e = env();
+    let control = test_support::powercut::register("medvan-fulldisk-concurrent");
+    let mut cfg = config(&e);
+    cfg.vfs = Some("medvan-fulldisk-concurrent".into());
+    let store = Store::open(cfg).unwrap();
+    let cases: Vec<CaseId> = (0..6).map(|_| store.create_case(&ctx("ana"), &org()).unwrap().id).collect();
+    // Room for a few dozen more commits, then the disk is full mid-group.
+    control.set_disk_quota(200 * 1024);
+    let outcomes: Vec<(CaseId, String, bool)> = std::thread::scope(|s| {
+        let handles: Vec<_> = cases
+            .iter()
+            .enumerate()
+            .map(|(t, &id)| {
+                let store = store.clone();
+                s.spawn(move || {
+                    (0..60)
+                        .map(|i| {
+                            let text = format!("t{t}-{i}");
+                            let r = store.edit_case(&ctx("ana"), id, &[Edit::AddChat { text: text.clone() }]);
+                            if let Err(err) = &r {
+                                assert!(matches!(err, StoreError::DiskFull), "unexpected error: {err}");
+                            }
+                            (id, text, r.is_ok())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let refused = outcomes.iter().filter(|o| !o.2).count();
+    assert!(refused > 0, "the quota never tripped; the test proves nothing");
+    control.clear_disk_quota();
+    store.close();
+    drop(store);
+    let store = Store::open(config(&e)).unwrap();
+    for id in &cases {
+        let texts: Vec<String> = store
+            .load_from_disk(*id)
+            .unwrap()
+            .view()
+            .chat
+            .iter()
+            .map(|c| c["text"].as_str().unwrap().to_owned())
+            .collect();
+        for (case, text, ok) in outcomes.iter().filter(|o| o.0 == *id) {
+            assert_eq!(
+                texts.contains(text),
+                *ok,
+                "case {case}: {text} was reported {} but is {}",
+                if *ok { "saved" } else { "not saved" },
+                if texts.contains(text) { "stored" } else { "missing" }
+            );
+        }
+    }
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+}
+
+#[test]
+fn a_missing_store_is_an_error_unless_creation_is_asked_for_and_one_process_holds_it() {
+    let e = env();
+    let mut cfg = config(&e);
+    cfg.create_if_missing = false;
+    let err = Store::open(cfg.clone()).unwrap_err();
+    assert!(matches!(err, OpenError::NoStore { .. }), "{err}");
+    assert!(err.to_string().contains("partition is mounted"), "{err}");
+    assert!(!e.data.exists(), "nothing was created");
+    let store = Store::open(config(&e)).unwrap();
+    let err = Store::open(cfg.clone()).unwrap_err();
+    assert!(matches!(err, OpenError::InUse { .. }), "{err}");
+    // Read-only verification works beside the open store.
+    assert_eq!(Store::verify_audit_at(&cfg).unwrap().unwrap().size, 0);
+    store.close();
+    drop(store);
+    Store::open(cfg).unwrap();
+}
+
+#[test]
+fn attachments_must_name_an_uploaded_blob_and_take_its_stored_size_and_type() {
+    let e = env();
+    let store = Store::open(config(&e)).unwrap();
+    let case = store.create_case(&ctx("ana"), &org()).unwrap();
+    let fake = Edit::AddAttachment(AttachmentInput {
+        sha256: "ab".repeat(32),
+        kind: case_model::codes::AttachmentKind::Photo,
+        media_type: "text/html".into(),
+        size: 1,
+        label: None,
+    });
+    let err = store.edit_case(&ctx("ana"), case.id, &[fake]).unwrap_err();
+    assert!(err.to_string().contains("upload the file first"), "{err}");
+    let blob = store.put_blob(&ctx("ana"), case.id, &mut &b"png bytes"[..], "image/png").unwrap();
+    let lying = Edit::AddAttachment(AttachmentInput {
+        sha256: blob.sha256.clone(),
+        kind: case_model::codes::AttachmentKind::Photo,
+        media_type: "text/html".into(),
+        size: 999,
+        label: None,
+    });
+    let view = store.edit_case_view(&ctx("ana"), case.id, &[lying]).unwrap();
+    assert_eq!(view.attachments[0]["media_type"], "image/png");
+    assert_eq!(view.attachments[0]["size"], 9);
+}
+
+#[test]
+fn a_damaged_change_row_fails_the_load_by_name_instead_of_hiding_later_edits() {
+    let e = env();
+    let id = store_with_one_case(&e);
+    let conn = Store::raw_connection(&config(&e)).unwrap();
+    conn.execute("UPDATE changes SET bytes = x'00112233' WHERE id = (SELECT MIN(id) + 10 FROM changes)", []).unwrap();
+    drop(conn);
+    let store = Store::open(config(&e)).unwrap();
+    let err = store.load_from_disk(id).unwrap_err();
+    assert!(err.to_string().contains("is damaged") && err.to_string().contains("sync the case from the hub"), "{err}");
 }

@@ -3,9 +3,14 @@
 //! A process kill does not lose data the kernel already has in its page cache; a power cut
 //! does. This VFS keeps every file's written-but-unsynced bytes in memory, and writes them
 //! to the real file only on `xSync`. When the cut comes (after a chosen number of writes),
-//! every later operation fails, and the unsynced bytes are dropped, except that a random
-//! subset of them may be kept, as disks reorder and partially complete writes. What is
-//! left on disk is what a van would find after the battery was pulled.
+//! every later operation fails, and the unsynced writes are dropped, except that a random
+//! subset of them may be kept whole, as disks complete some writes and not others in no
+//! particular order. (Torn pages within one write are not simulated.) What is left on disk
+//! is what a van would find after the battery was pulled.
+//!
+//! The model is stricter than a real OS in one way: closing the last handle of a file
+//! drops its unsynced bytes, where a kernel would keep them in its page cache. SQLite syncs
+//! before relying on anything it wrote, so this only makes the harness harsher.
 //!
 //! Files are shared by path, so two connections of one process see the same unsynced bytes,
 //! as they would through the page cache. Shared-memory (WAL index) and locking calls go to
@@ -93,10 +98,11 @@ impl Control {
             return;
         }
         // Disks complete some writes they were given and not others: keep a random subset
-        // of the unsynced ranges, in no particular order.
-        let files: Vec<Arc<Mutex<Shared>>> = lock(&self.files).values().cloned().collect();
-        for f in files {
-            let mut s = lock(&f);
+        // of the unsynced ranges. The registry stays locked throughout, so no file can be
+        // closed (and its real handle freed) while it is written here.
+        let files = lock(&self.files);
+        for f in files.values() {
+            let mut s = lock(f);
             let ranges = std::mem::take(&mut s.dirty);
             for (start, end) in ranges {
                 if self.next_random().is_multiple_of(2) {
@@ -272,12 +278,7 @@ pub fn register(name: &str) -> Arc<Control> {
         let rc = ffi::sqlite3_vfs_register(leaked, 0);
         assert_eq!(rc, ffi::SQLITE_OK, "registering the power-cut VFS");
     }
-    reg.insert(
-        name.to_owned(),
-        Registered {
-            control: control.clone(),
-        },
-    );
+    reg.insert(name.to_owned(), Registered { control: control.clone() });
     control
 }
 
@@ -295,9 +296,7 @@ unsafe fn open_real(name: *const c_char, flags: c_int, out_flags: *mut c_int) ->
     unsafe {
         let base = base_vfs();
         let words = ((*base).szOsFile as usize).div_ceil(8);
-        let mut real = RealFile {
-            buf: vec![0u64; words.max(1)],
-        };
+        let mut real = RealFile { buf: vec![0u64; words.max(1)] };
         let rc = ((*base).xOpen.expect("xOpen"))(base, name, real.ptr(), flags, out_flags);
         if rc != ffi::SQLITE_OK {
             return Err(rc);
@@ -341,7 +340,7 @@ unsafe extern "C" fn x_open(
         }
         let path = CStr::from_ptr(name).to_string_lossy().into_owned();
         // Per-connection handle: locks and shared memory are per open file in SQLite's model.
-        let locks = match open_real(name, flags, out_flags) {
+        let mut locks = match open_real(name, flags, out_flags) {
             Ok(r) => r,
             Err(rc) => return rc,
         };
@@ -354,7 +353,14 @@ unsafe extern "C" fn x_open(
             None => {
                 let mut real = match open_real(name, flags & !ffi::SQLITE_OPEN_EXCLUSIVE, ptr::null_mut()) {
                     Ok(r) => r,
-                    Err(rc) => return rc,
+                    Err(rc) => {
+                        // Do not leak the handle opened for locks.
+                        let p = locks.ptr();
+                        if let Some(close) = locks.methods().xClose {
+                            close(p);
+                        }
+                        return rc;
+                    }
                 };
                 let mut size: ffi::sqlite3_int64 = 0;
                 let m = real.methods();
@@ -363,13 +369,8 @@ unsafe extern "C" fn x_open(
                 if size > 0 {
                     (m.xRead.expect("xRead"))(real.ptr(), data.as_mut_ptr().cast(), size as c_int, 0);
                 }
-                let s = Arc::new(Mutex::new(Shared {
-                    data,
-                    dirty: Vec::new(),
-                    real,
-                    disk_len: size as usize,
-                    refs: 1,
-                }));
+                let s =
+                    Arc::new(Mutex::new(Shared { data, dirty: Vec::new(), real, disk_len: size as usize, refs: 1 }));
                 files.insert(path.clone(), s.clone());
                 s
             }
@@ -618,11 +619,7 @@ unsafe extern "C" fn x_shm_barrier(file: *mut ffi::sqlite3_file) {
     // SAFETY: see x_open.
     unsafe {
         let (f, _) = parts(file);
-        let real: &mut RealFile = if !f.passthrough.is_null() {
-            &mut *f.passthrough
-        } else {
-            &mut *f.locks
-        };
+        let real: &mut RealFile = if !f.passthrough.is_null() { &mut *f.passthrough } else { &mut *f.locks };
         let p = real.ptr();
         if let Some(m) = real.methods().xShmBarrier {
             m(p);

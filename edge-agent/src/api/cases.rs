@@ -4,11 +4,10 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use case_model::edit::AttachmentInput;
 use case_model::{CaseId, Edit, FieldValue};
 use case_store::{CaseFilter, StoreError};
 use serde::Deserialize;
@@ -21,7 +20,7 @@ type ApiResult<T> = Result<T, ApiError>;
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> ApiResult<T> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(ApiError::from),
-        Err(_) => Err(ApiError::Store(StoreError::Closed)),
+        Err(e) => Err(ApiError::Internal(format!("a store task failed: {e}"))),
     }
 }
 
@@ -145,17 +144,9 @@ pub(crate) async fn resolve(
 ) -> ApiResult<Response> {
     let id = case_id(&id)?;
     let Json(b) = body?;
-    let view = blocking(move || {
-        s.store.edit_case_view(
-            &ctx,
-            id,
-            &[Edit::ResolveConflict {
-                path: b.path,
-                value: b.value,
-            }],
-        )
-    })
-    .await?;
+    let view =
+        blocking(move || s.store.edit_case_view(&ctx, id, &[Edit::ResolveConflict { path: b.path, value: b.value }]))
+            .await?;
     Ok(Json(view).into_response())
 }
 
@@ -190,10 +181,14 @@ pub(crate) async fn attach(
     Path(id): Path<String>,
     q: Result<Query<AttachQuery>, QueryRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let id = case_id(&id)?;
     let Query(q) = q?;
+    let body = body.map_err(|r| match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(s.max_attachment_bytes),
+        _ => ApiError::BadRequest(format!("the attachment could not be read: {}", r.body_text())),
+    })?;
     let media_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -207,18 +202,7 @@ pub(crate) async fn attach(
     if body.is_empty() {
         return Err(ApiError::BadRequest("the attachment is empty".into()));
     }
-    let view = blocking(move || {
-        let blob = s.store.put_blob(&ctx, &mut body.as_ref(), &media_type)?;
-        let edit = Edit::AddAttachment(AttachmentInput {
-            sha256: blob.sha256,
-            kind: q.kind,
-            media_type,
-            size: blob.size,
-            label: q.label,
-        });
-        s.store.edit_case_view(&ctx, id, &[edit])
-    })
-    .await?;
+    let view = blocking(move || s.store.attach(&ctx, id, &mut body.as_ref(), &media_type, q.kind, q.label)).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -230,7 +214,13 @@ pub(crate) async fn attachment(
     let id = case_id(&id)?;
     let (data, media) = blocking(move || s.store.read_blob(&ctx, id, &sha)).await?;
     let ct = HeaderValue::from_str(&media).unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    Ok(([(header::CONTENT_TYPE, ct)], data).into_response())
+    // Served as a download, never rendered in the app's origin.
+    let headers = [
+        (header::CONTENT_TYPE, ct),
+        (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        (header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment")),
+    ];
+    Ok((headers, data).into_response())
 }
 
 pub(crate) async fn history(
@@ -256,9 +246,12 @@ pub(crate) async fn audit(
 pub(crate) async fn verify_audit(State(s): State<Arc<AppState>>, Actor(_ctx): Actor) -> ApiResult<Response> {
     let result = tokio::task::spawn_blocking(move || s.store.verify_audit())
         .await
-        .map_err(|_| ApiError::Store(StoreError::Closed))?;
+        .map_err(|e| ApiError::Internal(format!("the audit check failed: {e}")))?;
     Ok(match result {
         Ok(head) => Json(json!({ "intact": true, "entries": head.size, "head": head.head })).into_response(),
+        Err(case_store::ChainError::Unreadable(reason)) => {
+            return Err(ApiError::Internal(format!("the audit log could not be read: {reason}")));
+        }
         Err(e) => (
             StatusCode::CONFLICT,
             Json(json!({ "intact": false, "error": "audit_chain_broken", "message": e.to_string() })),

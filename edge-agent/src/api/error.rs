@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use case_model::EditError;
 use case_store::StoreError;
 use serde_json::json;
 
@@ -13,6 +14,10 @@ pub(crate) enum ApiError {
     BadRequest(String),
     /// No acting user.
     Unauthenticated(String),
+    /// A body over the size limit (bytes).
+    TooLarge(usize),
+    /// A bug or an unexpected failure: logged, answered with a generic message.
+    Internal(String),
     /// The store refused or failed.
     Store(StoreError),
 }
@@ -35,34 +40,53 @@ impl From<axum::extract::rejection::QueryRejection> for ApiError {
     }
 }
 
+const INTERNAL: &str = "the agent could not complete the request, and it may not have been saved; reload the case before retrying. Details are in the agent's log.";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
             ApiError::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, "unauthenticated", m),
+            ApiError::TooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the attachment is larger than this van accepts ({} MiB; agent.max_attachment_mib)",
+                    limit / (1024 * 1024)
+                ),
+            ),
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", INTERNAL.to_owned())
+            }
             ApiError::Store(e) => {
                 let (status, code) = match &e {
                     StoreError::Invalid(b) => match b.error {
-                        case_model::EditError::CaseClosed { .. } => (StatusCode::CONFLICT, "case_closed"),
-                        case_model::EditError::NotInConflict { .. } => (StatusCode::CONFLICT, "not_in_conflict"),
+                        EditError::CaseClosed { .. } | EditError::UnresolvedConflicts(_) => {
+                            (StatusCode::CONFLICT, "case_closed")
+                        }
+                        EditError::NotInConflict { .. } => (StatusCode::CONFLICT, "not_in_conflict"),
+                        EditError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
                         _ => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
                     },
                     StoreError::NotFound(_) | StoreError::BlobNotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
                     StoreError::DiskFull => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
                     StoreError::BlobTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
                     StoreError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+                    // Damage the crew or support can act on: say what it is.
+                    StoreError::Load { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "case_damaged"),
+                    StoreError::BlobCorrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "attachment_damaged"),
+                    StoreError::Uncertain(_) => (StatusCode::INTERNAL_SERVER_ERROR, "outcome_unknown"),
                     _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
                 };
-                if status == StatusCode::INTERNAL_SERVER_ERROR {
+                if code == "internal" {
                     // Details go to the log, not to the client.
                     tracing::error!(error = %e, "request failed");
-                    (
-                        status,
-                        code,
-                        "the agent could not complete the request; nothing was changed. See the agent's log."
-                            .to_owned(),
-                    )
+                    (status, code, INTERNAL.to_owned())
                 } else {
+                    if status == StatusCode::INTERNAL_SERVER_ERROR {
+                        tracing::error!(error = %e, "request failed");
+                    }
                     (status, code, e.to_string())
                 }
             }

@@ -34,11 +34,7 @@ pub struct AppState {
 impl AppState {
     /// State over an open store; new cases belong to `org`.
     pub fn new(store: Store, org: OrgId, max_attachment_bytes: usize) -> AppState {
-        AppState {
-            store,
-            org,
-            max_attachment_bytes,
-        }
+        AppState { store, org, max_attachment_bytes }
     }
 }
 
@@ -53,10 +49,7 @@ pub fn app(state: AppState) -> Router {
         .route("/cases/{id}/conflicts", get(cases::conflicts))
         .route("/cases/{id}/conflicts/resolve", post(cases::resolve))
         .route("/cases/{id}/addenda", post(cases::addendum))
-        .route(
-            "/cases/{id}/attachments",
-            post(cases::attach).layer(DefaultBodyLimit::max(limit)),
-        )
+        .route("/cases/{id}/attachments", post(cases::attach).layer(DefaultBodyLimit::max(limit)))
         .route("/cases/{id}/attachments/{sha256}", get(cases::attachment))
         .route("/cases/{id}/history", get(cases::history))
         .route("/cases/{id}/audit", get(cases::audit))
@@ -74,10 +67,7 @@ async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn openapi() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        OPENAPI,
-    )
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], OPENAPI)
 }
 
 /// The acting user and the time of the request.
@@ -94,9 +84,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
         let raw = parts.headers.get(USER_HEADER).ok_or_else(|| {
             ApiError::Unauthenticated(format!("send the acting user's id in the {USER_HEADER} header"))
         })?;
-        let text = raw
-            .to_str()
-            .map_err(|_| ApiError::Unauthenticated(format!("{USER_HEADER} must be plain ASCII")))?;
+        let text = raw.to_str().map_err(|_| ApiError::Unauthenticated(format!("{USER_HEADER} must be plain ASCII")))?;
         let user = UserId::parse(text).map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
         Ok(Actor(EditContext { user, now: now() }))
     }
@@ -104,9 +92,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
 
 /// The device clock. Van clocks drift; every time recorded says it came from the device.
 pub(crate) fn now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     Timestamp::from_unix_millis(ms)
 }
