@@ -396,3 +396,17 @@ async fn sigterm_style_shutdown_finishes_and_closes_the_store() {
     assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0, "WAL left behind after a clean shutdown");
     edge_agent::open_store(&config).unwrap().close();
 }
+
+#[tokio::test]
+async fn health_reports_whether_the_store_can_take_edits() {
+    let a = agent();
+    let (status, v) = a.json(Method::GET, "/health", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["checks"]["store_writable"], true);
+    a.store.close();
+    let (status, v) = a.json(Method::GET, "/health", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v["status"], "degraded");
+    let (status, v) = a.json(Method::POST, "/api/v1/cases", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+}

@@ -614,6 +614,11 @@ impl Store {
         Ok(conn)
     }
 
+    /// Whether the store can take writes: its writer thread is running.
+    pub fn is_writable(&self) -> bool {
+        self.inner.writer.alive()
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.inner.config.data_dir

@@ -77,6 +77,11 @@ impl Writer {
         wait.recv().map_err(|_| StoreError::Closed)?
     }
 
+    /// Whether the writer thread is running (it stops only when the store closes, or on a bug).
+    pub(crate) fn alive(&self) -> bool {
+        self.thread.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Finishes queued writes and stops the thread.
     pub(crate) fn shutdown(&self) {
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();

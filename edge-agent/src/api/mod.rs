@@ -62,8 +62,16 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let body = serde_json::json!({ "status": "ok", "service": "edge-agent", "version": env!("CARGO_PKG_VERSION"), "data_dir": state.store.data_dir() });
-    axum::Json(body)
+    // Healthy means able to take edits: a store whose writer stopped cannot.
+    let writable = state.store.is_writable();
+    let status = if writable { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({
+        "status": if writable { "ok" } else { "degraded" },
+        "service": "edge-agent",
+        "version": env!("CARGO_PKG_VERSION"),
+        "checks": { "store_writable": writable },
+    });
+    (status, axum::Json(body))
 }
 
 async fn openapi() -> impl IntoResponse {
