@@ -1,0 +1,38 @@
+//! The sync protocol between a van and the hub, as a sans-IO state machine.
+//!
+//! A [`Session`] does no I/O, reads no clock and spawns nothing. Its caller (the QUIC
+//! driver, or a test harness on virtual time) feeds it the peer's messages with
+//! [`Session::handle`] and sends whatever [`Session::poll_transmit`] returns, most urgent
+//! first, until it returns `None`. Documents are reached through the [`Replica`] trait, so
+//! the same core runs in the van (over its store) and in the hub (over its store and its
+//! authorisation rules).
+//!
+//! # The exchange
+//!
+//! 1. The van opens with [`Message::Hello`]: the protocol versions it speaks and a digest of
+//!    its whole scope (every document it holds with the hub, and each one's heads).
+//! 2. The hub answers [`Message::Welcome`], or [`Message::Refused`] if no version is shared.
+//!    If the digests match, nothing changed on either side: the session is done after this
+//!    one round trip, whatever the number of documents.
+//! 3. Otherwise both send an [`Message::Inventory`] (a digest of each document's heads),
+//!    and run Automerge's sync protocol ([`Message::Doc`]) for the documents that differ.
+//!    Sync states are persisted per peer and document by the replica, so a reconnect
+//!    resumes rather than starts over.
+//! 4. A document the receiving side will not accept (another organisation's, say) is
+//!    answered with [`Message::DocRefused`]; the rest of the session goes on.
+//!
+//! Messages travel as length-prefixed frames ([`frame`]); a frame over the size limit or
+//! that does not decode ends the session with an error naming the problem.
+
+pub mod frame;
+
+mod message;
+mod session;
+
+pub use message::{DocId, Message, Priority, RefusalReason};
+pub use session::{Event, Replica, ReplicaRefusal, Role, Session, SyncError};
+
+/// The newest protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The oldest protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;

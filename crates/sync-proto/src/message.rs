@@ -1,0 +1,99 @@
+//! The protocol's messages. These are the wire format: only they derive `Serialize`.
+
+use serde::{Deserialize, Serialize};
+
+/// A document (case) id: the 16 bytes of its UUID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DocId(pub [u8; 16]);
+
+/// How urgent a document's traffic is. Lower sorts first: emergency alerts and case
+/// documents go before X-ray previews, previews before full images, images before video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Priority {
+    /// Handshake and inventory: tiny, and everything waits on them.
+    Control,
+    /// Emergency alerts.
+    Urgent,
+    /// Case documents.
+    Case,
+    /// X-ray previews.
+    Preview,
+    /// Full-resolution images.
+    FullImage,
+    /// Video recordings.
+    Video,
+}
+
+/// Why a session or a document was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RefusalReason {
+    /// No protocol version in common.
+    IncompatibleVersion,
+    /// The peer may not sync this document.
+    NotAuthorised,
+    /// The peer sent something malformed.
+    Malformed,
+}
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Message {
+    /// The van's opening.
+    Hello {
+        /// Oldest version the van speaks.
+        min_version: u16,
+        /// Newest version the van speaks.
+        max_version: u16,
+        /// Digest of the van's whole scope.
+        scope_digest: [u8; 32],
+    },
+    /// The hub's answer to a compatible hello.
+    Welcome {
+        /// The version both will use.
+        version: u16,
+        /// Whether the scope digests matched: nothing to do.
+        in_sync: bool,
+    },
+    /// The session is refused; the connection should close.
+    Refused {
+        /// Why.
+        reason: RefusalReason,
+        /// What to do about it, for a person.
+        detail: String,
+    },
+    /// A digest of each document's heads on the sender's side.
+    Inventory {
+        /// `(document, heads digest)`, sorted by document.
+        docs: Vec<(DocId, [u8; 32])>,
+    },
+    /// An Automerge sync message for one document.
+    Doc {
+        /// The document.
+        doc: DocId,
+        /// Its priority on the sender's side.
+        priority: Priority,
+        /// The encoded Automerge sync message.
+        sync: Vec<u8>,
+    },
+    /// The receiver will not accept changes to this document.
+    DocRefused {
+        /// The document.
+        doc: DocId,
+        /// Why.
+        reason: RefusalReason,
+        /// What to do about it, for a person.
+        detail: String,
+    },
+}
+
+impl Message {
+    /// The priority the message is sent with.
+    pub fn priority(&self) -> Priority {
+        match self {
+            Message::Doc { priority, .. } => *priority,
+            _ => Priority::Control,
+        }
+    }
+}

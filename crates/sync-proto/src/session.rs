@@ -1,0 +1,356 @@
+//! [`Session`]: one connection's worth of the protocol, for either role.
+//!
+//! Call contract: create with [`Session::new`]; on the van, call [`Session::start`]; then
+//! repeatedly feed every received message to [`Session::handle`], and drain
+//! [`Session::poll_transmit`] until it returns `None`, sending what it returns in order.
+//! After a local edit, call [`Session::local_change`]. [`Session::poll_event`] reports what
+//! happened (refusals, documents that changed). A dropped connection is simply a dropped
+//! session: the replica's persisted sync states let the next one resume.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+use automerge::sync;
+use sha2::{Digest, Sha256};
+
+use crate::message::{DocId, Message, Priority, RefusalReason};
+use crate::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+
+/// Which side of the connection this session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The van: opens the session.
+    Van,
+    /// The hub: answers.
+    Hub,
+}
+
+/// Why a document's changes were refused by the replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaRefusal {
+    /// The kind of refusal sent to the peer.
+    pub reason: RefusalReason,
+    /// What to do about it, for a person.
+    pub detail: String,
+}
+
+/// The documents a session syncs, as the store behind it holds them.
+///
+/// Implementations persist sync states per peer and document, and enforce authorisation
+/// in [`Replica::receive`].
+pub trait Replica {
+    /// Documents this side syncs with the peer.
+    fn scope(&self) -> Vec<DocId>;
+    /// The document's current heads, sorted; empty if this side does not hold it.
+    fn heads(&self, doc: DocId) -> Vec<automerge::ChangeHash>;
+    /// How urgent the document's traffic is.
+    fn priority(&self, doc: DocId) -> Priority;
+    /// The persisted sync state with this peer, or a fresh one.
+    fn sync_state(&mut self, doc: DocId) -> sync::State;
+    /// Persists the sync state with this peer.
+    fn save_sync_state(&mut self, doc: DocId, state: &sync::State);
+    /// Automerge's next sync message for the document, if any.
+    fn generate(&mut self, doc: DocId, state: &mut sync::State) -> Option<sync::Message>;
+    /// Applies a sync message from the peer, or refuses it.
+    fn receive(&mut self, doc: DocId, state: &mut sync::State, msg: sync::Message) -> Result<(), ReplicaRefusal>;
+}
+
+/// What a session reports to its caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The handshake finished; `in_sync` if nothing needed doing.
+    Ready {
+        /// Whether the scopes already matched.
+        in_sync: bool,
+    },
+    /// The peer's changes to a document were applied.
+    DocChanged(DocId),
+    /// The peer refused this side's changes to a document.
+    RefusedByPeer {
+        /// The document.
+        doc: DocId,
+        /// Why.
+        reason: RefusalReason,
+        /// The peer's explanation.
+        detail: String,
+    },
+    /// This side refused the peer's changes to a document.
+    RefusedPeer {
+        /// The document.
+        doc: DocId,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// No protocol version in common.
+    #[error(
+        "the peer speaks sync protocol versions {min}..={max}, this side {ours_min}..={ours_max}; update the older side"
+    )]
+    IncompatibleVersion {
+        /// Peer's oldest.
+        min: u16,
+        /// Peer's newest.
+        max: u16,
+        /// Our oldest.
+        ours_min: u16,
+        /// Our newest.
+        ours_max: u16,
+    },
+    /// The peer refused the session.
+    #[error("the peer refused the session: {0}")]
+    Refused(String),
+    /// The peer broke the protocol (a message out of turn, one that does not decode).
+    #[error("the peer broke the protocol: {0}")]
+    Protocol(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Start,
+    AwaitWelcome,
+    AwaitHello,
+    Syncing,
+    Closed,
+}
+
+/// One connection's session.
+#[derive(Debug)]
+pub struct Session {
+    role: Role,
+    phase: Phase,
+    outbox: BinaryHeap<Reverse<(Priority, u64, Queued)>>,
+    next_seq: u64,
+    events: VecDeque<Event>,
+    /// Sync states of documents in flight in this session (the replica persists them).
+    states: BTreeMap<DocId, sync::State>,
+}
+
+/// A message waiting to be sent, ordered by priority then by when it was queued.
+#[derive(Debug, PartialEq, Eq)]
+struct Queued(Message);
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Queued {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        // Ties are impossible: the sequence number before this field is unique.
+        std::cmp::Ordering::Equal
+    }
+}
+
+impl Session {
+    /// A new session for `role`.
+    pub fn new(role: Role) -> Session {
+        let phase = match role {
+            Role::Van => Phase::Start,
+            Role::Hub => Phase::AwaitHello,
+        };
+        Session {
+            role,
+            phase,
+            outbox: BinaryHeap::new(),
+            next_seq: 0,
+            events: VecDeque::new(),
+            states: BTreeMap::new(),
+        }
+    }
+
+    /// Opens the session (the van's side): queues the hello.
+    pub fn start(&mut self, replica: &impl Replica) {
+        if self.role == Role::Van && self.phase == Phase::Start {
+            self.queue(Message::Hello {
+                min_version: MIN_PROTOCOL_VERSION,
+                max_version: PROTOCOL_VERSION,
+                scope_digest: scope_digest(replica),
+            });
+            self.phase = Phase::AwaitWelcome;
+        }
+    }
+
+    /// Handles one message from the peer.
+    pub fn handle(&mut self, msg: Message, replica: &mut impl Replica) -> Result<(), SyncError> {
+        match (self.phase, msg) {
+            (Phase::Closed, _) => Err(SyncError::Protocol("message after the session closed".into())),
+            (Phase::AwaitHello, Message::Hello { min_version, max_version, scope_digest: theirs }) => {
+                let version = max_version.min(PROTOCOL_VERSION);
+                if version < min_version.max(MIN_PROTOCOL_VERSION) {
+                    let err = SyncError::IncompatibleVersion {
+                        min: min_version,
+                        max: max_version,
+                        ours_min: MIN_PROTOCOL_VERSION,
+                        ours_max: PROTOCOL_VERSION,
+                    };
+                    self.queue(Message::Refused {
+                        reason: RefusalReason::IncompatibleVersion,
+                        detail: err.to_string(),
+                    });
+                    self.phase = Phase::Closed;
+                    return Err(err);
+                }
+                let in_sync = theirs == scope_digest(replica);
+                self.queue(Message::Welcome { version, in_sync });
+                self.phase = Phase::Syncing;
+                if !in_sync {
+                    self.queue(inventory(replica));
+                }
+                self.events.push_back(Event::Ready { in_sync });
+                Ok(())
+            }
+            (Phase::AwaitWelcome, Message::Welcome { version, in_sync }) => {
+                if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+                    self.phase = Phase::Closed;
+                    return Err(SyncError::Protocol(format!(
+                        "the hub chose version {version}, which this side never offered"
+                    )));
+                }
+                self.phase = Phase::Syncing;
+                if !in_sync {
+                    self.queue(inventory(replica));
+                }
+                self.events.push_back(Event::Ready { in_sync });
+                Ok(())
+            }
+            (_, Message::Refused { detail, .. }) => {
+                self.phase = Phase::Closed;
+                Err(SyncError::Refused(detail))
+            }
+            (Phase::Syncing, Message::Inventory { docs }) => {
+                let theirs: BTreeMap<DocId, [u8; 32]> = docs.into_iter().collect();
+                for doc in replica.scope() {
+                    let ours = heads_digest(&replica.heads(doc));
+                    if theirs.get(&doc) != Some(&ours) {
+                        self.sync_doc(doc, replica);
+                    }
+                }
+                Ok(())
+            }
+            (Phase::Syncing, Message::Doc { doc, sync: bytes, .. }) => {
+                let msg = sync::Message::decode(&bytes).map_err(|e| {
+                    SyncError::Protocol(format!("the sync message for a document does not decode: {e}"))
+                })?;
+                let mut state = self.states.remove(&doc).unwrap_or_else(|| replica.sync_state(doc));
+                let before = replica.heads(doc);
+                match replica.receive(doc, &mut state, msg) {
+                    Ok(()) => {
+                        if replica.heads(doc) != before {
+                            self.events.push_back(Event::DocChanged(doc));
+                        }
+                        replica.save_sync_state(doc, &state);
+                        self.states.insert(doc, state);
+                        self.sync_doc(doc, replica);
+                    }
+                    Err(refusal) => {
+                        // Refusing one document does not poison the rest of the session.
+                        self.events.push_back(Event::RefusedPeer { doc, detail: refusal.detail.clone() });
+                        self.queue(Message::DocRefused { doc, reason: refusal.reason, detail: refusal.detail });
+                    }
+                }
+                Ok(())
+            }
+            (Phase::Syncing, Message::DocRefused { doc, reason, detail }) => {
+                self.states.remove(&doc);
+                self.events.push_back(Event::RefusedByPeer { doc, reason, detail });
+                Ok(())
+            }
+            (phase, msg) => {
+                self.phase = Phase::Closed;
+                Err(SyncError::Protocol(format!("{} is not expected while {phase:?}", name(&msg))))
+            }
+        }
+    }
+
+    /// Tells the session a document changed locally, so it offers the change to the peer.
+    pub fn local_change(&mut self, doc: DocId, replica: &mut impl Replica) {
+        if self.phase == Phase::Syncing {
+            self.sync_doc(doc, replica);
+        }
+    }
+
+    /// The next message to send, most urgent first.
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.outbox.pop().map(|Reverse((_, _, Queued(m)))| m)
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Whether the session has ended (refused, or the peer broke the protocol).
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Whether the handshake is done and nothing is waiting to be sent.
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::Syncing && self.outbox.is_empty()
+    }
+
+    fn sync_doc(&mut self, doc: DocId, replica: &mut impl Replica) {
+        let mut state = self.states.remove(&doc).unwrap_or_else(|| replica.sync_state(doc));
+        if let Some(msg) = replica.generate(doc, &mut state) {
+            let priority = replica.priority(doc);
+            self.queue(Message::Doc { doc, priority, sync: msg.encode() });
+        }
+        replica.save_sync_state(doc, &state);
+        self.states.insert(doc, state);
+    }
+
+    fn queue(&mut self, msg: Message) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.outbox.push(Reverse((msg.priority(), seq, Queued(msg))));
+    }
+}
+
+/// Digest of a document's heads (sorted): equal on both sides exactly when they agree.
+fn heads_digest(heads: &[automerge::ChangeHash]) -> [u8; 32] {
+    let mut sorted: Vec<&automerge::ChangeHash> = heads.iter().collect();
+    sorted.sort();
+    let mut h = Sha256::new();
+    for head in sorted {
+        h.update(head.0);
+    }
+    h.finalize().into()
+}
+
+/// Digest of a whole scope: every document and its heads.
+fn scope_digest(replica: &impl Replica) -> [u8; 32] {
+    let mut docs = replica.scope();
+    docs.sort();
+    let mut h = Sha256::new();
+    h.update(b"medvan-scope-v1");
+    for doc in docs {
+        h.update(doc.0);
+        h.update(heads_digest(&replica.heads(doc)));
+    }
+    h.finalize().into()
+}
+
+fn inventory(replica: &impl Replica) -> Message {
+    let mut docs: Vec<(DocId, [u8; 32])> =
+        replica.scope().into_iter().map(|d| (d, heads_digest(&replica.heads(d)))).collect();
+    docs.sort();
+    Message::Inventory { docs }
+}
+
+fn name(msg: &Message) -> &'static str {
+    match msg {
+        Message::Hello { .. } => "Hello",
+        Message::Welcome { .. } => "Welcome",
+        Message::Refused { .. } => "Refused",
+        Message::Inventory { .. } => "Inventory",
+        Message::Doc { .. } => "Doc",
+        Message::DocRefused { .. } => "DocRefused",
+    }
+}
