@@ -18,7 +18,12 @@
 //!    and run Automerge's sync protocol ([`Message::Doc`]) for the documents that differ.
 //!    Sync states are persisted per peer and document by the replica, so a reconnect
 //!    resumes rather than starts over.
-//! 4. A document the receiving side will not accept (another organisation's, say) is
+//! 4. Blobs (X-ray images, video) follow their documents: the holder offers them, the other
+//!    side asks from the byte it already holds (so a cut transfer resumes), and confirms
+//!    once the content matches its hash. Pieces are sent only when nothing more urgent
+//!    waits: case documents before previews, previews before full images, images before
+//!    video.
+//! 5. A document the receiving side will not accept (another organisation's, say) is
 //!    answered with [`Message::DocRefused`]; the rest of the session goes on.
 //!
 //! Messages travel as length-prefixed frames ([`frame`]); a frame over the size limit or
@@ -30,7 +35,7 @@ mod message;
 mod session;
 
 pub use message::{DocId, Message, Priority, RefusalReason};
-pub use session::{Event, Replica, ReplicaRefusal, Role, Session, SyncError};
+pub use session::{BlobState, CHUNK, Event, Replica, ReplicaRefusal, Role, Session, SyncError};
 
 /// The newest protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;

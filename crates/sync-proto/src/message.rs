@@ -77,6 +77,36 @@ pub enum Message {
         /// The encoded Automerge sync message.
         sync: Vec<u8>,
     },
+    /// The sender holds a blob (an attachment of a document in scope) the receiver may lack.
+    BlobOffer {
+        /// SHA-256 of the blob's content.
+        sha256: [u8; 32],
+        /// Its size in bytes.
+        size: u64,
+        /// Its priority on the sender's side.
+        priority: Priority,
+    },
+    /// The receiver wants the blob from this offset on (what it already holds, durably).
+    BlobWant {
+        /// The blob.
+        sha256: [u8; 32],
+        /// First byte wanted.
+        from: u64,
+    },
+    /// A piece of a blob.
+    BlobChunk {
+        /// The blob.
+        sha256: [u8; 32],
+        /// Offset of `data` in the blob.
+        offset: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// The receiver holds the whole blob and verified its hash.
+    BlobHave {
+        /// The blob.
+        sha256: [u8; 32],
+    },
     /// The receiver will not accept changes to this document.
     DocRefused {
         /// The document.
@@ -92,7 +122,7 @@ impl Message {
     /// The priority the message is sent with.
     pub fn priority(&self) -> Priority {
         match self {
-            Message::Doc { priority, .. } => *priority,
+            Message::Doc { priority, .. } | Message::BlobOffer { priority, .. } => *priority,
             _ => Priority::Control,
         }
     }

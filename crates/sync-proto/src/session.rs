@@ -34,10 +34,24 @@ pub struct ReplicaRefusal {
     pub detail: String,
 }
 
+/// How much of a blob this side holds, durably.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobState {
+    /// Nothing.
+    Missing,
+    /// The first `n` bytes (a transfer that was cut off).
+    Partial(u64),
+    /// All of it, verified.
+    Complete,
+}
+
+/// Size of the blob pieces a session sends.
+pub const CHUNK: u64 = 64 * 1024;
+
 /// The documents a session syncs, as the store behind it holds them.
 ///
 /// Implementations persist sync states per peer and document, and enforce authorisation
-/// in [`Replica::receive`].
+/// in [`Replica::receive`]. The blob methods have defaults for replicas without blobs.
 pub trait Replica {
     /// Documents this side syncs with the peer.
     fn scope(&self) -> Vec<DocId>;
@@ -53,6 +67,29 @@ pub trait Replica {
     fn generate(&mut self, doc: DocId, state: &mut sync::State) -> Option<sync::Message>;
     /// Applies a sync message from the peer, or refuses it.
     fn receive(&mut self, doc: DocId, state: &mut sync::State, msg: sync::Message) -> Result<(), ReplicaRefusal>;
+
+    /// Complete blobs this side holds that belong to documents in scope:
+    /// `(sha256, size, priority)`.
+    fn blobs(&self) -> Vec<([u8; 32], u64, Priority)> {
+        Vec::new()
+    }
+    /// How much of a blob this side holds.
+    fn blob_state(&self, _sha256: &[u8; 32]) -> BlobState {
+        BlobState::Missing
+    }
+    /// Reads `len` bytes of a complete blob from `offset`.
+    fn read_blob(&mut self, _sha256: &[u8; 32], _offset: u64, _len: u64) -> Result<Vec<u8>, ReplicaRefusal> {
+        Err(ReplicaRefusal { reason: RefusalReason::NotAuthorised, detail: "this side keeps no blobs".into() })
+    }
+    /// Stores bytes of a blob being received, at `offset` (the end of what is held).
+    /// Persist them before returning: a later session resumes from what is held.
+    fn write_blob(&mut self, _sha256: &[u8; 32], _offset: u64, _data: &[u8]) -> Result<(), ReplicaRefusal> {
+        Err(ReplicaRefusal { reason: RefusalReason::NotAuthorised, detail: "this side keeps no blobs".into() })
+    }
+    /// All `size` bytes are held: verify the hash and make the blob complete, or discard it.
+    fn finish_blob(&mut self, _sha256: &[u8; 32], _size: u64) -> Result<(), ReplicaRefusal> {
+        Err(ReplicaRefusal { reason: RefusalReason::NotAuthorised, detail: "this side keeps no blobs".into() })
+    }
 }
 
 /// What a session reports to its caller.
@@ -79,6 +116,17 @@ pub enum Event {
     RefusedPeer {
         /// The document.
         doc: DocId,
+        /// Why.
+        detail: String,
+    },
+    /// A blob arrived whole and verified.
+    BlobReceived([u8; 32]),
+    /// The peer confirmed it holds a blob this side offered.
+    BlobDelivered([u8; 32]),
+    /// A received blob failed verification and was discarded (it is fetched again once).
+    BlobRejected {
+        /// The blob.
+        sha256: [u8; 32],
         /// Why.
         detail: String,
     },
@@ -129,6 +177,25 @@ pub struct Session {
     events: VecDeque<Event>,
     /// Sync states of documents in flight in this session (the replica persists them).
     states: BTreeMap<DocId, sync::State>,
+    /// Blobs being sent: the peer asked for them.
+    sending: BTreeMap<[u8; 32], Outgoing>,
+    /// Blobs being received: this side asked for them.
+    receiving: BTreeMap<[u8; 32], Incoming>,
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    size: u64,
+    next: u64,
+    priority: Priority,
+    seq: u64,
+}
+
+#[derive(Debug)]
+struct Incoming {
+    size: u64,
+    next: u64,
+    retried: bool,
 }
 
 /// A message waiting to be sent, ordered by priority then by when it was queued.
@@ -162,6 +229,8 @@ impl Session {
             next_seq: 0,
             events: VecDeque::new(),
             states: BTreeMap::new(),
+            sending: BTreeMap::new(),
+            receiving: BTreeMap::new(),
         }
     }
 
@@ -202,6 +271,7 @@ impl Session {
                 self.phase = Phase::Syncing;
                 if !in_sync {
                     self.queue(inventory(replica));
+                    self.offer_blobs(replica);
                 }
                 self.events.push_back(Event::Ready { in_sync });
                 Ok(())
@@ -216,6 +286,7 @@ impl Session {
                 self.phase = Phase::Syncing;
                 if !in_sync {
                     self.queue(inventory(replica));
+                    self.offer_blobs(replica);
                 }
                 self.events.push_back(Event::Ready { in_sync });
                 Ok(())
@@ -257,6 +328,63 @@ impl Session {
                 }
                 Ok(())
             }
+            (Phase::Syncing, Message::BlobOffer { sha256, size, .. }) => {
+                match replica.blob_state(&sha256) {
+                    BlobState::Complete => self.queue(Message::BlobHave { sha256 }),
+                    state => {
+                        let from = match state {
+                            BlobState::Partial(n) if n <= size => n,
+                            _ => 0,
+                        };
+                        self.receiving.insert(sha256, Incoming { size, next: from, retried: false });
+                        self.queue(Message::BlobWant { sha256, from });
+                        if from == size {
+                            self.finish(sha256, replica);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            (Phase::Syncing, Message::BlobWant { sha256, from }) => {
+                let Some((_, size, priority)) = replica.blobs().into_iter().find(|(s, _, _)| *s == sha256) else {
+                    return Err(SyncError::Protocol("the peer asked for a blob this side never offered".into()));
+                };
+                if from > size {
+                    return Err(SyncError::Protocol(format!(
+                        "the peer asked for a blob from byte {from}, past its end ({size})"
+                    )));
+                }
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.sending.insert(sha256, Outgoing { size, next: from, priority, seq });
+                Ok(())
+            }
+            (Phase::Syncing, Message::BlobChunk { sha256, offset, data }) => {
+                let Some(incoming) = self.receiving.get_mut(&sha256) else {
+                    return Err(SyncError::Protocol("the peer sent part of a blob this side did not ask for".into()));
+                };
+                if offset != incoming.next || offset + data.len() as u64 > incoming.size {
+                    return Err(SyncError::Protocol(format!(
+                        "the peer sent blob bytes at {offset}, expected {} (of {})",
+                        incoming.next, incoming.size
+                    )));
+                }
+                if let Err(refusal) = replica.write_blob(&sha256, offset, &data) {
+                    self.receiving.remove(&sha256);
+                    self.events.push_back(Event::BlobRejected { sha256, detail: refusal.detail });
+                    return Ok(());
+                }
+                incoming.next += data.len() as u64;
+                if incoming.next == incoming.size {
+                    self.finish(sha256, replica);
+                }
+                Ok(())
+            }
+            (Phase::Syncing, Message::BlobHave { sha256 }) => {
+                self.sending.remove(&sha256);
+                self.events.push_back(Event::BlobDelivered(sha256));
+                Ok(())
+            }
             (Phase::Syncing, Message::DocRefused { doc, reason, detail }) => {
                 self.states.remove(&doc);
                 self.events.push_back(Event::RefusedByPeer { doc, reason, detail });
@@ -276,9 +404,33 @@ impl Session {
         }
     }
 
-    /// The next message to send, most urgent first.
-    pub fn poll_transmit(&mut self) -> Option<Message> {
-        self.outbox.pop().map(|Reverse((_, _, Queued(m)))| m)
+    /// Tells the session this side now holds a blob the peer may need.
+    pub fn local_blob(&mut self, sha256: [u8; 32], size: u64, priority: Priority) {
+        if self.phase == Phase::Syncing {
+            self.queue(Message::BlobOffer { sha256, size, priority });
+        }
+    }
+
+    /// The next message to send, most urgent first. Blob pieces are read from the replica
+    /// only when nothing more urgent waits, so a large image never holds back a case.
+    pub fn poll_transmit(&mut self, replica: &mut impl Replica) -> Option<Message> {
+        loop {
+            let queued = self.outbox.peek().map(|Reverse((p, seq, _))| (*p, *seq));
+            let stream = self.sending.iter().map(|(sha, o)| ((o.priority, o.seq), *sha)).min();
+            let chunk_first = match (queued, stream) {
+                (Some(q), Some((s, _))) => s < q,
+                (None, Some(_)) => true,
+                _ => false,
+            };
+            if !chunk_first {
+                return self.outbox.pop().map(|Reverse((_, _, Queued(m)))| m);
+            }
+            let (_, sha) = stream.expect("checked above");
+            if let Some(m) = self.next_chunk(sha, replica) {
+                return Some(m);
+            }
+            // The blob could not be read; it was dropped from `sending`: look again.
+        }
     }
 
     /// The next event, if any.
@@ -293,7 +445,52 @@ impl Session {
 
     /// Whether the handshake is done and nothing is waiting to be sent.
     pub fn is_idle(&self) -> bool {
-        self.phase == Phase::Syncing && self.outbox.is_empty()
+        self.phase == Phase::Syncing && self.outbox.is_empty() && self.sending.is_empty()
+    }
+
+    fn next_chunk(&mut self, sha256: [u8; 32], replica: &mut impl Replica) -> Option<Message> {
+        let out = self.sending.get_mut(&sha256)?;
+        let offset = out.next;
+        let len = CHUNK.min(out.size - offset);
+        match replica.read_blob(&sha256, offset, len) {
+            Ok(data) if data.len() as u64 == len => {
+                out.next += len;
+                if out.next >= out.size {
+                    // The last piece: the peer answers with BlobHave.
+                    self.sending.remove(&sha256);
+                }
+                Some(Message::BlobChunk { sha256, offset, data })
+            }
+            _ => {
+                self.sending.remove(&sha256);
+                None
+            }
+        }
+    }
+
+    fn finish(&mut self, sha256: [u8; 32], replica: &mut impl Replica) {
+        let Some(incoming) = self.receiving.remove(&sha256) else { return };
+        match replica.finish_blob(&sha256, incoming.size) {
+            Ok(()) => {
+                self.events.push_back(Event::BlobReceived(sha256));
+                self.queue(Message::BlobHave { sha256 });
+            }
+            Err(refusal) => {
+                self.events.push_back(Event::BlobRejected { sha256, detail: refusal.detail });
+                if !incoming.retried {
+                    // Fetch it once more from the start; a second failure is left to a
+                    // later session.
+                    self.receiving.insert(sha256, Incoming { size: incoming.size, next: 0, retried: true });
+                    self.queue(Message::BlobWant { sha256, from: 0 });
+                }
+            }
+        }
+    }
+
+    fn offer_blobs(&mut self, replica: &impl Replica) {
+        for (sha256, size, priority) in replica.blobs() {
+            self.queue(Message::BlobOffer { sha256, size, priority });
+        }
     }
 
     fn sync_doc(&mut self, doc: DocId, replica: &mut impl Replica) {
@@ -334,6 +531,12 @@ fn scope_digest(replica: &impl Replica) -> [u8; 32] {
         h.update(doc.0);
         h.update(heads_digest(&replica.heads(doc)));
     }
+    // Blobs count too: a van whose image has not reached the hub is not in sync.
+    let mut blobs: Vec<[u8; 32]> = replica.blobs().into_iter().map(|(sha, _, _)| sha).collect();
+    blobs.sort();
+    for sha in blobs {
+        h.update(sha);
+    }
     h.finalize().into()
 }
 
@@ -352,5 +555,9 @@ fn name(msg: &Message) -> &'static str {
         Message::Inventory { .. } => "Inventory",
         Message::Doc { .. } => "Doc",
         Message::DocRefused { .. } => "DocRefused",
+        Message::BlobOffer { .. } => "BlobOffer",
+        Message::BlobWant { .. } => "BlobWant",
+        Message::BlobChunk { .. } => "BlobChunk",
+        Message::BlobHave { .. } => "BlobHave",
     }
 }
