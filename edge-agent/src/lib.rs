@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod config;
+pub mod sync;
 
 use std::future::Future;
 

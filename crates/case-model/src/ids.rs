@@ -33,6 +33,11 @@ impl CaseId {
         Ok(CaseId(uuid))
     }
 
+    /// From the raw 16 bytes (as the sync protocol carries them).
+    pub fn from_bytes(bytes: [u8; 16]) -> CaseId {
+        CaseId(Uuid::from_bytes(bytes))
+    }
+
     /// The raw 16 bytes.
     pub fn as_bytes(&self) -> &[u8; 16] {
         self.0.as_bytes()

@@ -66,6 +66,15 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     ",
+    // 2: Automerge sync states per peer and case, so a reconnect resumes.
+    "
+    CREATE TABLE sync_states (
+        peer TEXT NOT NULL,
+        case_id TEXT NOT NULL,
+        state BLOB NOT NULL,
+        PRIMARY KEY (peer, case_id)
+    );
+    ",
 ];
 
 /// Where the store keeps its files.

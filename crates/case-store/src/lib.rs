@@ -539,6 +539,108 @@ impl Store {
         Ok(view)
     }
 
+    /// The current heads of a case (empty if the store does not hold it). Heads are hashes,
+    /// not patient data: not audited.
+    pub fn heads(&self, id: CaseId) -> Result<Vec<automerge::ChangeHash>, StoreError> {
+        let Some(slot) = self.existing_slot(id)? else { return Ok(Vec::new()) };
+        let mut guard = lock(&slot);
+        Ok(self.loaded(&mut guard, id)?.heads())
+    }
+
+    /// The persisted Automerge sync state of a case with a peer, if any.
+    pub fn sync_state(&self, peer: &str, id: CaseId) -> Result<Option<Vec<u8>>, StoreError> {
+        let conn = lock(&self.inner.reader);
+        Ok(conn
+            .query_row("SELECT state FROM sync_states WHERE peer = ?1 AND case_id = ?2", [peer, &id.to_string()], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Persists sync states with a peer, in one durable write. Losing them costs only
+    /// bytes (the next sync starts that case over), so callers batch them.
+    pub fn save_sync_states(&self, peer: &str, states: Vec<(CaseId, Vec<u8>)>) -> Result<(), StoreError> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        let ops = states
+            .into_iter()
+            .map(|(id, state)| Op::SyncState { peer: peer.to_owned(), case_id: id.to_string(), state })
+            .collect();
+        self.write(ops)
+    }
+
+    /// The next Automerge sync message for a case, for the sync protocol.
+    pub fn sync_generate(
+        &self,
+        id: CaseId,
+        state: &mut automerge::sync::State,
+    ) -> Result<Option<automerge::sync::Message>, StoreError> {
+        use automerge::sync::SyncDoc;
+        let Some(slot) = self.existing_slot(id)? else {
+            // A case the peer holds and this store does not: answering from an empty
+            // document asks the peer for all of it.
+            return Ok(automerge::Automerge::new().generate_sync_message(state));
+        };
+        let mut guard = lock(&slot);
+        Ok(self.loaded(&mut guard, id)?.automerge().generate_sync_message(state))
+    }
+
+    /// Applies an Automerge sync message from a peer to a case (creating the case if the
+    /// peer sent one this store lacks), persisting every new change durably before it
+    /// returns. Returns whether the case changed.
+    pub fn sync_receive(
+        &self,
+        ctx: &EditContext,
+        id: CaseId,
+        state: &mut automerge::sync::State,
+        msg: automerge::sync::Message,
+    ) -> Result<bool, StoreError> {
+        use automerge::sync::SyncDoc;
+        let load_err = |e: automerge::AutomergeError| StoreError::Load {
+            case: id,
+            source: Box::new(case_model::LoadError::Decode(e)),
+        };
+        let Some(slot) = self.existing_slot(id)? else {
+            // A case this store does not hold yet: take it whole once its changes arrive.
+            let mut doc = automerge::Automerge::new();
+            doc.receive_sync_message(state, msg).map_err(load_err)?;
+            let changes: Vec<Vec<u8>> = doc.get_changes(&[]).into_iter().map(|mut c| c.bytes().into_owned()).collect();
+            if changes.is_empty() {
+                return Ok(false);
+            }
+            self.import_case(ctx, id, &changes)?;
+            return Ok(true);
+        };
+        let mut guard = lock(&slot);
+        let doc = self.loaded(&mut guard, id)?;
+        let before = doc.heads();
+        if let Err(e) = doc.automerge_mut().receive_sync_message(state, msg) {
+            *guard = None;
+            return Err(load_err(e));
+        }
+        let mut ops: Vec<Op> = doc
+            .automerge()
+            .get_changes(&before)
+            .into_iter()
+            .map(|mut c| Op::Change { case_id: id.to_string(), bytes: c.bytes().into_owned() })
+            .collect();
+        if ops.is_empty() {
+            return Ok(false);
+        }
+        let count = ops.len();
+        doc.refresh_conflicts();
+        ops.push(Op::Index(index_row(&doc.summary(), ctx)));
+        ops.push(Op::Audit(record(ctx, "case.merge", Some(id), audit::Outcome::Allowed, format!("{count} changes"))));
+        if let Err(e) = self.write(ops) {
+            *guard = None;
+            return Err(e);
+        }
+        drop(guard);
+        self.maybe_compact(id);
+        Ok(true)
+    }
+
     /// Checks the audit chain end to end.
     pub fn verify_audit(&self) -> Result<ChainHead, ChainError> {
         let conn = lock(&self.inner.reader);
@@ -626,6 +728,17 @@ impl Store {
 
     fn write(&self, ops: Vec<Op>) -> Result<(), StoreError> {
         self.inner.writer.write(ops)
+    }
+
+    /// The cache slot of a case if the store holds it (no audit: for sync plumbing).
+    fn existing_slot(&self, id: CaseId) -> Result<Option<Slot>, StoreError> {
+        if let Some(s) = lock(&self.inner.cache).get(&id) {
+            return Ok(Some(s.clone()));
+        }
+        let exists: Option<i64> = lock(&self.inner.reader)
+            .query_row("SELECT 1 FROM cases WHERE id = ?1", [id.to_string()], |r| r.get(0))
+            .optional()?;
+        Ok(exists.map(|_| self.inner.cache_insert(id, Arc::new(Mutex::new(None)))))
     }
 
     /// The cache slot of a case that exists, or a refusal (audited) if it does not.

@@ -24,6 +24,8 @@ pub(crate) enum Op {
     Audit(audit::Record),
     /// Record a blob whose file is already durable.
     Blob { sha256: String, size: u64, media_type: String, at: i64 },
+    /// Replace the sync state of a case with a peer.
+    SyncState { peer: String, case_id: String, state: Vec<u8> },
     /// Replace a case's changes up to now with a snapshot.
     Snapshot { case_id: String, bytes: Vec<u8> },
 }
@@ -202,6 +204,10 @@ fn apply(conn: &Connection, op: &Op) -> Result<(), StoreError> {
                 "INSERT OR IGNORE INTO blobs (sha256, size, media_type, created_at) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![sha256, *size as i64, media_type, at])?;
+        }
+        Op::SyncState { peer, case_id, state } => {
+            conn.prepare_cached("INSERT OR REPLACE INTO sync_states (peer, case_id, state) VALUES (?1, ?2, ?3)")?
+                .execute(params![peer, case_id, state])?;
         }
         Op::Snapshot { case_id, bytes } => {
             // Callers hold the case's lock and every change of it is already durable, so
