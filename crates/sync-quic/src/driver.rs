@@ -1,0 +1,134 @@
+//! QUIC configurations and the loop that carries a sync session over one stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sync_proto::frame::{Decoder, FrameError, encode};
+use sync_proto::{Replica, Session, SyncError};
+
+/// The ALPN protocol id of Medvan sync.
+pub const ALPN: &[u8] = b"medvan-sync/1";
+
+/// Why a configuration could not be built or a session could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
+    /// TLS configuration failed (a bad certificate or key).
+    #[error("TLS configuration failed: {0}")]
+    Tls(String),
+    /// The connection or stream failed.
+    #[error("the connection failed: {0}")]
+    Connection(String),
+    /// The peer sent bytes that are not protocol messages.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The protocol ended the session.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The hub's endpoint configuration: only clients with a certificate from `ca` get in.
+pub fn server_config(
+    ca: &CertificateDer<'static>,
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+) -> Result<quinn::ServerConfig, DriverError> {
+    let tls = |e: &dyn std::fmt::Display| DriverError::Tls(e.to_string());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).map_err(|e| tls(&e))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| tls(&e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert], key)
+        .map_err(|e| tls(&e))?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(config).map_err(|e| tls(&e))?;
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+}
+
+/// A van's client configuration: it trusts only the pinned fleet CA and presents its
+/// device certificate.
+pub fn client_config(
+    ca: &CertificateDer<'static>,
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+) -> Result<quinn::ClientConfig, DriverError> {
+    let tls = |e: &dyn std::fmt::Display| DriverError::Tls(e.to_string());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).map_err(|e| tls(&e))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls(&e))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![cert], key)
+        .map_err(|e| tls(&e))?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(config).map_err(|e| tls(&e))?;
+    Ok(quinn::ClientConfig::new(Arc::new(quic)))
+}
+
+/// Carries `session` over one bidirectional stream until the peer finishes it, or until
+/// both directions have been quiet for `quiet` with nothing left to send (then this side
+/// finishes its half).
+pub async fn run(
+    session: &mut Session,
+    replica: &mut impl Replica,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    quiet: Duration,
+) -> Result<(), DriverError> {
+    let conn = |e: &dyn std::fmt::Display| DriverError::Connection(e.to_string());
+    let mut decoder = Decoder::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while let Some(m) = session.poll_transmit(replica) {
+            send.write_all(&encode(&m)).await.map_err(|e| conn(&e))?;
+        }
+        if session.is_closed() {
+            let _ = send.finish();
+            return Ok(());
+        }
+        match tokio::time::timeout(quiet, recv.read(&mut buf)).await {
+            Err(_) if session.is_idle() => {
+                // Both sides quiet: finish this half, then wait for the peer to finish its
+                // own, so closing the connection cannot cut off anything it still sends.
+                let _ = send.finish();
+                let drained = tokio::time::timeout(quiet * 4, async {
+                    while let Ok(Some(n)) = recv.read(&mut buf).await {
+                        decoder.push(&buf[..n]);
+                    }
+                })
+                .await;
+                if drained.is_err() {
+                    tracing::debug!("the peer did not finish its half of the stream in time");
+                }
+                while let Some(m) = decoder.next_message()? {
+                    session.handle(m, replica)?;
+                }
+                return Ok(());
+            }
+            Err(_) => {}
+            Ok(Ok(Some(n))) => {
+                decoder.push(&buf[..n]);
+                while let Some(m) = decoder.next_message()? {
+                    session.handle(m, replica)?;
+                }
+            }
+            Ok(Ok(None)) => {
+                let _ = send.finish();
+                return Ok(());
+            }
+            Ok(Err(e)) => return Err(conn(&e)),
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The sync protocol over real QUIC with mutual TLS, on loopback.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ChangeHash, ObjType, ROOT};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sync_proto::{DocId, Priority, RefusalReason, Replica, ReplicaRefusal, Role, Session};
+use sync_quic::driver::{client_config, run, server_config};
+use sync_quic::identity::{DeviceId, FleetCa, device_of, new_device_key};
+use time::{Duration as TimeDuration, OffsetDateTime};
+
+#[derive(Debug, Default)]
+struct Mem {
+    docs: BTreeMap<DocId, Automerge>,
+    states: HashMap<DocId, Vec<u8>>,
+}
+
+impl Replica for Mem {
+    fn scope(&self) -> Vec<DocId> {
+        self.docs.keys().copied().collect()
+    }
+    fn heads(&self, doc: DocId) -> Vec<ChangeHash> {
+        self.docs.get(&doc).map(|d| d.get_heads()).unwrap_or_default()
+    }
+    fn priority(&self, _: DocId) -> Priority {
+        Priority::Case
+    }
+    fn sync_state(&mut self, doc: DocId) -> sync::State {
+        self.states.get(&doc).and_then(|b| sync::State::decode(b).ok()).unwrap_or_default()
+    }
+    fn save_sync_state(&mut self, doc: DocId, state: &sync::State) {
+        self.states.insert(doc, state.encode());
+    }
+    fn generate(&mut self, doc: DocId, state: &mut sync::State) -> Option<sync::Message> {
+        self.docs.entry(doc).or_default().generate_sync_message(state)
+    }
+    fn receive(&mut self, doc: DocId, state: &mut sync::State, msg: sync::Message) -> Result<(), ReplicaRefusal> {
+        self.docs
+            .entry(doc)
+            .or_default()
+            .receive_sync_message(state, msg)
+            .map_err(|e| ReplicaRefusal { reason: RefusalReason::Malformed, detail: e.to_string() })
+    }
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+struct Fleet {
+    ca: FleetCa,
+    hub_cert: CertificateDer<'static>,
+    hub_key: PrivateKeyDer<'static>,
+}
+
+fn fleet() -> Fleet {
+    let ca = FleetCa::generate("Medvan test fleet", now() - TimeDuration::days(1), now() + TimeDuration::days(3650))
+        .unwrap();
+    let (hub_cert, hub_key) =
+        ca.issue_hub("hub.medvan.test", now() - TimeDuration::days(1), now() + TimeDuration::days(365)).unwrap();
+    Fleet { ca, hub_cert, hub_key }
+}
+
+fn van_identity(
+    ca: &FleetCa,
+    van: &str,
+    not_after: OffsetDateTime,
+) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let (key, csr) = new_device_key().unwrap();
+    let cert = ca
+        .sign_device_request(&csr, &DeviceId::new("org-north", van).unwrap(), now() - TimeDuration::days(30), not_after)
+        .unwrap();
+    (cert, key)
+}
+
+fn hub_endpoint(f: &Fleet) -> quinn::Endpoint {
+    let config = server_config(f.ca.certificate(), f.hub_cert.clone(), f.hub_key.clone_key()).unwrap();
+    quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+fn van_endpoint(
+    ca: &CertificateDer<'static>,
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+) -> quinn::Endpoint {
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(client_config(ca, cert, key).unwrap());
+    ep
+}
+
+fn doc_with_notes(n: usize) -> Automerge {
+    let mut d = Automerge::new();
+    let mut tx = d.transaction();
+    let list = tx.put_object(ROOT, "notes", ObjType::List).unwrap();
+    for i in 0..n {
+        tx.insert(&list, i, format!("note {i}")).unwrap();
+    }
+    tx.commit();
+    d
+}
+
+/// The hub's side of one connection: who connected, and the session run to its end.
+async fn serve_one(ep: quinn::Endpoint, mut hub: Mem) -> Result<(DeviceId, Mem), String> {
+    let incoming = ep.accept().await.ok_or("endpoint closed")?;
+    let conn = incoming.await.map_err(|e| e.to_string())?;
+    let certs = conn.peer_identity().ok_or("no peer identity")?;
+    let certs = certs.downcast::<Vec<CertificateDer<'static>>>().map_err(|_| "unexpected identity type")?;
+    let device = device_of(&certs[0]).map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+    let mut session = Session::new(Role::Hub);
+    run(&mut session, &mut hub, &mut send, &mut recv, Duration::from_millis(300)).await.map_err(|e| e.to_string())?;
+    Ok((device, hub))
+}
+
+async fn connect_and_sync(ep: &quinn::Endpoint, addr: SocketAddr, van: &mut Mem) -> Result<(), String> {
+    let conn = ep.connect(addr, "hub.medvan.test").map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut session = Session::new(Role::Van);
+    session.start(van);
+    run(&mut session, van, &mut send, &mut recv, Duration::from_millis(300)).await.map_err(|e| e.to_string())?;
+    conn.close(0u32.into(), b"done");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_van_syncs_with_the_hub_over_quic_with_mutual_tls() {
+    let f = fleet();
+    let hub_ep = hub_endpoint(&f);
+    let addr = hub_ep.local_addr().unwrap();
+    let server = tokio::spawn(serve_one(hub_ep, Mem::default()));
+    let (cert, key) = van_identity(&f.ca, "van-12", now() + TimeDuration::days(90));
+    let van_ep = van_endpoint(f.ca.certificate(), cert, key);
+    let mut van = Mem::default();
+    for n in 0..5u8 {
+        van.docs.insert(DocId([n; 16]), doc_with_notes(20));
+    }
+    connect_and_sync(&van_ep, addr, &mut van).await.unwrap();
+    let (device, hub) = server.await.unwrap().unwrap();
+    assert_eq!(device, DeviceId::new("org-north", "van-12").unwrap(), "the hub knows the van by its certificate");
+    for (id, d) in &van.docs {
+        assert_eq!(hub.heads(*id), d.get_heads());
+    }
+}
+
+#[tokio::test]
+async fn vans_without_a_valid_fleet_certificate_are_refused() {
+    let f = fleet();
+    let other =
+        FleetCa::generate("Someone else", now() - TimeDuration::days(1), now() + TimeDuration::days(10)).unwrap();
+    let cases: Vec<(&str, CertificateDer<'static>, PrivateKeyDer<'static>)> = vec![
+        {
+            let (c, k) = van_identity(&other, "van-9", now() + TimeDuration::days(30));
+            ("a certificate from another CA", c, k)
+        },
+        {
+            let (c, k) = van_identity(&f.ca, "van-9", now() - TimeDuration::days(1));
+            ("an expired certificate", c, k)
+        },
+    ];
+    for (what, cert, key) in cases {
+        let hub_ep = hub_endpoint(&f);
+        let addr = hub_ep.local_addr().unwrap();
+        let server = tokio::spawn(serve_one(hub_ep, Mem::default()));
+        let van_ep = van_endpoint(f.ca.certificate(), cert, key);
+        let mut van = Mem::default();
+        van.docs.insert(DocId([1; 16]), doc_with_notes(3));
+        let client = connect_and_sync(&van_ep, addr, &mut van).await;
+        let served = tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
+        assert!(client.is_err(), "{what}: the van's sync succeeded");
+        let err = served.unwrap_err();
+        assert!(err.to_lowercase().contains("certificate"), "{what}: {err}");
+    }
+
+    // A van that pins the fleet CA refuses a hub with a certificate from elsewhere.
+    let (bad_hub_cert, bad_hub_key) =
+        other.issue_hub("hub.medvan.test", now() - TimeDuration::days(1), now() + TimeDuration::days(10)).unwrap();
+    let impostor = Fleet { ca: other, hub_cert: bad_hub_cert, hub_key: bad_hub_key };
+    let hub_ep = hub_endpoint(&impostor);
+    let addr = hub_ep.local_addr().unwrap();
+    let _server = tokio::spawn(serve_one(hub_ep, Mem::default()));
+    let (cert, key) = van_identity(&f.ca, "van-12", now() + TimeDuration::days(30));
+    let van_ep = van_endpoint(f.ca.certificate(), cert, key);
+    let err = connect_and_sync(&van_ep, addr, &mut Mem::default()).await.unwrap_err();
+    assert!(err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"), "{err}");
+}
