@@ -10,4 +10,5 @@
 //!   `sync-proto`.
 
 pub mod driver;
+pub mod hub;
 pub mod identity;

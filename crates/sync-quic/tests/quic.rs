@@ -187,3 +187,44 @@ async fn vans_without_a_valid_fleet_certificate_are_refused() {
     let err = connect_and_sync(&van_ep, addr, &mut Mem::default()).await.unwrap_err();
     assert!(err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"), "{err}");
 }
+
+#[tokio::test]
+async fn a_revoked_van_is_cut_off_within_a_second_and_refused_after_while_others_keep_syncing() {
+    use sync_quic::hub::{CLOSE_REVOKED, HubServer};
+    let f = fleet();
+    let hub = HubServer::new(hub_endpoint(&f));
+    let addr = hub_endpoint_addr(&hub);
+    let serving = hub.clone();
+    tokio::spawn(async move { serving.serve(|_| Mem::default()).await });
+
+    let (cert9, key9) = van_identity(&f.ca, "van-9", now() + TimeDuration::days(30));
+    let van9 = van_endpoint(f.ca.certificate(), cert9, key9);
+    let conn9 = van9.connect(addr, "hub.medvan.test").unwrap().await.unwrap();
+    // Let the hub register the connection, then revoke van 9 (it was stolen).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = std::time::Instant::now();
+    hub.revoke(&DeviceId::new("org-north", "van-9").unwrap());
+    let reason = tokio::time::timeout(Duration::from_secs(1), conn9.closed())
+        .await
+        .expect("still connected a second after revocation");
+    println!("revoked van disconnected after {:?}", start.elapsed());
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(close.error_code, CLOSE_REVOKED.into()),
+        other => panic!("closed for another reason: {other}"),
+    }
+    // Its next attempt is refused.
+    let mut van = Mem::default();
+    van.docs.insert(DocId([9; 16]), doc_with_notes(2));
+    assert!(connect_and_sync(&van9, addr, &mut van).await.is_err());
+
+    // Van 12 is unaffected.
+    let (cert12, key12) = van_identity(&f.ca, "van-12", now() + TimeDuration::days(30));
+    let van12 = van_endpoint(f.ca.certificate(), cert12, key12);
+    let mut v12 = Mem::default();
+    v12.docs.insert(DocId([12; 16]), doc_with_notes(2));
+    connect_and_sync(&van12, addr, &mut v12).await.unwrap();
+}
+
+fn hub_endpoint_addr(hub: &sync_quic::hub::HubServer) -> SocketAddr {
+    hub.local_addr()
+}
