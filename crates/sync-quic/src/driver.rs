@@ -33,7 +33,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The hub's endpoint configuration: only clients with a certificate from `ca` get in.
+/// The hub's endpoint configuration. Clients presenting a certificate must present one
+/// from `ca`; clients with none get in only to enrol (the hub closes a sync connection
+/// without a certificate). The chain sent includes the CA, so a van holding only the CA's
+/// fingerprint (from its enrolment token) can check it.
 pub fn server_config(
     ca: &CertificateDer<'static>,
     cert: CertificateDer<'static>,
@@ -43,15 +46,16 @@ pub fn server_config(
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).map_err(|e| tls(&e))?;
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
         .build()
         .map_err(|e| tls(&e))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls(&e))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![cert], key)
+        .with_single_cert(vec![cert, ca.clone()], key)
         .map_err(|e| tls(&e))?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![ALPN.to_vec(), crate::enrol::ENROL_ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(config).map_err(|e| tls(&e))?;
     Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
 }

@@ -9,6 +9,7 @@ use rustls::pki_types::CertificateDer;
 use sync_proto::{Replica, Role, Session};
 
 use crate::driver::run;
+use crate::enrol::{ENROL_ALPN, Enroller};
 use crate::identity::{DeviceId, device_of};
 
 /// QUIC application close code: the van's certificate was revoked.
@@ -20,6 +21,7 @@ pub const CLOSE_NOT_A_VAN: u32 = 0x4d02;
 #[derive(Debug, Clone)]
 pub struct HubServer {
     endpoint: quinn::Endpoint,
+    enroller: Arc<Enroller>,
     revoked: Arc<Mutex<HashSet<DeviceId>>>,
     live: Arc<Mutex<HashMap<DeviceId, Vec<quinn::Connection>>>>,
     quiet: Duration,
@@ -27,8 +29,14 @@ pub struct HubServer {
 
 impl HubServer {
     /// A hub serving on `endpoint` (built with [`crate::driver::server_config`]).
-    pub fn new(endpoint: quinn::Endpoint) -> HubServer {
-        HubServer { endpoint, revoked: Default::default(), live: Default::default(), quiet: Duration::from_millis(300) }
+    pub fn new(endpoint: quinn::Endpoint, enroller: Arc<Enroller>) -> HubServer {
+        HubServer {
+            endpoint,
+            enroller,
+            revoked: Default::default(),
+            live: Default::default(),
+            quiet: Duration::from_millis(300),
+        }
     }
 
     /// The address the hub listens on.
@@ -70,6 +78,15 @@ impl HubServer {
                         return;
                     }
                 };
+                if alpn(&conn).as_deref() == Some(ENROL_ALPN) {
+                    if let Ok((mut send, mut recv)) = conn.accept_bi().await
+                        && let Err(e) = crate::enrol::serve(&hub.enroller, &mut send, &mut recv).await
+                    {
+                        tracing::warn!(error = %e, "enrolment failed");
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+                    return;
+                }
                 let device = match peer_device(&conn) {
                     Ok(d) => d,
                     Err(reason) => {
@@ -101,6 +118,10 @@ impl HubServer {
             });
         }
     }
+}
+
+fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
 }
 
 fn peer_device(conn: &quinn::Connection) -> Result<DeviceId, String> {

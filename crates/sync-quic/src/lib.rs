@@ -10,5 +10,6 @@
 //!   `sync-proto`.
 
 pub mod driver;
+pub mod enrol;
 pub mod hub;
 pub mod identity;

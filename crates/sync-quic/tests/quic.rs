@@ -52,7 +52,7 @@ fn now() -> OffsetDateTime {
 }
 
 struct Fleet {
-    ca: FleetCa,
+    ca: std::sync::Arc<FleetCa>,
     hub_cert: CertificateDer<'static>,
     hub_key: PrivateKeyDer<'static>,
 }
@@ -62,7 +62,7 @@ fn fleet() -> Fleet {
         .unwrap();
     let (hub_cert, hub_key) =
         ca.issue_hub("hub.medvan.test", now() - TimeDuration::days(1), now() + TimeDuration::days(365)).unwrap();
-    Fleet { ca, hub_cert, hub_key }
+    Fleet { ca: std::sync::Arc::new(ca), hub_cert, hub_key }
 }
 
 fn van_identity(
@@ -178,7 +178,7 @@ async fn vans_without_a_valid_fleet_certificate_are_refused() {
     // A van that pins the fleet CA refuses a hub with a certificate from elsewhere.
     let (bad_hub_cert, bad_hub_key) =
         other.issue_hub("hub.medvan.test", now() - TimeDuration::days(1), now() + TimeDuration::days(10)).unwrap();
-    let impostor = Fleet { ca: other, hub_cert: bad_hub_cert, hub_key: bad_hub_key };
+    let impostor = Fleet { ca: std::sync::Arc::new(other), hub_cert: bad_hub_cert, hub_key: bad_hub_key };
     let hub_ep = hub_endpoint(&impostor);
     let addr = hub_ep.local_addr().unwrap();
     let _server = tokio::spawn(serve_one(hub_ep, Mem::default()));
@@ -190,9 +190,11 @@ async fn vans_without_a_valid_fleet_certificate_are_refused() {
 
 #[tokio::test]
 async fn a_revoked_van_is_cut_off_within_a_second_and_refused_after_while_others_keep_syncing() {
+    use sync_quic::enrol::Enroller;
     use sync_quic::hub::{CLOSE_REVOKED, HubServer};
     let f = fleet();
-    let hub = HubServer::new(hub_endpoint(&f));
+    let enroller = std::sync::Arc::new(Enroller::new(f.ca.clone(), TimeDuration::days(90)));
+    let hub = HubServer::new(hub_endpoint(&f), enroller);
     let addr = hub_endpoint_addr(&hub);
     let serving = hub.clone();
     tokio::spawn(async move { serving.serve(|_| Mem::default()).await });
@@ -227,4 +229,62 @@ async fn a_revoked_van_is_cut_off_within_a_second_and_refused_after_while_others
 
 fn hub_endpoint_addr(hub: &sync_quic::hub::HubServer) -> SocketAddr {
     hub.local_addr()
+}
+
+#[tokio::test]
+async fn a_new_van_enrols_with_a_one_time_token_and_then_syncs() {
+    use sync_quic::enrol::{EnrolError, Enroller, enrol};
+    use sync_quic::hub::{CLOSE_NOT_A_VAN, HubServer};
+    let f = fleet();
+    let enroller = std::sync::Arc::new(Enroller::new(f.ca.clone(), TimeDuration::days(90)));
+    let hub = HubServer::new(hub_endpoint(&f), enroller.clone());
+    let addr = hub.local_addr();
+    let serving = hub.clone();
+    tokio::spawn(async move { serving.serve(|_| Mem::default()).await });
+
+    let device = DeviceId::new("org-north", "van-5").unwrap();
+    let token = enroller.issue(device.clone(), now().unix_timestamp() + 3600).encode();
+    let enrolled = enrol(addr, "hub.medvan.test", &token).await.unwrap();
+    assert_eq!(device_of(&enrolled.cert).unwrap(), device);
+    assert_eq!(&enrolled.ca, f.ca.certificate());
+    // With its new certificate the van syncs.
+    let van_ep = van_endpoint(&enrolled.ca, enrolled.cert, enrolled.key);
+    let mut van = Mem::default();
+    van.docs.insert(DocId([5; 16]), doc_with_notes(4));
+    connect_and_sync(&van_ep, addr, &mut van).await.unwrap();
+
+    // The token works once.
+    let err = enrol(addr, "hub.medvan.test", &token).await.unwrap_err();
+    assert!(matches!(&err, EnrolError::Refused(r) if r.contains("already used")), "{err}");
+    // An expired token is refused.
+    let old = enroller.issue(DeviceId::new("org-north", "van-6").unwrap(), now().unix_timestamp() - 1).encode();
+    let err = enrol(addr, "hub.medvan.test", &old).await.unwrap_err();
+    assert!(matches!(&err, EnrolError::Refused(r) if r.contains("expired")), "{err}");
+    // A token naming another CA makes the van refuse this hub.
+    let other =
+        FleetCa::generate("Someone else", now() - TimeDuration::days(1), now() + TimeDuration::days(10)).unwrap();
+    let foreign = token.replace(&f.ca.fingerprint(), &other.fingerprint());
+    let err = enrol(addr, "hub.medvan.test", &foreign).await.unwrap_err();
+    assert!(matches!(err, EnrolError::Connection(_)), "{err}");
+    // A client with no certificate cannot sync.
+    let mut tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates({
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(f.ca.certificate().clone()).unwrap();
+                roots
+            })
+            .with_no_client_auth();
+    tls.alpn_protocols = vec![sync_quic::driver::ALPN.to_vec()];
+    let mut anon = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    anon.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    )));
+    let conn = anon.connect(addr, "hub.medvan.test").unwrap().await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(2), conn.closed()).await.unwrap() {
+        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(close.error_code, CLOSE_NOT_A_VAN.into()),
+        other => panic!("closed for another reason: {other}"),
+    }
 }
