@@ -11,6 +11,32 @@ use sync_proto::{Replica, Session, SyncError};
 /// The ALPN protocol id of Medvan sync.
 pub const ALPN: &[u8] = b"medvan-sync/1";
 
+/// How fast a dead link is noticed. A cell modem in a tunnel drops packets silently; keep-
+/// alives make the connection fail after `idle_timeout` of silence instead of hanging, so
+/// the van reconnects on its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// How often to send a keep-alive when nothing else is sent.
+    pub keep_alive: Duration,
+    /// Silence after which the connection is declared dead.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness { keep_alive: Duration::from_secs(2), idle_timeout: Duration::from_secs(10) }
+    }
+}
+
+fn transport(liveness: Liveness) -> Result<Arc<quinn::TransportConfig>, DriverError> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(liveness.keep_alive));
+    t.max_idle_timeout(Some(
+        liveness.idle_timeout.try_into().map_err(|_| DriverError::Tls("idle timeout too long".into()))?,
+    ));
+    Ok(Arc::new(t))
+}
+
 /// Why a configuration could not be built or a session could not run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -41,6 +67,7 @@ pub fn server_config(
     ca: &CertificateDer<'static>,
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
+    liveness: Liveness,
 ) -> Result<quinn::ServerConfig, DriverError> {
     let tls = |e: &dyn std::fmt::Display| DriverError::Tls(e.to_string());
     let mut roots = rustls::RootCertStore::empty();
@@ -57,7 +84,9 @@ pub fn server_config(
         .map_err(|e| tls(&e))?;
     config.alpn_protocols = vec![ALPN.to_vec(), crate::enrol::ENROL_ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(config).map_err(|e| tls(&e))?;
-    Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server.transport_config(transport(liveness)?);
+    Ok(server)
 }
 
 /// A van's client configuration: it trusts only the pinned fleet CA and presents its
@@ -66,6 +95,7 @@ pub fn client_config(
     ca: &CertificateDer<'static>,
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
+    liveness: Liveness,
 ) -> Result<quinn::ClientConfig, DriverError> {
     let tls = |e: &dyn std::fmt::Display| DriverError::Tls(e.to_string());
     let mut roots = rustls::RootCertStore::empty();
@@ -78,7 +108,9 @@ pub fn client_config(
         .map_err(|e| tls(&e))?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(config).map_err(|e| tls(&e))?;
-    Ok(quinn::ClientConfig::new(Arc::new(quic)))
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    client.transport_config(transport(liveness)?);
+    Ok(client)
 }
 
 /// Carries `session` over one bidirectional stream until the peer finishes it, or until

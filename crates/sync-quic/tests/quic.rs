@@ -17,6 +17,13 @@ use time::{Duration as TimeDuration, OffsetDateTime};
 struct Mem {
     docs: BTreeMap<DocId, Automerge>,
     states: HashMap<DocId, Vec<u8>>,
+    blobs: BTreeMap<[u8; 32], Vec<u8>>,
+    partial: HashMap<[u8; 32], Vec<u8>>,
+}
+
+fn sha(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
 }
 
 impl Replica for Mem {
@@ -45,6 +52,38 @@ impl Replica for Mem {
             .receive_sync_message(state, msg)
             .map_err(|e| ReplicaRefusal { reason: RefusalReason::Malformed, detail: e.to_string() })
     }
+    fn blobs(&self) -> Vec<([u8; 32], u64, Priority)> {
+        self.blobs.iter().map(|(h, d)| (*h, d.len() as u64, Priority::FullImage)).collect()
+    }
+    fn blob_state(&self, h: &[u8; 32]) -> sync_proto::BlobState {
+        if self.blobs.contains_key(h) {
+            sync_proto::BlobState::Complete
+        } else {
+            self.partial
+                .get(h)
+                .map_or(sync_proto::BlobState::Missing, |p| sync_proto::BlobState::Partial(p.len() as u64))
+        }
+    }
+    fn read_blob(&mut self, h: &[u8; 32], offset: u64, len: u64) -> Result<Vec<u8>, ReplicaRefusal> {
+        Ok(self.blobs[h][offset as usize..(offset + len) as usize].to_vec())
+    }
+    fn write_blob(&mut self, h: &[u8; 32], _offset: u64, data: &[u8]) -> Result<(), ReplicaRefusal> {
+        self.partial.entry(*h).or_default().extend_from_slice(data);
+        Ok(())
+    }
+    fn finish_blob(&mut self, h: &[u8; 32], _size: u64) -> Result<(), ReplicaRefusal> {
+        let data = self.partial.remove(h).unwrap_or_default();
+        if sha(&data) != *h {
+            return Err(ReplicaRefusal { reason: RefusalReason::Malformed, detail: "hash mismatch".into() });
+        }
+        self.blobs.insert(*h, data);
+        Ok(())
+    }
+}
+
+/// Dead links noticed within two seconds, so the fault tests run quickly.
+fn fast() -> sync_quic::driver::Liveness {
+    sync_quic::driver::Liveness { keep_alive: Duration::from_millis(300), idle_timeout: Duration::from_secs(2) }
 }
 
 fn now() -> OffsetDateTime {
@@ -78,7 +117,7 @@ fn van_identity(
 }
 
 fn hub_endpoint(f: &Fleet) -> quinn::Endpoint {
-    let config = server_config(f.ca.certificate(), f.hub_cert.clone(), f.hub_key.clone_key()).unwrap();
+    let config = server_config(f.ca.certificate(), f.hub_cert.clone(), f.hub_key.clone_key(), fast()).unwrap();
     quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap()
 }
 
@@ -88,7 +127,7 @@ fn van_endpoint(
     key: PrivateKeyDer<'static>,
 ) -> quinn::Endpoint {
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(client_config(ca, cert, key).unwrap());
+    ep.set_default_client_config(client_config(ca, cert, key, fast()).unwrap());
     ep
 }
 
@@ -287,4 +326,104 @@ async fn a_new_van_enrols_with_a_one_time_token_and_then_syncs() {
         quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(close.error_code, CLOSE_NOT_A_VAN.into()),
         other => panic!("closed for another reason: {other}"),
     }
+}
+
+/// Runs one hub session per connection, keeping the hub's replica across connections.
+async fn hub_loop(ep: quinn::Endpoint, hub: std::sync::Arc<tokio::sync::Mutex<Mem>>, quiet: Duration) {
+    while let Some(incoming) = ep.accept().await {
+        let Ok(conn) = incoming.await else { continue };
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let mut session = Session::new(Role::Hub);
+                let mut guard = hub.lock().await;
+                let _ = run(&mut session, &mut *guard, &mut send, &mut recv, quiet).await;
+            }
+        });
+    }
+}
+
+async fn van_session(ep: &quinn::Endpoint, addr: SocketAddr, van: &mut Mem, quiet: Duration) -> Result<(), String> {
+    let conn = ep.connect(addr, "hub.medvan.test").map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut session = Session::new(Role::Van);
+    session.start(van);
+    let result = run(&mut session, van, &mut send, &mut recv, quiet).await.map_err(|e| e.to_string());
+    conn.close(0u32.into(), b"done");
+    result
+}
+
+#[tokio::test]
+async fn sync_converges_through_30_percent_loss_and_300_ms_delay() {
+    let f = fleet();
+    let hub_ep = quinn::Endpoint::server(
+        server_config(f.ca.certificate(), f.hub_cert.clone(), f.hub_key.clone_key(), Default::default()).unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let bad = netsim::LinkConfig { loss: 0.3, delay: Duration::from_millis(300), ..Default::default() };
+    let relay = netsim::UdpRelay::start(hub_ep.local_addr().unwrap(), bad.clone(), bad, 7).await.unwrap();
+    let hub = std::sync::Arc::new(tokio::sync::Mutex::new(Mem::default()));
+    let quiet = Duration::from_secs(4);
+    tokio::spawn(hub_loop(hub_ep, hub.clone(), quiet));
+    let (cert, key) = van_identity(&f.ca, "van-3", now() + TimeDuration::days(30));
+    let mut van_ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    van_ep.set_default_client_config(client_config(f.ca.certificate(), cert, key, Default::default()).unwrap());
+    let mut van = Mem::default();
+    for n in 0..5u8 {
+        van.docs.insert(DocId([n; 16]), doc_with_notes(30));
+    }
+    let start = std::time::Instant::now();
+    van_session(&van_ep, relay.local_addr(), &mut van, quiet).await.unwrap();
+    let (up, down) = relay.stats();
+    println!("30% loss, 300 ms each way: synced in {:?}; up {up:?}; down {down:?}", start.elapsed() - quiet);
+    assert!(up.dropped > 0 && down.dropped > 0, "the link dropped nothing: the test proves little");
+    let hub = hub.lock().await;
+    for (id, d) in &van.docs {
+        assert_eq!(hub.heads(*id), d.get_heads());
+    }
+}
+
+#[tokio::test]
+async fn a_20_mib_blob_cut_halfway_resumes_with_under_1_1_times_its_size_on_the_wire() {
+    let f = fleet();
+    let hub_ep = hub_endpoint(&f);
+    let relay = netsim::UdpRelay::start(hub_ep.local_addr().unwrap(), Default::default(), Default::default(), 11)
+        .await
+        .unwrap();
+    let hub = std::sync::Arc::new(tokio::sync::Mutex::new(Mem::default()));
+    let quiet = Duration::from_millis(500);
+    tokio::spawn(hub_loop(hub_ep, hub.clone(), quiet));
+    let (cert, key) = van_identity(&f.ca, "van-1", now() + TimeDuration::days(30));
+    let van_ep = van_endpoint(f.ca.certificate(), cert, key);
+    let size = 20 * 1024 * 1024;
+    let data: Vec<u8> = (0..size).map(|i: usize| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let h = sha(&data);
+    let mut van = Mem::default();
+    van.docs.insert(DocId([1; 16]), doc_with_notes(3));
+    van.blobs.insert(h, data);
+
+    // Cut the link once about half the blob has crossed.
+    let cutter = {
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            while relay.bytes_carried() < (size / 2) as u64 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            relay.set_config(netsim::LinkConfig { loss: 1.0, ..Default::default() });
+        })
+    };
+    let first = van_session(&van_ep, relay.local_addr(), &mut van, quiet).await;
+    cutter.await.unwrap();
+    assert!(first.is_err(), "the first session should have died with the link");
+    let held = match hub.lock().await.blob_state(&h) {
+        sync_proto::BlobState::Partial(n) => n,
+        other => panic!("after the cut the hub holds {other:?}"),
+    };
+    relay.set_config(Default::default());
+    van_session(&van_ep, relay.local_addr(), &mut van, quiet).await.unwrap();
+    assert_eq!(hub.lock().await.blob_state(&h), sync_proto::BlobState::Complete);
+    let wire = relay.bytes_carried();
+    println!("20 MiB blob, cut after {held} bytes held: {wire} bytes on the wire = {:.3} x", wire as f64 / size as f64);
+    assert!((wire as f64) < 1.1 * size as f64, "{wire} bytes on the wire for {size}");
 }
