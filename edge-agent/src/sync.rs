@@ -94,3 +94,151 @@ impl Replica for StoreReplica {
             .map_err(|e| ReplicaRefusal { reason: RefusalReason::Malformed, detail: e.to_string() })
     }
 }
+
+/// What the touchscreen shows about sync.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SyncStatus {
+    /// `not_configured`, `connecting`, `offline`, `syncing` or `up_to_date`.
+    pub state: &'static str,
+    /// The hub's address.
+    pub hub: Option<String>,
+    /// Cases changed here and not yet offered to the hub.
+    pub pending_cases: usize,
+    /// When the van was last up to date with the hub.
+    pub last_success: Option<case_model::Timestamp>,
+    /// Why the last connection failed or ended, if it did.
+    pub last_error: Option<String>,
+}
+
+/// Where and how to reach the hub.
+#[derive(Debug)]
+pub struct SyncSettings {
+    /// The hub's address.
+    pub addr: std::net::SocketAddr,
+    /// The name in the hub's certificate.
+    pub server_name: String,
+    /// The fleet CA (pinned).
+    pub ca: rustls::pki_types::CertificateDer<'static>,
+    /// This van's certificate.
+    pub cert: rustls::pki_types::CertificateDer<'static>,
+    /// This van's key.
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+    /// How fast a dead link is noticed.
+    pub liveness: sync_quic::driver::Liveness,
+}
+
+/// The running sync service.
+#[derive(Debug, Clone)]
+pub struct SyncHandle {
+    status: std::sync::Arc<std::sync::Mutex<SyncStatus>>,
+    pending: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<CaseId>>>,
+}
+
+impl SyncHandle {
+    /// A handle that reports sync as not configured.
+    pub fn not_configured() -> SyncHandle {
+        SyncHandle {
+            status: std::sync::Arc::new(std::sync::Mutex::new(SyncStatus {
+                state: "not_configured",
+                hub: None,
+                pending_cases: 0,
+                last_success: None,
+                last_error: None,
+            })),
+            pending: Default::default(),
+        }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> SyncStatus {
+        let mut s = lock(&self.status).clone();
+        s.pending_cases = lock(&self.pending).len();
+        s
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts syncing in the background: connects whenever the hub is reachable, backs off
+/// (1 s doubling to 60 s) while it is not, and offers every local change as it happens.
+/// No one ever has to press "sync".
+pub fn spawn(store: Store, settings: SyncSettings) -> anyhow::Result<SyncHandle> {
+    let handle = SyncHandle::not_configured();
+    lock(&handle.status).state = "connecting";
+    lock(&handle.status).hub = Some(settings.addr.to_string());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DocId>();
+    let pending = handle.pending.clone();
+    store.on_local_change(move |id| {
+        lock(&pending).insert(id);
+        let _ = tx.send(DocId(*id.as_bytes()));
+    });
+    let client = sync_quic::driver::client_config(
+        &settings.ca,
+        settings.cert.clone(),
+        settings.key.clone_key(),
+        settings.liveness,
+    )?;
+    let bind: std::net::SocketAddr = if settings.addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+    let mut endpoint = quinn::Endpoint::client(bind)?;
+    endpoint.set_default_client_config(client);
+    let out = handle.clone();
+    tokio::spawn(async move {
+        let mut backoff = std::time::Duration::from_secs(1);
+        loop {
+            lock(&out.status).state = "connecting";
+            let result = session(&store, &endpoint, &settings, &mut rx, &out).await;
+            let connected = matches!(result, Ok(true));
+            {
+                let mut s = lock(&out.status);
+                s.state = "offline";
+                if let Err(e) = &result {
+                    s.last_error = Some(e.to_string());
+                }
+            }
+            if connected {
+                backoff = std::time::Duration::from_secs(1);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(60));
+        }
+    });
+    Ok(handle)
+}
+
+/// One connection's worth of sync. `Ok(true)` if it connected at all.
+async fn session(
+    store: &Store,
+    endpoint: &quinn::Endpoint,
+    settings: &SyncSettings,
+    local: &mut tokio::sync::mpsc::UnboundedReceiver<DocId>,
+    out: &SyncHandle,
+) -> anyhow::Result<bool> {
+    let conn = endpoint.connect(settings.addr, &settings.server_name)?.await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    lock(&out.status).state = "syncing";
+    lock(&out.status).last_error = None;
+    // Changes made before this connection are covered by the inventory exchange.
+    while local.try_recv().is_ok() {}
+    let mut replica = StoreReplica::new(store.clone(), "hub")?;
+    let mut session = sync_proto::Session::new(sync_proto::Role::Van);
+    session.start(&replica);
+    let result = sync_quic::driver::run_live(&mut session, &mut replica, &mut send, &mut recv, local, |state| {
+        let mut s = lock(&out.status);
+        match state {
+            sync_quic::driver::LiveState::Syncing => s.state = "syncing",
+            sync_quic::driver::LiveState::Idle => {
+                s.state = "up_to_date";
+                s.last_success = Some(crate::api::now());
+                lock(&out.pending).clear();
+            }
+        }
+    })
+    .await;
+    if let Err(e) = replica.flush() {
+        tracing::warn!(error = %e, "sync: could not save sync states");
+    }
+    result?;
+    Ok(true)
+}

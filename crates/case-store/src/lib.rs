@@ -120,6 +120,17 @@ struct Inner {
     uncompacted: Mutex<HashMap<CaseId, usize>>,
     /// Held until the store is closed: the OS releases it if the process dies.
     lock: Mutex<Option<std::fs::File>>,
+    /// Called after each durable local change (the sync service listens).
+    listeners: Mutex<Vec<Listener>>,
+}
+
+/// A change listener.
+struct Listener(Box<dyn Fn(CaseId) + Send + Sync>);
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Listener")
+    }
 }
 
 impl Store {
@@ -170,6 +181,7 @@ impl Store {
             compactor: Mutex::new(None),
             uncompacted: Mutex::new(HashMap::new()),
             lock: Mutex::new(Some(lock_file)),
+            listeners: Mutex::new(Vec::new()),
         });
         let store = Store { inner };
         store.start_compactor();
@@ -200,6 +212,8 @@ impl Store {
             Ok(()) => {
                 let view = doc.view();
                 *guard = Some(doc);
+                drop(guard);
+                self.notify(id);
                 Ok(view)
             }
             Err(e) => {
@@ -258,6 +272,7 @@ impl Store {
         }
         let out = answer(doc);
         drop(guard);
+        self.notify(id);
         self.maybe_compact(id);
         Ok(out)
     }
@@ -714,6 +729,18 @@ impl Store {
         conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(keys.sqlcipher)))
             .map_err(|source| OpenError::Sqlite { db: paths.db.clone(), source })?;
         Ok(conn)
+    }
+
+    /// Calls `f` with the case id after every durable local change (not changes taken in
+    /// from a peer). Keep `f` quick: it runs on the editing thread.
+    pub fn on_local_change(&self, f: impl Fn(CaseId) + Send + Sync + 'static) {
+        lock(&self.inner.listeners).push(Listener(Box::new(f)));
+    }
+
+    fn notify(&self, id: CaseId) {
+        for listener in lock(&self.inner.listeners).iter() {
+            (listener.0)(id);
+        }
     }
 
     /// Whether the store can take writes: its writer thread is running.

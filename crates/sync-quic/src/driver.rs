@@ -168,3 +168,67 @@ pub async fn run(
         }
     }
 }
+
+/// What a live session reports as it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveState {
+    /// Messages are waiting to be sent or answers are expected.
+    Syncing,
+    /// Nothing waits: everything local has been offered to the peer.
+    Idle,
+}
+
+/// Carries `session` over one stream for as long as the connection lives, offering each
+/// local change as it happens (`local` yields the documents that changed). Returns when
+/// the peer finishes, `local` closes, or the connection dies (a dead link is noticed by
+/// the transport's idle timeout, see [`Liveness`]).
+pub async fn run_live(
+    session: &mut Session,
+    replica: &mut impl Replica,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    local: &mut tokio::sync::mpsc::UnboundedReceiver<sync_proto::DocId>,
+    mut report: impl FnMut(LiveState),
+) -> Result<(), DriverError> {
+    let conn = |e: &dyn std::fmt::Display| DriverError::Connection(e.to_string());
+    let mut decoder = Decoder::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while let Some(m) = session.poll_transmit(replica) {
+            report(LiveState::Syncing);
+            send.write_all(&encode(&m)).await.map_err(|e| conn(&e))?;
+        }
+        if session.is_closed() {
+            let _ = send.finish();
+            return Ok(());
+        }
+        if session.is_idle() {
+            report(LiveState::Idle);
+        }
+        tokio::select! {
+            read = recv.read(&mut buf) => match read {
+                Ok(Some(n)) => {
+                    decoder.push(&buf[..n]);
+                    while let Some(m) = decoder.next_message()? {
+                        session.handle(m, replica)?;
+                    }
+                }
+                Ok(None) => {
+                    let _ = send.finish();
+                    return Ok(());
+                }
+                Err(e) => return Err(conn(&e)),
+            },
+            changed = local.recv() => match changed {
+                Some(doc) => {
+                    report(LiveState::Syncing);
+                    session.local_change(doc, replica);
+                }
+                None => {
+                    let _ = send.finish();
+                    return Ok(());
+                }
+            },
+        }
+    }
+}

@@ -27,6 +27,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub(crate) store: Store,
+    pub(crate) sync: crate::sync::SyncHandle,
     pub(crate) org: OrgId,
     pub(crate) max_attachment_bytes: usize,
 }
@@ -34,7 +35,13 @@ pub struct AppState {
 impl AppState {
     /// State over an open store; new cases belong to `org`.
     pub fn new(store: Store, org: OrgId, max_attachment_bytes: usize) -> AppState {
-        AppState { store, org, max_attachment_bytes }
+        AppState { store, org, max_attachment_bytes, sync: crate::sync::SyncHandle::not_configured() }
+    }
+
+    /// Reports this sync service's status at `/api/v1/sync`.
+    pub fn with_sync(mut self, sync: crate::sync::SyncHandle) -> AppState {
+        self.sync = sync;
+        self
     }
 }
 
@@ -53,7 +60,8 @@ pub fn app(state: AppState) -> Router {
         .route("/cases/{id}/attachments/{sha256}", get(cases::attachment))
         .route("/cases/{id}/history", get(cases::history))
         .route("/cases/{id}/audit", get(cases::audit))
-        .route("/audit/verify", get(cases::verify_audit));
+        .route("/audit/verify", get(cases::verify_audit))
+        .route("/sync", get(sync_status));
     Router::new()
         .route("/health", get(health))
         .route("/openapi.json", get(openapi))
@@ -72,6 +80,10 @@ async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "checks": { "store_writable": writable },
     });
     (status, axum::Json(body))
+}
+
+async fn sync_status(State(state): State<Arc<AppState>>, Actor(_ctx): Actor) -> impl IntoResponse {
+    axum::Json(state.sync.status())
 }
 
 async fn openapi() -> impl IntoResponse {
