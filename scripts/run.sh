@@ -35,6 +35,7 @@ listen = "127.0.0.1:$agent_port"
 
 [hub]
 address = "127.0.0.1:4433"
+identity_dir = "$state/van-12-identity"
 TOML
 
 [ -f "$state/van-12/store.id" ] || target/release/edge-agent init-store --config "$state/agent.toml"

@@ -44,6 +44,26 @@ pub struct AgentConfig {
 pub struct HubConfig {
     /// The hub's sync address, `host:port`.
     pub address: String,
+    /// The name in the hub's certificate; defaults to the host part of `address`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Where enrolment keeps this van's identity: `ca.der`, `device.der`, `device.key`.
+    pub identity_dir: PathBuf,
+}
+
+impl HubConfig {
+    /// The name to expect in the hub's certificate.
+    pub fn server_name(&self) -> String {
+        match &self.server_name {
+            Some(n) => n.clone(),
+            None => self
+                .address
+                .rsplit_once(':')
+                .map_or(self.address.as_str(), |(h, _)| h)
+                .trim_matches(['[', ']'])
+                .to_owned(),
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -93,6 +113,8 @@ max_attachment_mib = 256
 
 [hub]
 address = "hub.example.org:4433"
+# Filled by `edge-agent enrol --token ...`; readable by the agent only.
+identity_dir = "/var/lib/medvan/identity"
 "#;
 
 #[cfg(test)]
@@ -107,6 +129,7 @@ mod tests {
         assert!(format!("{err:#}").contains("not a loopback address"), "{err:#}");
         let err = Config::parse(&EXAMPLE.replace("van_id", "vanid")).unwrap_err();
         assert!(format!("{err:#}").contains("vanid"), "{err:#}");
+        assert_eq!(c.hub.as_ref().unwrap().server_name(), "hub.example.org");
         let err = Config::parse(&EXAMPLE.replace("\"van-12\"", "\"van 12\"")).unwrap_err();
         assert!(format!("{err:#}").contains("van id"), "{err:#}");
     }

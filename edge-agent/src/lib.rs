@@ -41,6 +41,66 @@ pub fn init_store(config: &config::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Enrols this van with the hub using a one-time token, and keeps the identity it gets in
+/// the configured identity directory (the key readable by the agent only).
+pub async fn enrol(config: &config::Config, token: &str) -> anyhow::Result<()> {
+    let hub = config.hub.as_ref().context("the config has no [hub] table: nothing to enrol with")?;
+    let addr = tokio::net::lookup_host(&hub.address)
+        .await
+        .with_context(|| format!("Failed to resolve the hub address {}", hub.address))?
+        .next()
+        .with_context(|| format!("the hub address {} resolves to nothing", hub.address))?;
+    let enrolled = sync_quic::enrol::enrol(addr, &hub.server_name(), token).await.context("Failed to enrol")?;
+    let dir = &hub.identity_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("Failed to create {}", dir.display()))?;
+    write_private(&dir.join("device.key"), enrolled.key.secret_der())?;
+    write_private(&dir.join("device.der"), enrolled.cert.as_ref())?;
+    write_private(&dir.join("ca.der"), enrolled.ca.as_ref())?;
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("Failed to write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("Failed to write {}", path.display()))?;
+    Ok(())
+}
+
+/// Starts background sync if the config names a hub and the van is enrolled.
+pub async fn start_sync(config: &config::Config, store: &Store) -> anyhow::Result<sync::SyncHandle> {
+    let Some(hub) = &config.hub else { return Ok(sync::SyncHandle::not_configured()) };
+    let dir = &hub.identity_dir;
+    let read = |name: &str| std::fs::read(dir.join(name));
+    let (Ok(ca), Ok(cert), Ok(key)) = (read("ca.der"), read("device.der"), read("device.key")) else {
+        tracing::warn!(dir = %dir.display(), "this van is not enrolled: sync is off until `edge-agent enrol --token ...`");
+        return Ok(sync::SyncHandle::not_configured());
+    };
+    let addr = tokio::net::lookup_host(&hub.address)
+        .await
+        .with_context(|| format!("Failed to resolve the hub address {}", hub.address))?
+        .next()
+        .with_context(|| format!("the hub address {} resolves to nothing", hub.address))?;
+    let settings = sync::SyncSettings {
+        addr,
+        server_name: hub.server_name(),
+        ca: ca.into(),
+        cert: cert.into(),
+        key: rustls::pki_types::PrivatePkcs8KeyDer::from(key).into(),
+        liveness: Default::default(),
+    };
+    sync::spawn(store.clone(), settings)
+}
+
 /// Serves the API on `listener` until `shutdown` completes, then closes the store cleanly.
 pub async fn serve(
     config: config::Config,
@@ -49,7 +109,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let limit = usize::try_from(config.agent.max_attachment_mib * 1024 * 1024).unwrap_or(usize::MAX);
-    let state = api::AppState::new(store.clone(), config.agent.org_id.clone(), limit);
+    let sync = start_sync(&config, &store).await?;
+    let state = api::AppState::new(store.clone(), config.agent.org_id.clone(), limit).with_sync(sync);
     let app = api::app(state);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("Failed to serve the local API")?;
     // Finish queued writes before exiting; everything acknowledged is already durable.

@@ -29,6 +29,15 @@ enum Command {
         #[arg(long, short, default_value = "/etc/medvan/agent.toml")]
         config: PathBuf,
     },
+    /// Enrol this van with the hub using the one-time token the fleet manager gave you.
+    Enrol {
+        /// The config file.
+        #[arg(long, short, default_value = "/etc/medvan/agent.toml")]
+        config: PathBuf,
+        /// The enrolment token (mvt1:...).
+        #[arg(long)]
+        token: String,
+    },
     /// Create a new random store key file (mode 0600). Never overwrites one.
     GenKey {
         /// Where to write the key.
@@ -82,6 +91,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "wrote a new key to {}; keep a copy somewhere safe: without it the van's data cannot be read",
                 path.display()
+            );
+            Ok(())
+        }
+        Command::Enrol { config, token } => {
+            let config = edge_agent::config::Config::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("Failed to start the runtime")?;
+            runtime.block_on(edge_agent::enrol(&config, &token))?;
+            println!(
+                "enrolled; the identity is in {}",
+                config.hub.as_ref().map(|h| h.identity_dir.display().to_string()).unwrap_or_default()
             );
             Ok(())
         }

@@ -125,3 +125,52 @@ async fn the_van_syncs_by_itself_notices_a_dead_link_and_catches_up() {
         .await;
     assert_eq!(sync.status().pending_cases, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_van_enrols_from_its_config_and_then_syncs_on_its_own() {
+    let now = OffsetDateTime::now_utc();
+    let ca = Arc::new(FleetCa::generate("fleet", now - TimeDuration::days(1), now + TimeDuration::days(365)).unwrap());
+    let (hub_cert, hub_key) =
+        ca.issue_hub("localhost", now - TimeDuration::days(1), now + TimeDuration::days(365)).unwrap();
+    let hub_ep = quinn::Endpoint::server(
+        server_config(ca.certificate(), hub_cert, hub_key, Liveness::default()).unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let port = hub_ep.local_addr().unwrap().port();
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub_store = store(hub_dir.path(), "hub");
+    let enroller = Arc::new(Enroller::new(ca.clone(), TimeDuration::days(90)));
+    let hub = HubServer::new(hub_ep, enroller.clone());
+    let hs = hub_store.clone();
+    tokio::spawn(async move { hub.serve(move |d: &DeviceId| StoreReplica::new(hs.clone(), &d.van).unwrap()).await });
+
+    let van_dir = tempfile::tempdir().unwrap();
+    let key = van_dir.path().join("store.key");
+    generate_key_file(&key).unwrap();
+    let text = format!(
+        "[agent]\nvan_id = \"van-4\"\norg_id = \"org-north\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\nlisten = \"127.0.0.1:0\"\n\n[hub]\naddress = \"127.0.0.1:{port}\"\nserver_name = \"localhost\"\nidentity_dir = \"{}\"\n",
+        van_dir.path().join("data").display(),
+        key.display(),
+        van_dir.path().join("identity").display()
+    );
+    let config = edge_agent::config::Config::parse(&text).unwrap();
+    edge_agent::init_store(&config).unwrap();
+    let van_store = edge_agent::open_store(&config).unwrap();
+    // Not enrolled yet: sync stays off and says so.
+    assert_eq!(edge_agent::start_sync(&config, &van_store).await.unwrap().status().state, "not_configured");
+
+    let token = enroller.issue(DeviceId::new("org-north", "van-4").unwrap(), now.unix_timestamp() + 600).encode();
+    edge_agent::enrol(&config, &token).await.unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(van_dir.path().join("identity/device.key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the device key is the agent's alone");
+
+    let sync = edge_agent::start_sync(&config, &van_store).await.unwrap();
+    let case = van_store.create_case(&ctx(), &OrgId::parse("org-north").unwrap()).unwrap().id;
+    eventually("the case reaches the hub", Duration::from_secs(10), || {
+        hub_store.heads(case).unwrap() == van_store.heads(case).unwrap()
+    })
+    .await;
+    eventually("up to date", Duration::from_secs(5), || sync.status().state == "up_to_date").await;
+}
