@@ -3,6 +3,10 @@
 //! Sync states are kept in memory during a session and written to the store in one batch
 //! by [`StoreReplica::flush`] (losing them costs bytes, never data). Every change received
 //! is durable before the protocol acknowledges it, as with any edit.
+//!
+//! Store calls block (SQLite, fsync). Inside the multi-threaded runtime they run under
+//! `block_in_place`, so the runtime moves its other tasks (the touchscreen's API) to
+//! another worker meanwhile; outside a runtime they simply run.
 
 use std::collections::BTreeMap;
 
@@ -31,11 +35,19 @@ impl StoreReplica {
     /// Writes the session's sync states to the store.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         let states = std::mem::take(&mut self.pending).into_iter().map(|(d, s)| (CaseId::from_bytes(d.0), s)).collect();
-        self.store.save_sync_states(&self.peer, states)
+        blocking(|| self.store.save_sync_states(&self.peer, states))
     }
 
     fn ctx(&self) -> EditContext {
         EditContext { user: self.actor.clone(), now: crate::api::now() }
+    }
+}
+
+/// Runs a blocking store call without stalling the async runtime (see the module docs).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -45,7 +57,7 @@ fn case(doc: DocId) -> CaseId {
 
 impl Replica for StoreReplica {
     fn scope(&self) -> Vec<DocId> {
-        match self.store.case_ids() {
+        match blocking(|| self.store.case_ids()) {
             Ok(ids) => ids.into_iter().map(|id| DocId(*id.as_bytes())).collect(),
             Err(e) => {
                 tracing::error!(error = %e, "sync: could not list cases");
@@ -55,7 +67,7 @@ impl Replica for StoreReplica {
     }
 
     fn heads(&self, doc: DocId) -> Vec<automerge::ChangeHash> {
-        let mut heads = self.store.heads(case(doc)).unwrap_or_default();
+        let mut heads = blocking(|| self.store.heads(case(doc))).unwrap_or_default();
         heads.sort();
         heads
     }
@@ -67,7 +79,7 @@ impl Replica for StoreReplica {
     fn sync_state(&mut self, doc: DocId) -> sync::State {
         let stored = match self.pending.get(&doc) {
             Some(s) => Some(s.clone()),
-            None => self.store.sync_state(&self.peer, case(doc)).ok().flatten(),
+            None => blocking(|| self.store.sync_state(&self.peer, case(doc))).ok().flatten(),
         };
         stored.and_then(|b| sync::State::decode(&b).ok()).unwrap_or_default()
     }
@@ -77,7 +89,7 @@ impl Replica for StoreReplica {
     }
 
     fn generate(&mut self, doc: DocId, state: &mut sync::State) -> Option<sync::Message> {
-        match self.store.sync_generate(case(doc), state) {
+        match blocking(|| self.store.sync_generate(case(doc), state)) {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(case = %case(doc), error = %e, "sync: could not prepare a case");
@@ -88,8 +100,7 @@ impl Replica for StoreReplica {
 
     fn receive(&mut self, doc: DocId, state: &mut sync::State, msg: sync::Message) -> Result<(), ReplicaRefusal> {
         let ctx = self.ctx();
-        self.store
-            .sync_receive(&ctx, case(doc), state, msg)
+        blocking(|| self.store.sync_receive(&ctx, case(doc), state, msg))
             .map(|_| ())
             .map_err(|e| ReplicaRefusal { reason: RefusalReason::Malformed, detail: e.to_string() })
     }
