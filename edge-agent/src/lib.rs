@@ -85,13 +85,8 @@ pub async fn start_sync(config: &config::Config, store: &Store) -> anyhow::Resul
         tracing::warn!(dir = %dir.display(), "this van is not enrolled: sync is off until `edge-agent enrol --token ...`");
         return Ok(sync::SyncHandle::not_configured());
     };
-    let addr = tokio::net::lookup_host(&hub.address)
-        .await
-        .with_context(|| format!("Failed to resolve the hub address {}", hub.address))?
-        .next()
-        .with_context(|| format!("the hub address {} resolves to nothing", hub.address))?;
     let settings = sync::SyncSettings {
-        addr,
+        address: hub.address.clone(),
         server_name: hub.server_name(),
         ca: ca.into(),
         cert: cert.into(),

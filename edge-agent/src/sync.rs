@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::Context;
 use automerge::sync;
 use case_model::{CaseId, EditContext, UserId};
 use case_store::{Store, StoreError};
@@ -33,7 +34,7 @@ impl StoreReplica {
     }
 
     /// Writes the session's sync states to the store.
-    pub fn flush(&mut self) -> Result<(), StoreError> {
+    pub fn save_states(&mut self) -> Result<(), StoreError> {
         let states = std::mem::take(&mut self.pending).into_iter().map(|(d, s)| (CaseId::from_bytes(d.0), s)).collect();
         blocking(|| self.store.save_sync_states(&self.peer, states))
     }
@@ -98,6 +99,12 @@ impl Replica for StoreReplica {
         }
     }
 
+    fn flush(&mut self) {
+        if let Err(e) = self.save_states() {
+            tracing::warn!(peer = %self.peer, error = %e, "sync: could not save sync states; the next sync resends more");
+        }
+    }
+
     fn receive(&mut self, doc: DocId, state: &mut sync::State, msg: sync::Message) -> Result<(), ReplicaRefusal> {
         let ctx = self.ctx();
         blocking(|| self.store.sync_receive(&ctx, case(doc), state, msg))
@@ -119,13 +126,16 @@ pub struct SyncStatus {
     pub last_success: Option<case_model::Timestamp>,
     /// Why the last connection failed or ended, if it did.
     pub last_error: Option<String>,
+    /// Connections made to the hub since the agent started.
+    pub connections: u64,
 }
 
 /// Where and how to reach the hub.
 #[derive(Debug)]
 pub struct SyncSettings {
-    /// The hub's address.
-    pub addr: std::net::SocketAddr,
+    /// The hub's address, `host:port`; resolved at each attempt, so a van that starts out of
+    /// coverage (or whose hub moves) still connects once it can.
+    pub address: String,
     /// The name in the hub's certificate.
     pub server_name: String,
     /// The fleet CA (pinned).
@@ -155,6 +165,7 @@ impl SyncHandle {
                 pending_cases: 0,
                 last_success: None,
                 last_error: None,
+                connections: 0,
             })),
             pending: Default::default(),
         }
@@ -178,7 +189,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub fn spawn(store: Store, settings: SyncSettings) -> anyhow::Result<SyncHandle> {
     let handle = SyncHandle::not_configured();
     lock(&handle.status).state = "connecting";
-    lock(&handle.status).hub = Some(settings.addr.to_string());
+    lock(&handle.status).hub = Some(settings.address.clone());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DocId>();
     let pending = handle.pending.clone();
     store.on_local_change(move |id| {
@@ -191,8 +202,10 @@ pub fn spawn(store: Store, settings: SyncSettings) -> anyhow::Result<SyncHandle>
         settings.key.clone_key(),
         settings.liveness,
     )?;
-    let bind: std::net::SocketAddr = if settings.addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
-    let mut endpoint = quinn::Endpoint::client(bind)?;
+    // One socket for both families, where the OS allows it; IPv4 otherwise.
+    let v6: std::net::SocketAddr = "[::]:0".parse()?;
+    let v4: std::net::SocketAddr = "0.0.0.0:0".parse()?;
+    let mut endpoint = quinn::Endpoint::client(v6).or_else(|_| quinn::Endpoint::client(v4))?;
     endpoint.set_default_client_config(client);
     let out = handle.clone();
     tokio::spawn(async move {
@@ -226,7 +239,13 @@ async fn session(
     local: &mut tokio::sync::mpsc::UnboundedReceiver<DocId>,
     out: &SyncHandle,
 ) -> anyhow::Result<bool> {
-    let conn = endpoint.connect(settings.addr, &settings.server_name)?.await?;
+    let addr = tokio::net::lookup_host(&settings.address)
+        .await
+        .with_context(|| format!("cannot resolve the hub address {}", settings.address))?
+        .next()
+        .with_context(|| format!("the hub address {} resolves to nothing", settings.address))?;
+    let conn = endpoint.connect(addr, &settings.server_name)?.await?;
+    lock(&out.status).connections += 1;
     let (mut send, mut recv) = conn.open_bi().await?;
     lock(&out.status).state = "syncing";
     lock(&out.status).last_error = None;
@@ -247,9 +266,6 @@ async fn session(
         }
     })
     .await;
-    if let Err(e) = replica.flush() {
-        tracing::warn!(error = %e, "sync: could not save sync states");
-    }
     result?;
     Ok(true)
 }

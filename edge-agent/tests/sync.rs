@@ -60,8 +60,8 @@ fn sync(van: &Store, hub: &Store) -> (usize, Vec<Event>) {
             break;
         }
     }
-    vr.flush().unwrap();
-    hr.flush().unwrap();
+    vr.save_states().unwrap();
+    hr.save_states().unwrap();
     (messages, std::iter::from_fn(|| vs.poll_event()).collect())
 }
 

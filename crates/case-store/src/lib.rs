@@ -503,7 +503,12 @@ impl Store {
         doc.refresh_conflicts();
         ops.push(Op::Index(index_row(&doc.summary(), ctx)));
         ops.push(Op::Audit(record(ctx, "case.import", Some(id), audit::Outcome::Allowed, format!("{count} changes"))));
-        self.write(ops)?;
+        if let Err(e) = self.write(ops) {
+            // Leave no empty slot behind: the next attempt must import afresh.
+            drop(guard);
+            lock(&self.inner.cache).remove(&id);
+            return Err(e);
+        }
         let view = doc.view();
         *guard = Some(doc);
         Ok(view)

@@ -68,6 +68,12 @@ pub trait Replica {
     /// Applies a sync message from the peer, or refuses it.
     fn receive(&mut self, doc: DocId, state: &mut sync::State, msg: sync::Message) -> Result<(), ReplicaRefusal>;
 
+    /// Whether this side stores blobs at all. One that does not is never offered pieces.
+    fn accepts_blobs(&self) -> bool {
+        false
+    }
+    /// The session is over: persist whatever the replica batched (sync states).
+    fn flush(&mut self) {}
     /// Complete blobs this side holds that belong to documents in scope:
     /// `(sha256, size, priority)`.
     fn blobs(&self) -> Vec<([u8; 32], u64, Priority)> {
@@ -181,6 +187,10 @@ pub struct Session {
     sending: BTreeMap<[u8; 32], Outgoing>,
     /// Blobs being received: this side asked for them.
     receiving: BTreeMap<[u8; 32], Incoming>,
+    /// Blobs this side stopped receiving (a write failed); late pieces are ignored.
+    abandoned: std::collections::BTreeSet<[u8; 32]>,
+    /// Documents changed locally before the handshake finished, offered once it does.
+    early_changes: std::collections::BTreeSet<DocId>,
 }
 
 #[derive(Debug)]
@@ -231,6 +241,8 @@ impl Session {
             states: BTreeMap::new(),
             sending: BTreeMap::new(),
             receiving: BTreeMap::new(),
+            abandoned: Default::default(),
+            early_changes: Default::default(),
         }
     }
 
@@ -274,6 +286,7 @@ impl Session {
                     self.offer_blobs(replica);
                 }
                 self.events.push_back(Event::Ready { in_sync });
+                self.offer_early_changes(replica);
                 Ok(())
             }
             (Phase::AwaitWelcome, Message::Welcome { version, in_sync }) => {
@@ -289,6 +302,7 @@ impl Session {
                     self.offer_blobs(replica);
                 }
                 self.events.push_back(Event::Ready { in_sync });
+                self.offer_early_changes(replica);
                 Ok(())
             }
             (_, Message::Refused { detail, .. }) => {
@@ -329,6 +343,11 @@ impl Session {
                 Ok(())
             }
             (Phase::Syncing, Message::BlobOffer { sha256, size, .. }) => {
+                if !replica.accepts_blobs() || self.receiving.contains_key(&sha256) {
+                    // A side without blob storage takes documents only; a repeated offer
+                    // must not restart a transfer under way.
+                    return Ok(());
+                }
                 match replica.blob_state(&sha256) {
                     BlobState::Complete => self.queue(Message::BlobHave { sha256 }),
                     state => {
@@ -336,10 +355,13 @@ impl Session {
                             BlobState::Partial(n) if n <= size => n,
                             _ => 0,
                         };
+                        self.abandoned.remove(&sha256);
                         self.receiving.insert(sha256, Incoming { size, next: from, retried: false });
-                        self.queue(Message::BlobWant { sha256, from });
                         if from == size {
+                            // Everything is here already (a cut after the last piece): verify.
                             self.finish(sha256, replica);
+                        } else {
+                            self.queue(Message::BlobWant { sha256, from });
                         }
                     }
                 }
@@ -354,13 +376,18 @@ impl Session {
                         "the peer asked for a blob from byte {from}, past its end ({size})"
                     )));
                 }
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                self.sending.insert(sha256, Outgoing { size, next: from, priority, seq });
+                if from < size {
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    self.sending.insert(sha256, Outgoing { size, next: from, priority, seq });
+                }
                 Ok(())
             }
             (Phase::Syncing, Message::BlobChunk { sha256, offset, data }) => {
                 let Some(incoming) = self.receiving.get_mut(&sha256) else {
+                    if self.abandoned.contains(&sha256) {
+                        return Ok(());
+                    }
                     return Err(SyncError::Protocol("the peer sent part of a blob this side did not ask for".into()));
                 };
                 if offset != incoming.next || offset + data.len() as u64 > incoming.size {
@@ -371,6 +398,7 @@ impl Session {
                 }
                 if let Err(refusal) = replica.write_blob(&sha256, offset, &data) {
                     self.receiving.remove(&sha256);
+                    self.abandoned.insert(sha256);
                     self.events.push_back(Event::BlobRejected { sha256, detail: refusal.detail });
                     return Ok(());
                 }
@@ -399,8 +427,14 @@ impl Session {
 
     /// Tells the session a document changed locally, so it offers the change to the peer.
     pub fn local_change(&mut self, doc: DocId, replica: &mut impl Replica) {
-        if self.phase == Phase::Syncing {
-            self.sync_doc(doc, replica);
+        match self.phase {
+            Phase::Syncing => self.sync_doc(doc, replica),
+            // The hello's digest predates this change: offer it once the handshake is done,
+            // even if the hub then says the scopes matched.
+            Phase::Start | Phase::AwaitWelcome | Phase::AwaitHello => {
+                self.early_changes.insert(doc);
+            }
+            Phase::Closed => {}
         }
     }
 
@@ -484,6 +518,12 @@ impl Session {
                     self.queue(Message::BlobWant { sha256, from: 0 });
                 }
             }
+        }
+    }
+
+    fn offer_early_changes(&mut self, replica: &mut impl Replica) {
+        for doc in std::mem::take(&mut self.early_changes) {
+            self.sync_doc(doc, replica);
         }
     }
 

@@ -70,6 +70,9 @@ impl Mem {
 }
 
 impl Replica for Mem {
+    fn accepts_blobs(&self) -> bool {
+        true
+    }
     fn blobs(&self) -> Vec<([u8; 32], u64, Priority)> {
         self.blobs.iter().map(|(h, (d, p))| (*h, d.len() as u64, *p)).collect()
     }

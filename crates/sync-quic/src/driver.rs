@@ -114,8 +114,9 @@ pub fn client_config(
 }
 
 /// Carries `session` over one bidirectional stream until the peer finishes it, or until
-/// both directions have been quiet for `quiet` with nothing left to send (then this side
-/// finishes its half).
+/// nothing has been received for `quiet` while this side has nothing left to send (then
+/// this side finishes its half). For one-shot exchanges and tools; a van's background sync
+/// and the hub use [`run_live`]. Choose `quiet` well above the link's round trip.
 pub async fn run(
     session: &mut Session,
     replica: &mut impl Replica,
@@ -123,58 +124,16 @@ pub async fn run(
     recv: &mut quinn::RecvStream,
     quiet: Duration,
 ) -> Result<(), DriverError> {
-    let conn = |e: &dyn std::fmt::Display| DriverError::Connection(e.to_string());
-    let mut decoder = Decoder::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        while let Some(m) = session.poll_transmit(replica) {
-            send.write_all(&encode(&m)).await.map_err(|e| conn(&e))?;
-        }
-        if session.is_closed() {
-            let _ = send.finish();
-            return Ok(());
-        }
-        match tokio::time::timeout(quiet, recv.read(&mut buf)).await {
-            Err(_) if session.is_idle() => {
-                // Both sides quiet: finish this half, then wait for the peer to finish its
-                // own, so closing the connection cannot cut off anything it still sends.
-                let _ = send.finish();
-                let drained = tokio::time::timeout(quiet * 4, async {
-                    while let Ok(Some(n)) = recv.read(&mut buf).await {
-                        decoder.push(&buf[..n]);
-                    }
-                })
-                .await;
-                if drained.is_err() {
-                    tracing::debug!("the peer did not finish its half of the stream in time");
-                }
-                while let Some(m) = decoder.next_message()? {
-                    session.handle(m, replica)?;
-                }
-                return Ok(());
-            }
-            Err(_) => {}
-            Ok(Ok(Some(n))) => {
-                decoder.push(&buf[..n]);
-                while let Some(m) = decoder.next_message()? {
-                    session.handle(m, replica)?;
-                }
-            }
-            Ok(Ok(None)) => {
-                let _ = send.finish();
-                return Ok(());
-            }
-            Ok(Err(e)) => return Err(conn(&e)),
-        }
-    }
+    drive(session, replica, send, recv, None, Some(quiet), |_| {}).await
 }
 
 /// What a live session reports as it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LiveState {
-    /// Messages are waiting to be sent or answers are expected.
+    /// Messages are waiting to be sent.
     Syncing,
-    /// Nothing waits: everything local has been offered to the peer.
+    /// This side has sent everything it had. (The peer may still be answering: this is
+    /// not proof that the peer holds everything.)
     Idle,
 }
 
@@ -188,47 +147,160 @@ pub async fn run_live(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     local: &mut tokio::sync::mpsc::UnboundedReceiver<sync_proto::DocId>,
+    report: impl FnMut(LiveState),
+) -> Result<(), DriverError> {
+    drive(session, replica, send, recv, Some(local), None, report).await
+}
+
+/// The one loop: reads, local changes and writes are served together, one message at a
+/// time, so a large blob being written never stops this side from reading the peer or
+/// offering a new case edit (which the session then sends first), and two sides sending
+/// large amounts to each other cannot block each other.
+async fn drive(
+    session: &mut Session,
+    replica: &mut impl Replica,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    mut local: Option<&mut tokio::sync::mpsc::UnboundedReceiver<sync_proto::DocId>>,
+    quiet: Option<Duration>,
     mut report: impl FnMut(LiveState),
 ) -> Result<(), DriverError> {
     let conn = |e: &dyn std::fmt::Display| DriverError::Connection(e.to_string());
     let mut decoder = Decoder::default();
     let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        while let Some(m) = session.poll_transmit(replica) {
+    // The frame being written and how much of it is out.
+    let mut out: Option<(Vec<u8>, usize)> = None;
+    let mut peer_done = false;
+    let result: Result<(), DriverError> = loop {
+        if out.is_none()
+            && let Some(m) = session.poll_transmit(replica)
+        {
             report(LiveState::Syncing);
-            send.write_all(&encode(&m)).await.map_err(|e| conn(&e))?;
+            out = Some((encode(&m), 0));
         }
-        if session.is_closed() {
-            let _ = send.finish();
-            return Ok(());
+        log_events(session);
+        if out.is_none() {
+            if session.is_closed() || peer_done {
+                break Ok(());
+            }
+            if session.is_idle() {
+                report(LiveState::Idle);
+            }
         }
-        if session.is_idle() {
-            report(LiveState::Idle);
-        }
+        let quiet_timer = async {
+            match quiet {
+                Some(q) => tokio::time::sleep(q).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let local_next = async {
+            match local.as_deref_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            read = recv.read(&mut buf) => match read {
-                Ok(Some(n)) => {
-                    decoder.push(&buf[..n]);
-                    while let Some(m) = decoder.next_message()? {
-                        session.handle(m, replica)?;
+            written = async {
+                let (frame, offset) = out.as_ref().expect("guarded by the branch condition");
+                send.write(&frame[*offset..]).await
+            }, if out.is_some() => match written {
+                Ok(n) => {
+                    if let Some((frame, offset)) = out.as_mut() {
+                        *offset += n;
+                        if *offset >= frame.len() {
+                            out = None;
+                        }
                     }
                 }
-                Ok(None) => {
-                    let _ = send.finish();
-                    return Ok(());
-                }
-                Err(e) => return Err(conn(&e)),
+                Err(quinn::WriteError::ConnectionLost(c)) => break Err(lost(&c)),
+                Err(e) => break Err(conn(&e)),
             },
-            changed = local.recv() => match changed {
-                Some(doc) => {
-                    report(LiveState::Syncing);
-                    session.local_change(doc, replica);
+            read = recv.read(&mut buf), if !peer_done => match read {
+                Ok(Some(n)) => {
+                    decoder.push(&buf[..n]);
+                    let mut failed = None;
+                    loop {
+                        match decoder.next_message() {
+                            Ok(Some(m)) => {
+                                if let Err(e) = session.handle(m, replica) {
+                                    failed = Some(DriverError::from(e));
+                                    break;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                failed = Some(DriverError::from(e));
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(e) = failed {
+                        break Err(e);
+                    }
                 }
-                None => {
-                    let _ = send.finish();
-                    return Ok(());
-                }
+                Ok(None) => peer_done = true,
+                Err(quinn::ReadError::ConnectionLost(c)) => break Err(lost(&c)),
+                Err(e) => break Err(conn(&e)),
             },
+            changed = local_next => match changed {
+                Some(doc) => session.local_change(doc, replica),
+                None => break Ok(()),
+            },
+            _ = quiet_timer, if out.is_none() && session.is_idle() => break Ok(()),
+        }
+    };
+    // Whatever the session still has to say (a refusal naming the reason, say) goes out
+    // before this side finishes, if the connection still allows it.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        if let Some((frame, offset)) = out.take() {
+            send.write_all(&frame[offset..]).await?;
+        }
+        while let Some(m) = session.poll_transmit(replica) {
+            send.write_all(&encode(&m)).await?;
+        }
+        Ok::<(), quinn::WriteError>(())
+    })
+    .await;
+    let _ = send.finish();
+    if let (Some(q), Ok(()), false) = (quiet, &result, peer_done) {
+        // One-shot mode: wait for the peer to finish its half too, so the caller closing the
+        // connection cannot cut off anything still on its way.
+        let _ = tokio::time::timeout(q * 4, async {
+            while let Ok(Some(n)) = recv.read(&mut buf).await {
+                decoder.push(&buf[..n]);
+            }
+        })
+        .await;
+        while let Ok(Some(m)) = decoder.next_message() {
+            if session.handle(m, replica).is_err() {
+                break;
+            }
+        }
+    }
+    log_events(session);
+    replica.flush();
+    result
+}
+
+/// Names why a connection was lost ("timed out" for a silent link, the peer's reason for a
+/// close), which quinn's stream errors alone do not say.
+fn lost(cause: &quinn::ConnectionError) -> DriverError {
+    DriverError::Connection(format!("connection lost: {cause}"))
+}
+
+fn log_events(session: &mut Session) {
+    while let Some(event) = session.poll_event() {
+        match event {
+            sync_proto::Event::RefusedByPeer { doc, detail, .. } => {
+                tracing::warn!(doc = ?doc.0, %detail, "the peer refused changes to a document");
+            }
+            sync_proto::Event::RefusedPeer { doc, detail } => {
+                tracing::warn!(doc = ?doc.0, %detail, "refused the peer's changes to a document");
+            }
+            sync_proto::Event::BlobRejected { sha256, detail } => {
+                tracing::warn!(blob = ?sha256, %detail, "a received blob was rejected");
+            }
+            other => tracing::debug!(event = ?other, "sync"),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rustls::pki_types::CertificateDer;
 use sync_proto::{Replica, Role, Session};
 
-use crate::driver::run;
+use crate::driver::run_live;
 use crate::enrol::{ENROL_ALPN, Enroller};
 use crate::identity::{DeviceId, device_of};
 
@@ -24,19 +24,12 @@ pub struct HubServer {
     enroller: Arc<Enroller>,
     revoked: Arc<Mutex<HashSet<DeviceId>>>,
     live: Arc<Mutex<HashMap<DeviceId, Vec<quinn::Connection>>>>,
-    quiet: Duration,
 }
 
 impl HubServer {
     /// A hub serving on `endpoint` (built with [`crate::driver::server_config`]).
     pub fn new(endpoint: quinn::Endpoint, enroller: Arc<Enroller>) -> HubServer {
-        HubServer {
-            endpoint,
-            enroller,
-            revoked: Default::default(),
-            live: Default::default(),
-            quiet: Duration::from_millis(300),
-        }
+        HubServer { endpoint, enroller, revoked: Default::default(), live: Default::default() }
     }
 
     /// The address the hub listens on.
@@ -106,9 +99,14 @@ impl HubServer {
                     conn.close(CLOSE_REVOKED.into(), b"this van's certificate was revoked");
                 }
                 let mut replica = replica_for(&device);
+                // Hub-side changes (a doctor's note) will be fed here once the hub's
+                // storage notifies; until then the session serves what the van asks.
+                let (_changes, mut changed) = tokio::sync::mpsc::unbounded_channel();
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     let mut session = Session::new(Role::Hub);
-                    if let Err(e) = run(&mut session, &mut replica, &mut send, &mut recv, hub.quiet).await {
+                    if let Err(e) =
+                        run_live(&mut session, &mut replica, &mut send, &mut recv, &mut changed, |_| {}).await
+                    {
                         tracing::warn!(org = %device.org, van = %device.van, error = %e, "sync session ended with an error");
                     }
                 }

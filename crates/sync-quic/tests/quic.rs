@@ -52,6 +52,9 @@ impl Replica for Mem {
             .receive_sync_message(state, msg)
             .map_err(|e| ReplicaRefusal { reason: RefusalReason::Malformed, detail: e.to_string() })
     }
+    fn accepts_blobs(&self) -> bool {
+        true
+    }
     fn blobs(&self) -> Vec<([u8; 32], u64, Priority)> {
         self.blobs.iter().map(|(h, d)| (*h, d.len() as u64, Priority::FullImage)).collect()
     }
