@@ -280,13 +280,7 @@ impl Session {
                 }
                 let in_sync = theirs == scope_digest(replica);
                 self.queue(Message::Welcome { version, in_sync });
-                self.phase = Phase::Syncing;
-                if !in_sync {
-                    self.queue(inventory(replica));
-                    self.offer_blobs(replica);
-                }
-                self.events.push_back(Event::Ready { in_sync });
-                self.offer_early_changes(replica);
+                self.enter_syncing(in_sync, replica);
                 Ok(())
             }
             (Phase::AwaitWelcome, Message::Welcome { version, in_sync }) => {
@@ -296,13 +290,7 @@ impl Session {
                         "the hub chose version {version}, which this side never offered"
                     )));
                 }
-                self.phase = Phase::Syncing;
-                if !in_sync {
-                    self.queue(inventory(replica));
-                    self.offer_blobs(replica);
-                }
-                self.events.push_back(Event::Ready { in_sync });
-                self.offer_early_changes(replica);
+                self.enter_syncing(in_sync, replica);
                 Ok(())
             }
             (_, Message::Refused { detail, .. }) => {
@@ -519,6 +507,18 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The handshake is done (on either side): unless the scopes matched, send the
+    /// inventory and offer blobs; then offer whatever changed during the handshake.
+    fn enter_syncing(&mut self, in_sync: bool, replica: &mut impl Replica) {
+        self.phase = Phase::Syncing;
+        if !in_sync {
+            self.queue(inventory(replica));
+            self.offer_blobs(replica);
+        }
+        self.events.push_back(Event::Ready { in_sync });
+        self.offer_early_changes(replica);
     }
 
     fn offer_early_changes(&mut self, replica: &mut impl Replica) {
