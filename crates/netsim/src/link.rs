@@ -94,6 +94,11 @@ impl Link {
         // The rate limit serialises packets onto the wire; a packet that would wait behind
         // more than the queue holds is dropped.
         let mut depart = now;
+        if self.config.rate_bps == Some(0) {
+            // No capacity at all: the link is down.
+            self.stats.dropped += 1;
+            return;
+        }
         if let Some(bps) = self.config.rate_bps {
             let start = self.wire_free.map_or(now, |f| f.max(now));
             let backlog_bytes = start.saturating_duration_since(now).as_secs_f64() * bps as f64 / 8.0;

@@ -31,7 +31,6 @@ impl UdpRelay {
             let mut client: Option<SocketAddr> = None;
             let mut fbuf = vec![0u8; 65536];
             let mut bbuf = vec![0u8; 65536];
-            let tick = std::time::Duration::from_millis(1);
             loop {
                 // Deliver whatever has arrived on either link.
                 let now = Instant::now();
@@ -63,7 +62,7 @@ impl UdpRelay {
                             lock(&d).send(Instant::now(), bbuf[..n].to_vec());
                         }
                     }
-                    _ = tokio::time::sleep(tick) => {}
+                    _ = next_arrival(&u, &d) => {}
                 }
             }
         });
@@ -98,6 +97,15 @@ impl Drop for UdpRelay {
         if Arc::strong_count(&self.task) == 1 {
             self.task.abort();
         }
+    }
+}
+
+/// Sleeps until the next packet in flight on either link arrives (or forever if none is).
+async fn next_arrival(up: &Mutex<Link>, down: &Mutex<Link>) {
+    let next = [lock(up).next_arrival(), lock(down).next_arrival()].into_iter().flatten().min();
+    match next {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -68,8 +68,9 @@ pub trait Replica {
     /// Applies a sync message from the peer, or refuses it.
     fn receive(&mut self, doc: DocId, state: &mut sync::State, msg: sync::Message) -> Result<(), ReplicaRefusal>;
 
-    /// Whether this side stores blobs at all. One that does not is never offered pieces.
-    fn accepts_blobs(&self) -> bool {
+    /// Whether this side takes the blob offered: it stores blobs, a document in scope
+    /// refers to this hash, and the size is within its limit. A declined offer is ignored.
+    fn accepts_blob(&self, _sha256: &[u8; 32], _size: u64) -> bool {
         false
     }
     /// The session is over: persist whatever the replica batched (sync states).
@@ -191,6 +192,8 @@ pub struct Session {
     abandoned: std::collections::BTreeSet<[u8; 32]>,
     /// Documents changed locally before the handshake finished, offered once it does.
     early_changes: std::collections::BTreeSet<DocId>,
+    /// Whether the peer's inventory arrived.
+    inventory_seen: bool,
 }
 
 #[derive(Debug)]
@@ -243,6 +246,7 @@ impl Session {
             receiving: BTreeMap::new(),
             abandoned: Default::default(),
             early_changes: Default::default(),
+            inventory_seen: false,
         }
     }
 
@@ -298,6 +302,11 @@ impl Session {
                 Err(SyncError::Refused(detail))
             }
             (Phase::Syncing, Message::Inventory { docs }) => {
+                // One inventory per session: each costs a look at every document in scope.
+                if std::mem::replace(&mut self.inventory_seen, true) {
+                    self.phase = Phase::Closed;
+                    return Err(SyncError::Protocol("a second Inventory in one session".into()));
+                }
                 let theirs: BTreeMap<DocId, [u8; 32]> = docs.into_iter().collect();
                 for doc in replica.scope() {
                     let ours = heads_digest(&replica.heads(doc));
@@ -331,7 +340,7 @@ impl Session {
                 Ok(())
             }
             (Phase::Syncing, Message::BlobOffer { sha256, size, .. }) => {
-                if !replica.accepts_blobs() || self.receiving.contains_key(&sha256) {
+                if !replica.accepts_blob(&sha256, size) || self.receiving.contains_key(&sha256) {
                     // A side without blob storage takes documents only; a repeated offer
                     // must not restart a transfer under way.
                     return Ok(());

@@ -70,8 +70,8 @@ impl Mem {
 }
 
 impl Replica for Mem {
-    fn accepts_blobs(&self) -> bool {
-        true
+    fn accepts_blob(&self, _sha256: &[u8; 32], size: u64) -> bool {
+        size <= 64 * 1024 * 1024
     }
     fn blobs(&self) -> Vec<([u8; 32], u64, Priority)> {
         self.blobs.iter().map(|(h, (d, p))| (*h, d.len() as u64, *p)).collect()

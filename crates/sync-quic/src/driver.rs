@@ -176,7 +176,18 @@ async fn drive(
             && let Some(m) = session.poll_transmit(replica)
         {
             report(LiveState::Syncing);
-            out = Some((encode(&m), 0));
+            let frame = encode(&m);
+            if frame.len() > sync_proto::frame::DEFAULT_MAX_FRAME + 4 {
+                // The peer would refuse it and end the session, over and over; skip it and
+                // say which document is too large to sync in one message.
+                let doc = match &m {
+                    sync_proto::Message::Doc { doc, .. } => format!("{:?}", doc.0),
+                    _ => "-".into(),
+                };
+                tracing::error!(%doc, bytes = frame.len(), "a sync message is over the frame limit and was not sent");
+            } else {
+                out = Some((frame, 0));
+            }
         }
         log_events(session);
         if out.is_none() {

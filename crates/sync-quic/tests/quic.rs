@@ -52,8 +52,8 @@ impl Replica for Mem {
             .receive_sync_message(state, msg)
             .map_err(|e| ReplicaRefusal { reason: RefusalReason::Malformed, detail: e.to_string() })
     }
-    fn accepts_blobs(&self) -> bool {
-        true
+    fn accepts_blob(&self, _sha256: &[u8; 32], size: u64) -> bool {
+        size <= 64 * 1024 * 1024
     }
     fn blobs(&self) -> Vec<([u8; 32], u64, Priority)> {
         self.blobs.iter().map(|(h, d)| (*h, d.len() as u64, Priority::FullImage)).collect()
