@@ -345,6 +345,12 @@ fn garbage_and_out_of_turn_messages_end_the_session_by_name() {
     let err =
         hs.handle(Message::Doc { doc: id(1), priority: Priority::Case, sync: vec![0xde, 0xad] }, &mut hub).unwrap_err();
     assert!(err.to_string().contains("does not decode"), "{err}");
+    // A peer may not make this side walk its whole scope again and again.
+    let mut hs = Session::new(Role::Hub);
+    hs.handle(Message::Hello { min_version: 1, max_version: 1, scope_digest: [0; 32] }, &mut hub).unwrap();
+    hs.handle(Message::Inventory { docs: vec![] }, &mut hub).unwrap();
+    let err = hs.handle(Message::Inventory { docs: vec![] }, &mut hub).unwrap_err();
+    assert!(err.to_string().contains("second Inventory"), "{err}");
 }
 
 /// A link of `bytes_per_tick` each way (a tick is 100 ms of virtual time): each side sends
