@@ -244,7 +244,7 @@ impl Store {
         answer: impl FnOnce(&CaseDoc) -> T,
     ) -> Result<T, StoreError> {
         let slot = self.slot(ctx, id, "case.edit")?;
-        let edits = match self.check_attachments(edits) {
+        let edits = match self.check_attachments(edits)? {
             Ok(e) => e,
             Err(e) => return Err(self.refuse(ctx, id, e)),
         };
@@ -290,7 +290,8 @@ impl Store {
 
     /// Attachments must name a blob this store holds; their size and media type are taken
     /// from the stored blob, not from the request.
-    fn check_attachments(&self, edits: &[Edit]) -> Result<Vec<Edit>, case_model::BatchError> {
+    /// The outer error is the store failing; the inner one a refused edit.
+    fn check_attachments(&self, edits: &[Edit]) -> Result<Result<Vec<Edit>, case_model::BatchError>, StoreError> {
         let mut out = edits.to_vec();
         for (index, edit) in out.iter_mut().enumerate() {
             let Edit::AddAttachment(a) = edit else { continue };
@@ -298,46 +299,36 @@ impl Store {
                 .query_row("SELECT size, media_type FROM blobs WHERE sha256 = ?1", [&a.sha256], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })
-                .optional()
-                .unwrap_or(None);
+                .optional()?;
             match row {
                 Some((size, media_type)) => {
                     a.size = size as u64;
                     a.media_type = media_type;
                 }
                 None => {
-                    return Err(case_model::BatchError {
+                    return Ok(Err(case_model::BatchError {
                         index,
                         error: case_model::EditError::Invalid {
                             field: "attachment.sha256".into(),
                             element: "",
-                            reason: "no uploaded attachment has this hash; upload the file first (POST /api/v1/cases/{id}/attachments)".into(),
+                            reason: "no uploaded attachment has this hash; upload the file first, then attach it"
+                                .into(),
                         },
-                    });
+                    }));
                 }
             }
         }
-        Ok(out)
+        Ok(Ok(out))
     }
 
     /// Reads a case. The read is audited before the data is returned.
     pub fn read_case(&self, ctx: &EditContext, id: CaseId) -> Result<CaseView, StoreError> {
-        let slot = self.slot(ctx, id, "case.read")?;
-        let mut guard = lock(&slot);
-        let view = self.loaded(&mut guard, id)?.view();
-        drop(guard);
-        self.write(vec![Op::Audit(record(ctx, "case.read", Some(id), audit::Outcome::Allowed, String::new()))])?;
-        Ok(view)
+        self.audited_read(ctx, id, "", CaseDoc::view)
     }
 
     /// The unresolved conflicts of a case (an audited read).
     pub fn conflicts(&self, ctx: &EditContext, id: CaseId) -> Result<Vec<Conflict>, StoreError> {
-        let slot = self.slot(ctx, id, "case.read")?;
-        let mut guard = lock(&slot);
-        let conflicts = self.loaded(&mut guard, id)?.conflicts();
-        drop(guard);
-        self.write(vec![Op::Audit(record(ctx, "case.read", Some(id), audit::Outcome::Allowed, "conflicts".into()))])?;
-        Ok(conflicts)
+        self.audited_read(ctx, id, "conflicts", CaseDoc::conflicts)
     }
 
     /// Lists cases from the index, newest first. Audited: one entry per case shown (a list
@@ -449,12 +440,24 @@ impl Store {
 
     /// Every change of a case with who made it (an audited read).
     pub fn history(&self, ctx: &EditContext, id: CaseId) -> Result<Vec<case_model::ChangeInfo>, StoreError> {
+        self.audited_read(ctx, id, "history", CaseDoc::history)
+    }
+
+    /// Reads something of a case and appends its `case.read` audit entry (durable before
+    /// the data is returned).
+    fn audited_read<T>(
+        &self,
+        ctx: &EditContext,
+        id: CaseId,
+        detail: &str,
+        read: impl FnOnce(&CaseDoc) -> T,
+    ) -> Result<T, StoreError> {
         let slot = self.slot(ctx, id, "case.read")?;
         let mut guard = lock(&slot);
-        let history = self.loaded(&mut guard, id)?.history();
+        let out = read(self.loaded(&mut guard, id)?);
         drop(guard);
-        self.write(vec![Op::Audit(record(ctx, "case.read", Some(id), audit::Outcome::Allowed, "history".into()))])?;
-        Ok(history)
+        self.write(vec![Op::Audit(record(ctx, "case.read", Some(id), audit::Outcome::Allowed, detail.to_owned()))])?;
+        Ok(out)
     }
 
     /// Who accessed a case: its audit entries, oldest first. Looking is itself audited.
