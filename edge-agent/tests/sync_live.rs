@@ -55,7 +55,14 @@ async fn the_van_syncs_by_itself_notices_a_dead_link_and_catches_up() {
     // The hub's side: a store stands in for the hub's storage until it lands.
     let hub_dir = tempfile::tempdir().unwrap();
     let hub_store = store(hub_dir.path(), "hub");
-    let hub = HubServer::new(hub_ep, Arc::new(Enroller::new(ca.clone(), TimeDuration::days(90))));
+    let hub = HubServer::new(
+        hub_ep,
+        Arc::new(Enroller::new(
+            ca.clone(),
+            Arc::new(sync_quic::registry::MemoryRegistry::default()),
+            TimeDuration::days(90),
+        )),
+    );
     let hs = hub_store.clone();
     let serving = hub.clone();
     tokio::spawn(
@@ -144,7 +151,11 @@ async fn a_van_enrols_from_its_config_and_then_syncs_on_its_own() {
     let port = hub_ep.local_addr().unwrap().port();
     let hub_dir = tempfile::tempdir().unwrap();
     let hub_store = store(hub_dir.path(), "hub");
-    let enroller = Arc::new(Enroller::new(ca.clone(), TimeDuration::days(90)));
+    let enroller = Arc::new(Enroller::new(
+        ca.clone(),
+        Arc::new(sync_quic::registry::MemoryRegistry::default()),
+        TimeDuration::days(90),
+    ));
     let hub = HubServer::new(hub_ep, enroller.clone());
     let hs = hub_store.clone();
     tokio::spawn(async move { hub.serve(move |d: &DeviceId| StoreReplica::new(hs.clone(), &d.van).unwrap()).await });
@@ -164,7 +175,8 @@ async fn a_van_enrols_from_its_config_and_then_syncs_on_its_own() {
     // Not enrolled yet: sync stays off and says so.
     assert_eq!(edge_agent::start_sync(&config, &van_store).await.unwrap().status().state, "not_configured");
 
-    let token = enroller.issue(DeviceId::new("org-north", "van-4").unwrap(), now.unix_timestamp() + 600).encode();
+    let token =
+        enroller.issue(DeviceId::new("org-north", "van-4").unwrap(), now.unix_timestamp() + 600).unwrap().encode();
     edge_agent::enrol(&config, &token).await.unwrap();
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(van_dir.path().join("identity/device.key")).unwrap().permissions().mode() & 0o777;

@@ -43,14 +43,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    /// The stored text form.
+    pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Allowed => "allowed",
             Outcome::Refused => "refused",
         }
     }
 
-    fn parse(s: &str) -> Option<Outcome> {
+    /// Parses the stored text form.
+    pub fn parse(s: &str) -> Option<Outcome> {
         match s {
             "allowed" => Some(Outcome::Allowed),
             "refused" => Some(Outcome::Refused),
@@ -187,36 +189,77 @@ pub fn verify(conn: &Connection) -> Result<ChainHead, ChainError> {
         .prepare("SELECT seq, at, actor, action, case_id, outcome, detail, prev, hash FROM audit_log ORDER BY seq")
         .map_err(unreadable)?;
     let mut rows = stmt.query([]).map_err(unreadable)?;
-    let mut expected_seq = 1u64;
-    let mut prev_hash = [0u8; 32];
+    let mut walk = ChainWalk::default();
     while let Some(row) = rows.next().map_err(unreadable)? {
         let seq = row.get::<_, i64>(0).map_err(unreadable)? as u64;
         let outcome: String = row.get(5).map_err(unreadable)?;
-        let stored_prev: Vec<u8> = row.get(7).map_err(unreadable)?;
-        let stored_hash: Vec<u8> = row.get(8).map_err(unreadable)?;
-        if seq != expected_seq {
-            return Err(ChainError::Missing { seq: expected_seq });
+        let record = Record {
+            at: row.get(1).map_err(unreadable)?,
+            actor: row.get(2).map_err(unreadable)?,
+            action: row.get(3).map_err(unreadable)?,
+            case_id: row.get(4).map_err(unreadable)?,
+            outcome: Outcome::parse(&outcome).ok_or(ChainError::Altered { seq })?,
+            detail: row.get(6).map_err(unreadable)?,
+        };
+        let prev: Vec<u8> = row.get(7).map_err(unreadable)?;
+        let hash: Vec<u8> = row.get(8).map_err(unreadable)?;
+        walk.next(seq, &record, &prev, &hash)?;
+    }
+    Ok(walk.head())
+}
+
+/// Checks a log entry by entry, in order of position; for logs kept outside SQLite (the
+/// hub's PostgreSQL store) with the same hashing.
+#[derive(Debug, Default)]
+pub struct ChainWalk {
+    checked: u64,
+    prev: [u8; 32],
+}
+
+impl ChainWalk {
+    /// Checks the next stored entry: its position, its hash, its link to the one before.
+    pub fn next(
+        &mut self,
+        seq: u64,
+        record: &Record,
+        stored_prev: &[u8],
+        stored_hash: &[u8],
+    ) -> Result<(), ChainError> {
+        let expected = self.checked + 1;
+        if seq != expected {
+            return Err(ChainError::Missing { seq: expected });
         }
-        let computed = entry_hash(
-            seq,
-            row.get(1).map_err(unreadable)?,
-            &row.get::<_, String>(2).map_err(unreadable)?,
-            &row.get::<_, String>(3).map_err(unreadable)?,
-            row.get::<_, Option<String>>(4).map_err(unreadable)?.as_deref(),
-            Outcome::parse(&outcome).ok_or(ChainError::Altered { seq })?,
-            &row.get::<_, String>(6).map_err(unreadable)?,
-            &to_array(&stored_prev),
-        );
+        let computed = record_hash(seq, record, &to_array(stored_prev));
         if computed[..] != stored_hash[..] {
             return Err(ChainError::Altered { seq });
         }
-        if stored_prev[..] != prev_hash[..] {
+        if stored_prev[..] != self.prev[..] {
             return Err(ChainError::BrokenLink { seq, previous: seq - 1 });
         }
-        prev_hash = computed;
-        expected_seq += 1;
+        self.prev = computed;
+        self.checked = seq;
+        Ok(())
     }
-    Ok(ChainHead { size: expected_seq - 1, head: hex::encode(prev_hash) })
+
+    /// The head of what was checked.
+    pub fn head(&self) -> ChainHead {
+        ChainHead { size: self.checked, head: hex::encode(self.prev) }
+    }
+}
+
+/// The hash of the entry at position `seq` holding `record` after an entry hashed `prev`
+/// (all zeros for the first).
+pub fn record_hash(seq: u64, record: &Record, prev: &[u8; 32]) -> [u8; 32] {
+    entry_hash(
+        seq,
+        record.at,
+        &record.actor,
+        &record.action,
+        record.case_id.as_deref(),
+        record.outcome,
+        &record.detail,
+        prev,
+    )
 }
 
 /// Entries about one case, oldest first: "who saw this patient".

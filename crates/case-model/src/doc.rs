@@ -142,17 +142,32 @@ impl CaseDoc {
 
     /// Wraps a document received whole (for example from a peer), checking it is a case.
     pub fn from_automerge(doc: Automerge) -> Result<CaseDoc, LoadError> {
-        let case = layout::walk_maps(&doc, &[layout::CASE]).ok_or(LoadError::NotACase("no case identity"))?;
-        let id = layout::get_str(&doc, &case, "id")
+        let (id, org, van) = Self::from_automerge_ref(&doc)?;
+        Ok(CaseDoc { doc, id, org, van, conflict_free: false })
+    }
+
+    /// Re-reads the case's identity (id, organisation, opening van) from the document and
+    /// checks it still matches what it was loaded with. Changes from a peer could rewrite
+    /// those fields; a store that authorises by organisation must refuse such changes.
+    pub fn identity_unchanged(&self) -> bool {
+        match Self::from_automerge_ref(&self.doc) {
+            Ok((id, org, van)) => id == self.id && org == self.org && van == self.van,
+            Err(_) => false,
+        }
+    }
+
+    fn from_automerge_ref(doc: &Automerge) -> Result<(CaseId, OrgId, VanId), LoadError> {
+        let case = layout::walk_maps(doc, &[layout::CASE]).ok_or(LoadError::NotACase("no case identity"))?;
+        let id = layout::get_str(doc, &case, "id")
             .and_then(|s| CaseId::parse(&s).ok())
             .ok_or(LoadError::NotACase("no valid case id"))?;
-        let org = layout::get_str(&doc, &case, "org")
+        let org = layout::get_str(doc, &case, "org")
             .and_then(|s| OrgId::parse(&s).ok())
             .ok_or(LoadError::NotACase("no valid organisation"))?;
-        let van = layout::get_str(&doc, &case, "van")
+        let van = layout::get_str(doc, &case, "van")
             .and_then(|s| VanId::parse(&s).ok())
             .ok_or(LoadError::NotACase("no valid van"))?;
-        Ok(CaseDoc { doc, id, org, van, conflict_free: false })
+        Ok((id, org, van))
     }
 
     /// Applies a batch of edits as one change. Nothing is applied if any edit is refused.

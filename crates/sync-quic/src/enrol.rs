@@ -8,8 +8,7 @@
 //! request. The hub checks the token (known, unused, unexpired), marks it used, and signs a
 //! certificate naming the van the token was issued for, whatever the request asked.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -18,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use crate::identity::{DeviceId, FleetCa, IdentityError, fingerprint, new_device_key};
+use crate::identity::{DeviceId, FleetCa, IdentityError, device_of, fingerprint, new_device_key};
+use crate::registry::{Registry, RegistryError};
 
 /// The ALPN protocol id of enrolment.
 pub const ENROL_ALPN: &[u8] = b"medvan-enrol/1";
@@ -39,6 +39,9 @@ pub enum EnrolError {
     /// The token expired.
     #[error("this enrolment token expired; ask the fleet manager for a new one")]
     Expired,
+    /// The certificate presented for renewal was revoked.
+    #[error("this van's certificate was revoked; it cannot be renewed (a fleet manager must enrol the van again)")]
+    Revoked,
     /// The certificate request could not be signed.
     #[error("the certificate request was refused: {0}")]
     BadRequest(String),
@@ -89,69 +92,97 @@ impl EnrolmentToken {
     }
 }
 
-#[derive(Debug)]
-struct Record {
-    device: DeviceId,
-    expires_at: i64,
-    used: bool,
-}
-
-/// The hub's register of enrolment tokens (kept in memory here; the hub's storage will
-/// persist it). Only a hash of each secret is kept.
+/// The hub's enrolment desk: issues tokens, redeems them, renews certificates. What it
+/// must remember lives in a [`Registry`]; only a hash of each token's secret is kept.
 #[derive(Debug)]
 pub struct Enroller {
     ca: Arc<FleetCa>,
-    tokens: Mutex<HashMap<[u8; 32], Record>>,
+    registry: Arc<dyn Registry>,
     validity: time::Duration,
 }
 
 impl Enroller {
     /// An enroller signing with `ca`; device certificates last `validity`.
-    pub fn new(ca: Arc<FleetCa>, validity: time::Duration) -> Enroller {
-        Enroller { ca, tokens: Mutex::new(HashMap::new()), validity }
+    pub fn new(ca: Arc<FleetCa>, registry: Arc<dyn Registry>, validity: time::Duration) -> Enroller {
+        Enroller { ca, registry, validity }
     }
 
     /// Issues a token for a van, valid until `expires_at` (unix seconds).
-    pub fn issue(&self, device: DeviceId, expires_at: i64) -> EnrolmentToken {
+    pub fn issue(&self, device: DeviceId, expires_at: i64) -> Result<EnrolmentToken, RegistryError> {
         let mut secret = [0u8; 32];
         rand::fill(&mut secret);
-        lock(&self.tokens)
-            .insert(Sha256::digest(secret).into(), Record { device: device.clone(), expires_at, used: false });
-        EnrolmentToken { device, expires_at, ca_fingerprint: self.ca.fingerprint(), secret }
+        self.registry.add_token(Sha256::digest(secret).into(), &device, expires_at)?;
+        Ok(EnrolmentToken { device, expires_at, ca_fingerprint: self.ca.fingerprint(), secret })
     }
 
-    /// Checks a token and signs the van's certificate request. A token works once.
+    /// Checks a token and signs the van's certificate request. A token enrols one key; the
+    /// same key may redeem it again (a retry after a lost answer) and gets a fresh certificate.
     pub fn redeem(&self, token: &str, csr: &[u8], now: OffsetDateTime) -> Result<CertificateDer<'static>, EnrolError> {
         let token = EnrolmentToken::parse(token)?;
-        let device = {
-            let mut tokens = lock(&self.tokens);
-            let record = tokens.get_mut(&<[u8; 32]>::from(Sha256::digest(token.secret))).ok_or(EnrolError::Unknown)?;
-            if record.used {
-                return Err(EnrolError::AlreadyUsed);
-            }
-            if now.unix_timestamp() > record.expires_at {
-                return Err(EnrolError::Expired);
-            }
-            // Marked used before signing: a token cannot be raced into two certificates.
-            record.used = true;
-            record.device.clone()
-        };
-        self.ca
-            .sign_device_request(csr, &device, now - time::Duration::minutes(5), now + self.validity)
-            .map_err(|e: IdentityError| EnrolError::BadRequest(e.to_string()))
+        let key_hash = request_key_hash(csr)?;
+        // Marked used before signing: a token cannot be raced into two keys' certificates.
+        let device = self.registry.redeem_token(Sha256::digest(token.secret).into(), key_hash, now.unix_timestamp())?;
+        if device != token.device {
+            return Err(EnrolError::Unknown);
+        }
+        self.sign(csr, &device, now)
+    }
+
+    /// Renews a certificate: `current` was verified by TLS (issued by this CA, unexpired);
+    /// unless it is revoked, the van gets a new certificate for its new key.
+    pub fn renew(
+        &self,
+        current: &CertificateDer<'_>,
+        csr: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<CertificateDer<'static>, EnrolError> {
+        let device = device_of(current).map_err(|e| EnrolError::BadRequest(e.to_string()))?;
+        match self.registry.is_revoked(&fingerprint(current)) {
+            Ok(false) => {}
+            Ok(true) => return Err(EnrolError::Revoked),
+            Err(e) => return Err(EnrolError::Refused(e.to_string())),
+        }
+        self.sign(csr, &device, now)
+    }
+
+    fn sign(&self, csr: &[u8], device: &DeviceId, now: OffsetDateTime) -> Result<CertificateDer<'static>, EnrolError> {
+        let not_after = now + self.validity;
+        let cert = self
+            .ca
+            .sign_device_request(csr, device, now - time::Duration::minutes(5), not_after)
+            .map_err(|e: IdentityError| EnrolError::BadRequest(e.to_string()))?;
+        self.registry
+            .record_certificate(&fingerprint(&cert), device, not_after.unix_timestamp())
+            .map_err(|e| EnrolError::Refused(e.to_string()))?;
+        Ok(cert)
     }
 
     /// The CA certificate vans pin.
     pub fn ca_certificate(&self) -> &CertificateDer<'static> {
         self.ca.certificate()
     }
+
+    /// The registry behind this enroller.
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.registry
+    }
+}
+
+/// SHA-256 of the public key a certificate request carries: what a token is bound to.
+fn request_key_hash(csr: &[u8]) -> Result<[u8; 32], EnrolError> {
+    use x509_parser::prelude::FromDer;
+    let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(csr)
+        .map_err(|e| EnrolError::BadRequest(format!("the certificate request does not decode: {e}")))?;
+    Ok(Sha256::digest(req.certification_request_info.subject_pki.raw).into())
 }
 
 /// What a van sends on the enrolment stream.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct EnrolRequest {
-    pub(crate) token: String,
-    pub(crate) csr: Vec<u8>,
+pub(crate) enum EnrolRequest {
+    /// A first certificate, for a token.
+    Enrol { token: String, csr: Vec<u8> },
+    /// A new certificate for the van the connection's client certificate names.
+    Renew { csr: Vec<u8> },
 }
 
 /// What the hub answers.
@@ -178,15 +209,30 @@ pub(crate) async fn read_message<T: for<'de> Deserialize<'de>>(recv: &mut quinn:
     postcard::from_bytes(&bytes[4..]).map_err(|e| EnrolError::Connection(format!("the message does not decode: {e}")))
 }
 
-/// The hub's side of one enrolment stream.
+/// The hub's side of one enrolment stream. `peer` is the client certificate TLS verified,
+/// if the van presented one (renewal).
 pub(crate) async fn serve(
     enroller: &Enroller,
+    peer: Option<CertificateDer<'static>>,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Result<(), EnrolError> {
     let request: EnrolRequest = read_message(recv).await?;
-    let response = match enroller.redeem(&request.token, &request.csr, OffsetDateTime::now_utc()) {
-        Ok(cert) => EnrolResponse::Issued { cert: cert.to_vec(), ca: enroller.ca_certificate().to_vec() },
+    let now = OffsetDateTime::now_utc();
+    let result = match (&request, peer) {
+        (EnrolRequest::Enrol { token, csr }, _) => enroller.redeem(token, csr, now),
+        (EnrolRequest::Renew { csr }, Some(cert)) => enroller.renew(&cert, csr, now),
+        (EnrolRequest::Renew { .. }, None) => {
+            Err(EnrolError::BadRequest("renewal needs the current device certificate; none was presented".into()))
+        }
+    };
+    let response = match result {
+        Ok(cert) => {
+            let device = device_of(&cert).map(|d| format!("{}/{}", d.org, d.van)).unwrap_or_default();
+            let kind = if matches!(request, EnrolRequest::Renew { .. }) { "renewed" } else { "enrolled" };
+            tracing::info!(van = %device, "{kind} a van");
+            EnrolResponse::Issued { cert: cert.to_vec(), ca: enroller.ca_certificate().to_vec() }
+        }
         Err(e) => {
             tracing::warn!(error = %e, "refused an enrolment");
             EnrolResponse::Refused { reason: e.to_string() }
@@ -212,12 +258,56 @@ pub async fn enrol(addr: std::net::SocketAddr, server_name: &str, token: &str) -
     let parsed = EnrolmentToken::parse(token)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinnedCa { fingerprint: parsed.ca_fingerprint.clone(), provider: provider.clone() });
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| conn_err(&e))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
+    let (key, csr) = new_device_key().map_err(|e| EnrolError::BadRequest(e.to_string()))?;
+    let request = EnrolRequest::Enrol { token: token.trim().to_owned(), csr };
+    let (cert, ca) = exchange(addr, server_name, tls, &request).await?;
+    if fingerprint(&ca) != parsed.ca_fingerprint {
+        return Err(EnrolError::Refused("the hub returned a CA other than the token's".into()));
+    }
+    Ok(Enrolled { cert, key, ca })
+}
+
+/// Renews this van's certificate before it expires: connects with the current certificate
+/// and key, pins `ca`, and returns a new certificate for a new key (the CA stays the same).
+pub async fn renew(
+    addr: std::net::SocketAddr,
+    server_name: &str,
+    ca: &CertificateDer<'static>,
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Enrolled, EnrolError> {
+    let conn_err = |e: &dyn std::fmt::Display| EnrolError::Connection(e.to_string());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).map_err(|e| conn_err(&e))?;
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| conn_err(&e))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![cert], key)
+        .map_err(|e| conn_err(&e))?;
+    let (new_key, csr) = new_device_key().map_err(|e| EnrolError::BadRequest(e.to_string()))?;
+    let (new_cert, returned_ca) = exchange(addr, server_name, tls, &EnrolRequest::Renew { csr }).await?;
+    if returned_ca != *ca {
+        return Err(EnrolError::Refused("the hub returned a CA other than the one this van pins".into()));
+    }
+    Ok(Enrolled { cert: new_cert, key: new_key, ca: returned_ca })
+}
+
+/// One request and its answer on the enrolment ALPN.
+async fn exchange(
+    addr: std::net::SocketAddr,
+    server_name: &str,
+    mut tls: rustls::ClientConfig,
+    request: &EnrolRequest,
+) -> Result<(CertificateDer<'static>, CertificateDer<'static>), EnrolError> {
+    let conn_err = |e: &dyn std::fmt::Display| EnrolError::Connection(e.to_string());
     tls.alpn_protocols = vec![ENROL_ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| conn_err(&e))?;
     let bind: std::net::SocketAddr =
@@ -225,20 +315,13 @@ pub async fn enrol(addr: std::net::SocketAddr, server_name: &str, token: &str) -
     let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| conn_err(&e))?;
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
     let conn = endpoint.connect(addr, server_name).map_err(|e| conn_err(&e))?.await.map_err(|e| conn_err(&e))?;
-    let (key, csr) = new_device_key().map_err(|e| EnrolError::BadRequest(e.to_string()))?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| conn_err(&e))?;
-    write_message(&mut send, &EnrolRequest { token: token.trim().to_owned(), csr }).await?;
+    write_message(&mut send, request).await?;
     let response: EnrolResponse = read_message(&mut recv).await?;
-    conn.close(0u32.into(), b"enrolled");
+    conn.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
     match response {
-        EnrolResponse::Issued { cert, ca } => {
-            let ca = CertificateDer::from(ca);
-            if fingerprint(&ca) != parsed.ca_fingerprint {
-                return Err(EnrolError::Refused("the hub returned a CA other than the token's".into()));
-            }
-            Ok(Enrolled { cert: CertificateDer::from(cert), key, ca })
-        }
+        EnrolResponse::Issued { cert, ca } => Ok((CertificateDer::from(cert), CertificateDer::from(ca))),
         EnrolResponse::Refused { reason } => Err(EnrolError::Refused(reason)),
     }
 }
@@ -295,10 +378,6 @@ impl ServerCertVerifier for PinnedCa {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -1,35 +1,58 @@
 //! The hub's accept loop: many vans at once, each known by its certificate, each refused
 //! at once if revoked, and cut off within moments if revoked while connected.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
-use sync_proto::{Replica, Role, Session};
+use sync_proto::{DocId, Replica, Role, Session};
+use tokio::sync::broadcast;
 
 use crate::driver::run_live;
 use crate::enrol::{ENROL_ALPN, Enroller};
-use crate::identity::{DeviceId, device_of};
+use crate::identity::{DeviceId, device_of, fingerprint};
+use crate::registry::RegistryError;
 
 /// QUIC application close code: the van's certificate was revoked.
 pub const CLOSE_REVOKED: u32 = 0x4d01;
 /// QUIC application close code: the peer's certificate names no van.
 pub const CLOSE_NOT_A_VAN: u32 = 0x4d02;
+/// QUIC application close code: the peer took too long (an enrolment that never finished).
+pub const CLOSE_TOO_SLOW: u32 = 0x4d03;
+/// QUIC application close code: the hub cannot serve right now (its storage failed).
+pub const CLOSE_UNAVAILABLE: u32 = 0x4d04;
+
+/// Open connections by van, each with its certificate's fingerprint.
+type LiveConnections = HashMap<DeviceId, Vec<(String, quinn::Connection)>>;
 
 /// The hub's side of sync.
 #[derive(Debug, Clone)]
 pub struct HubServer {
     endpoint: quinn::Endpoint,
     enroller: Arc<Enroller>,
-    revoked: Arc<Mutex<HashSet<DeviceId>>>,
-    live: Arc<Mutex<HashMap<DeviceId, Vec<quinn::Connection>>>>,
+    live: Arc<Mutex<LiveConnections>>,
+    changes: Option<broadcast::Sender<DocId>>,
 }
 
+/// How long an enrolment may take before the hub hangs up: a client that connects and
+/// says nothing must not hold resources.
+const ENROL_DEADLINE: Duration = Duration::from_secs(10);
+/// How often the hub looks for revocations made elsewhere (the CLI, another hub process).
+const REVOCATION_POLL: Duration = Duration::from_millis(250);
+
 impl HubServer {
-    /// A hub serving on `endpoint` (built with [`crate::driver::server_config`]).
+    /// A hub serving on `endpoint` (built with [`crate::driver::server_config`]); revocations
+    /// are kept in the enroller's registry.
     pub fn new(endpoint: quinn::Endpoint, enroller: Arc<Enroller>) -> HubServer {
-        HubServer { endpoint, enroller, revoked: Default::default(), live: Default::default() }
+        HubServer { endpoint, enroller, live: Default::default(), changes: None }
+    }
+
+    /// Documents changed on the hub (a doctor's note) are announced on `changes`; each van's
+    /// session offers them, and its replica decides whether that van may have them.
+    pub fn with_changes(mut self, changes: broadcast::Sender<DocId>) -> HubServer {
+        self.changes = Some(changes);
+        self
     }
 
     /// The address the hub listens on.
@@ -37,18 +60,54 @@ impl HubServer {
         self.endpoint.local_addr().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// Revokes a van: its open connections are closed now and new ones are refused.
-    pub fn revoke(&self, device: &DeviceId) {
-        lock(&self.revoked).insert(device.clone());
-        for conn in lock(&self.live).remove(device).unwrap_or_default() {
+    /// Revokes every certificate of a van: its open connections are closed now and new ones
+    /// are refused.
+    pub fn revoke(&self, device: &DeviceId) -> Result<usize, RegistryError> {
+        let n = self.enroller.registry().revoke_device(device)?;
+        for (_, conn) in lock(&self.live).remove(device).unwrap_or_default() {
             conn.close(CLOSE_REVOKED.into(), b"this van's certificate was revoked");
         }
-        tracing::warn!(org = %device.org, van = %device.van, "van revoked");
+        tracing::warn!(org = %device.org, van = %device.van, certificates = n, "van revoked");
+        Ok(n)
     }
 
-    /// Whether a van is revoked.
-    pub fn is_revoked(&self, device: &DeviceId) -> bool {
-        lock(&self.revoked).contains(device)
+    /// Stops accepting and closes every connection (the hub is shutting down).
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"the hub is shutting down");
+    }
+
+    /// Number of open van connections.
+    pub fn connections(&self) -> usize {
+        lock(&self.live).values().map(Vec::len).sum()
+    }
+
+    /// Closes open connections whose certificates were revoked elsewhere (by the CLI, or by
+    /// another hub process on the same database), until the endpoint closes.
+    async fn watch_revocations(self) {
+        let mut seen = 0u64;
+        loop {
+            match self.enroller.registry().revocations_after(seen) {
+                Ok(list) => {
+                    for r in list {
+                        seen = seen.max(r.seq);
+                        let mut live = lock(&self.live);
+                        if let Some(conns) = live.get_mut(&r.device) {
+                            conns.retain(|(fp, conn)| {
+                                if *fp == r.fingerprint {
+                                    tracing::warn!(org = %r.device.org, van = %r.device.van, "closed a revoked van's connection");
+                                    conn.close(CLOSE_REVOKED.into(), b"this van's certificate was revoked");
+                                    false
+                                } else {
+                                    true
+                                }
+                            });
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "could not read revocations"),
+            }
+            tokio::time::sleep(REVOCATION_POLL).await;
+        }
     }
 
     /// Accepts vans until the endpoint closes; each connection gets a replica from
@@ -59,6 +118,7 @@ impl HubServer {
         F: Fn(&DeviceId) -> R + Send + Sync + 'static,
     {
         let replica_for = Arc::new(replica_for);
+        let watcher = tokio::spawn(self.clone().watch_revocations());
         while let Some(incoming) = self.endpoint.accept().await {
             let hub = self.clone();
             let replica_for = replica_for.clone();
@@ -71,16 +131,29 @@ impl HubServer {
                         return;
                     }
                 };
+                let peer = peer_certificate(&conn);
                 if alpn(&conn).as_deref() == Some(ENROL_ALPN) {
-                    if let Ok((mut send, mut recv)) = conn.accept_bi().await
-                        && let Err(e) = crate::enrol::serve(&hub.enroller, &mut send, &mut recv).await
-                    {
-                        tracing::warn!(error = %e, "enrolment failed");
+                    let enrol = async {
+                        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+                        crate::enrol::serve(&hub.enroller, peer, &mut send, &mut recv).await.map_err(|e| e.to_string())
+                    };
+                    match tokio::time::timeout(ENROL_DEADLINE, enrol).await {
+                        Ok(Ok(())) => {
+                            let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+                        }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "enrolment failed"),
+                        Err(_) => {
+                            tracing::warn!("an enrolment took too long; hung up");
+                            conn.close(CLOSE_TOO_SLOW.into(), b"enrolment took too long");
+                        }
                     }
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
                     return;
                 }
-                let device = match peer_device(&conn) {
+                let (device, fp) = match peer
+                    .as_ref()
+                    .ok_or_else(|| "the peer presented no certificate".to_owned())
+                    .and_then(|c| device_of(c).map(|d| (d, fingerprint(c))).map_err(|e| e.to_string()))
+                {
                     Ok(d) => d,
                     Err(reason) => {
                         tracing::warn!(%reason, "refused a connection");
@@ -88,20 +161,42 @@ impl HubServer {
                         return;
                     }
                 };
-                if hub.is_revoked(&device) {
-                    tracing::warn!(org = %device.org, van = %device.van, "refused a revoked van");
-                    conn.close(CLOSE_REVOKED.into(), b"this van's certificate was revoked");
+                if hub.refuse_if_revoked(&conn, &device, &fp) {
                     return;
                 }
-                lock(&hub.live).entry(device.clone()).or_default().push(conn.clone());
+                lock(&hub.live).entry(device.clone()).or_default().push((fp.clone(), conn.clone()));
                 // A revocation between the check and the registration above is caught here.
-                if hub.is_revoked(&device) {
-                    conn.close(CLOSE_REVOKED.into(), b"this van's certificate was revoked");
+                if hub.refuse_if_revoked(&conn, &device, &fp) {
+                    return;
                 }
+                tracing::info!(org = %device.org, van = %device.van, "van connected");
                 let mut replica = replica_for(&device);
-                // Hub-side changes (a doctor's note) will be fed here once the hub's
-                // storage notifies; until then the session serves what the van asks.
-                let (_changes, mut changed) = tokio::sync::mpsc::unbounded_channel();
+                let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
+                // Without a change feed the sender is kept here, so sessions are not ended.
+                let mut _unused_sender = None;
+                let forward = match hub.changes.as_ref() {
+                    Some(c) => {
+                        let mut rx = c.subscribe();
+                        Some(tokio::spawn(async move {
+                            loop {
+                                match rx.recv().await {
+                                    Ok(doc) => {
+                                        if tx.send(doc).is_err() {
+                                            return;
+                                        }
+                                    }
+                                    // Fell behind: the next session's inventory catches up.
+                                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                                    Err(broadcast::error::RecvError::Closed) => return,
+                                }
+                            }
+                        }))
+                    }
+                    None => {
+                        _unused_sender = Some(tx);
+                        None
+                    }
+                };
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     let mut session = Session::new(Role::Hub);
                     if let Err(e) =
@@ -110,10 +205,33 @@ impl HubServer {
                         tracing::warn!(org = %device.org, van = %device.van, error = %e, "sync session ended with an error");
                     }
                 }
+                if let Some(f) = forward {
+                    f.abort();
+                }
+                tracing::info!(org = %device.org, van = %device.van, reason = %conn.close_reason().map(|r| r.to_string()).unwrap_or_default(), "van disconnected");
                 if let Some(list) = lock(&hub.live).get_mut(&device) {
-                    list.retain(|c| c.stable_id() != conn.stable_id());
+                    list.retain(|(_, c)| c.stable_id() != conn.stable_id());
                 }
             });
+        }
+        watcher.abort();
+    }
+
+    /// Refuses (closes) a connection whose certificate is revoked, or whose revocation
+    /// status cannot be read: a hub that cannot tell lets no one in.
+    fn refuse_if_revoked(&self, conn: &quinn::Connection, device: &DeviceId, fp: &str) -> bool {
+        match self.enroller.registry().is_revoked(fp) {
+            Ok(false) => false,
+            Ok(true) => {
+                tracing::warn!(org = %device.org, van = %device.van, "refused a revoked van");
+                conn.close(CLOSE_REVOKED.into(), b"this van's certificate was revoked");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not check revocation; refused the connection");
+                conn.close(CLOSE_UNAVAILABLE.into(), b"the hub cannot check certificates right now; try again");
+                true
+            }
         }
     }
 }
@@ -122,11 +240,10 @@ fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     conn.handshake_data()?.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
 }
 
-fn peer_device(conn: &quinn::Connection) -> Result<DeviceId, String> {
-    let identity = conn.peer_identity().ok_or("the peer presented no certificate")?;
-    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().map_err(|_| "unexpected peer identity")?;
-    let leaf = certs.first().ok_or("the peer presented no certificate")?;
-    device_of(leaf).map_err(|e| e.to_string())
+fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let identity = conn.peer_identity()?;
+    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().cloned()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

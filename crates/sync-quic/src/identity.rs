@@ -76,6 +76,19 @@ impl FleetCa {
         Ok(FleetCa { issuer: Issuer::new(params, key), cert })
     }
 
+    /// The CA's certificate and private key (PKCS#8), DER, for the hub to keep. The key is
+    /// the fleet's root of trust: store it encrypted and readable by the hub alone.
+    pub fn to_der(&self) -> (Vec<u8>, Vec<u8>) {
+        (self.cert.to_vec(), self.issuer.key().serialize_der())
+    }
+
+    /// A CA from what [`FleetCa::to_der`] returned.
+    pub fn from_der(cert: &[u8], key: &[u8]) -> Result<FleetCa, IdentityError> {
+        let cert = CertificateDer::from(cert.to_vec());
+        let key = KeyPair::try_from(key)?;
+        Ok(FleetCa { issuer: Issuer::from_ca_cert_der(&cert, key)?, cert })
+    }
+
     /// The CA certificate, which vans pin.
     pub fn certificate(&self) -> &CertificateDer<'static> {
         &self.cert

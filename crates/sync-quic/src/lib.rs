@@ -13,3 +13,4 @@ pub mod driver;
 pub mod enrol;
 pub mod hub;
 pub mod identity;
+pub mod registry;

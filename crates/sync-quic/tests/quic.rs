@@ -235,19 +235,23 @@ async fn a_revoked_van_is_cut_off_within_a_second_and_refused_after_while_others
     use sync_quic::enrol::Enroller;
     use sync_quic::hub::{CLOSE_REVOKED, HubServer};
     let f = fleet();
-    let enroller = std::sync::Arc::new(Enroller::new(f.ca.clone(), TimeDuration::days(90)));
+    use sync_quic::registry::{MemoryRegistry, Registry};
+    let registry = std::sync::Arc::new(MemoryRegistry::default());
+    let enroller = std::sync::Arc::new(Enroller::new(f.ca.clone(), registry.clone(), TimeDuration::days(90)));
     let hub = HubServer::new(hub_endpoint(&f), enroller);
     let addr = hub_endpoint_addr(&hub);
     let serving = hub.clone();
     tokio::spawn(async move { serving.serve(|_| Mem::default()).await });
 
     let (cert9, key9) = van_identity(&f.ca, "van-9", now() + TimeDuration::days(30));
+    let van9_id = DeviceId::new("org-north", "van-9").unwrap();
+    registry.record_certificate(&sync_quic::identity::fingerprint(&cert9), &van9_id, 0).unwrap();
     let van9 = van_endpoint(f.ca.certificate(), cert9, key9);
     let conn9 = van9.connect(addr, "hub.medvan.test").unwrap().await.unwrap();
     // Let the hub register the connection, then revoke van 9 (it was stolen).
     tokio::time::sleep(Duration::from_millis(200)).await;
     let start = std::time::Instant::now();
-    hub.revoke(&DeviceId::new("org-north", "van-9").unwrap());
+    assert_eq!(hub.revoke(&van9_id).unwrap(), 1);
     let reason = tokio::time::timeout(Duration::from_secs(1), conn9.closed())
         .await
         .expect("still connected a second after revocation");
@@ -278,14 +282,15 @@ async fn a_new_van_enrols_with_a_one_time_token_and_then_syncs() {
     use sync_quic::enrol::{EnrolError, Enroller, enrol};
     use sync_quic::hub::{CLOSE_NOT_A_VAN, HubServer};
     let f = fleet();
-    let enroller = std::sync::Arc::new(Enroller::new(f.ca.clone(), TimeDuration::days(90)));
+    let registry = std::sync::Arc::new(sync_quic::registry::MemoryRegistry::default());
+    let enroller = std::sync::Arc::new(Enroller::new(f.ca.clone(), registry, TimeDuration::days(90)));
     let hub = HubServer::new(hub_endpoint(&f), enroller.clone());
     let addr = hub.local_addr();
     let serving = hub.clone();
     tokio::spawn(async move { serving.serve(|_| Mem::default()).await });
 
     let device = DeviceId::new("org-north", "van-5").unwrap();
-    let token = enroller.issue(device.clone(), now().unix_timestamp() + 3600).encode();
+    let token = enroller.issue(device.clone(), now().unix_timestamp() + 3600).unwrap().encode();
     let enrolled = enrol(addr, "hub.medvan.test", &token).await.unwrap();
     assert_eq!(device_of(&enrolled.cert).unwrap(), device);
     assert_eq!(&enrolled.ca, f.ca.certificate());
@@ -299,7 +304,8 @@ async fn a_new_van_enrols_with_a_one_time_token_and_then_syncs() {
     let err = enrol(addr, "hub.medvan.test", &token).await.unwrap_err();
     assert!(matches!(&err, EnrolError::Refused(r) if r.contains("already used")), "{err}");
     // An expired token is refused.
-    let old = enroller.issue(DeviceId::new("org-north", "van-6").unwrap(), now().unix_timestamp() - 1).encode();
+    let old =
+        enroller.issue(DeviceId::new("org-north", "van-6").unwrap(), now().unix_timestamp() - 1).unwrap().encode();
     let err = enrol(addr, "hub.medvan.test", &old).await.unwrap_err();
     assert!(matches!(&err, EnrolError::Refused(r) if r.contains("expired")), "{err}");
     // A token naming another CA makes the van refuse this hub.
@@ -429,4 +435,62 @@ async fn a_20_mib_blob_cut_halfway_resumes_with_under_1_1_times_its_size_on_the_
     let wire = relay.bytes_carried();
     println!("20 MiB blob, cut after {held} bytes held: {wire} bytes on the wire = {:.3} x", wire as f64 / size as f64);
     assert!((wire as f64) < 1.1 * size as f64, "{wire} bytes on the wire for {size}");
+}
+
+#[tokio::test]
+async fn a_van_renews_its_certificate_before_expiry_and_a_revoked_one_cannot() {
+    use sync_quic::enrol::{EnrolError, Enroller, enrol, renew};
+    use sync_quic::hub::HubServer;
+    let f = fleet();
+    let registry = std::sync::Arc::new(sync_quic::registry::MemoryRegistry::default());
+    let enroller = std::sync::Arc::new(Enroller::new(f.ca.clone(), registry, TimeDuration::days(90)));
+    let hub = HubServer::new(hub_endpoint(&f), enroller.clone());
+    let addr = hub.local_addr();
+    let serving = hub.clone();
+    tokio::spawn(async move { serving.serve(|_| Mem::default()).await });
+
+    let device = DeviceId::new("org-north", "van-7").unwrap();
+    let token = enroller.issue(device.clone(), now().unix_timestamp() + 3600).unwrap().encode();
+    let first = enrol(addr, "hub.medvan.test", &token).await.unwrap();
+    let renewed = renew(addr, "hub.medvan.test", &first.ca, first.cert.clone(), first.key.clone_key()).await.unwrap();
+    assert_eq!(device_of(&renewed.cert).unwrap(), device);
+    assert_ne!(renewed.cert, first.cert, "a renewal issues a new certificate");
+    assert_ne!(renewed.key.secret_der(), first.key.secret_der(), "for a new key");
+    // The renewed identity syncs.
+    let van_ep = van_endpoint(&renewed.ca, renewed.cert.clone(), renewed.key.clone_key());
+    let mut van = Mem::default();
+    van.docs.insert(DocId([7; 16]), doc_with_notes(1));
+    connect_and_sync(&van_ep, addr, &mut van).await.unwrap();
+
+    // Once the van is revoked, none of its certificates renews.
+    assert_eq!(hub.revoke(&device).unwrap(), 2);
+    let err = renew(addr, "hub.medvan.test", &renewed.ca, renewed.cert, renewed.key).await.unwrap_err();
+    assert!(matches!(&err, EnrolError::Refused(r) if r.contains("revoked")), "{err}");
+    // A fresh token enrols it again (the van was recovered): the new certificate works.
+    let token = enroller.issue(device.clone(), now().unix_timestamp() + 3600).unwrap().encode();
+    let again = enrol(addr, "hub.medvan.test", &token).await.unwrap();
+    let van_ep = van_endpoint(&again.ca, again.cert, again.key);
+    connect_and_sync(&van_ep, addr, &mut van).await.unwrap();
+}
+
+#[test]
+fn a_token_redeemed_again_by_the_same_key_is_a_retry_and_by_another_key_is_refused() {
+    use sync_quic::enrol::{EnrolError, Enroller};
+    let f = fleet();
+    let registry = std::sync::Arc::new(sync_quic::registry::MemoryRegistry::default());
+    let enroller = Enroller::new(f.ca.clone(), registry, TimeDuration::days(90));
+    let device = DeviceId::new("org-north", "van-8").unwrap();
+    let token = enroller.issue(device.clone(), now().unix_timestamp() + 60).unwrap().encode();
+    let (_key, csr) = new_device_key().unwrap();
+    let a = enroller.redeem(&token, &csr, now()).unwrap();
+    // The answer was lost; the van asks again with the same request.
+    let b = enroller.redeem(&token, &csr, now()).unwrap();
+    assert_eq!(device_of(&a).unwrap(), device);
+    assert_eq!(device_of(&b).unwrap(), device);
+    // Someone else who copied the token gets nothing, even before it expires.
+    let (_other, other_csr) = new_device_key().unwrap();
+    assert_eq!(enroller.redeem(&token, &other_csr, now()).unwrap_err(), EnrolError::AlreadyUsed);
+    // A used token stays refused to other keys after it expires too.
+    let later = now() + TimeDuration::hours(2);
+    assert_eq!(enroller.redeem(&token, &other_csr, later).unwrap_err(), EnrolError::AlreadyUsed);
 }
