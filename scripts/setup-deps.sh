@@ -35,3 +35,24 @@ if [ "${rustc_minor:-0}" -lt 90 ]; then
   echo "setup-deps: $(rustc --version) is too old; Medvan needs Rust 1.90 or newer" >&2
   exit 1
 fi
+
+# The hub's storage tests run against PostgreSQL as well as SQLite. Machines of this kind
+# run a server on 127.0.0.1:5432; a machine without one gets Debian's, with the database
+# and password the tests use (MEDVAN_TEST_POSTGRES overrides the connection string).
+pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
+if [ -z "${MEDVAN_TEST_POSTGRES:-}" ] && ! pg_up; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup-deps: no PostgreSQL on 127.0.0.1:5432 and not root to install one; set MEDVAN_TEST_POSTGRES" >&2
+    exit 1
+  fi
+  echo "setup-deps: installing PostgreSQL for the hub's storage tests"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  cluster=$(pg_lsclusters -h | awk 'NR==1 {print $1" "$2}')
+  # shellcheck disable=SC2086
+  pg_ctlcluster $cluster start || true
+  for _ in $(seq 1 30); do pg_up && break; sleep 1; done
+  su postgres -c "psql -qc \"ALTER USER postgres PASSWORD 'postgres'\""
+  su postgres -c "psql -qtc \"SELECT 1 FROM pg_database WHERE datname = 'test'\" | grep -q 1 || createdb test"
+fi

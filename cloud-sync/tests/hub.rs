@@ -35,9 +35,110 @@ async fn the_openapi_document_is_served_and_lists_every_route() {
     let (status, doc) = get(&router, "/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(doc, serde_json::from_str::<serde_json::Value>(OPENAPI).unwrap());
-    for path in doc["paths"].as_object().unwrap().keys() {
-        let (status, _) = get(&router, path).await;
-        assert_ne!(status, StatusCode::NOT_FOUND, "{path}");
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let req = Request::builder().method(method.to_uppercase().as_str()).uri(path).body(Body::empty()).unwrap();
+            let status = router.clone().oneshot(req).await.unwrap().status();
+            assert_ne!(status, StatusCode::NOT_FOUND, "{method} {path}");
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+mod common;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctors_read_and_edit_their_organisations_cases_by_token_and_see_no_others() {
+    use case_model::{OrgId, UserId, VanId};
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let digest = |t: &str| hex::encode(sha2::Sha256::digest(t.as_bytes()));
+    let config = Config::parse(&format!(
+        "[hub]\ndata_dir = \"{}\"\n\n[[api_users]]\nuser = \"dr.ana\"\norg = \"org-north\"\ntoken_sha256 = \"{}\"\n\n\
+         [[api_users]]\nuser = \"dr.sam\"\norg = \"org-south\"\ntoken_sha256 = \"{}\"\n",
+        dir.path().display(),
+        digest("tok-north"),
+        digest("tok-south")
+    ))
+    .unwrap();
+    cloud_sync::fleet::init(&config).unwrap();
+    let hub = cloud_sync::fleet::Hub::open(&config).unwrap();
+    for org in ["org-north", "org-south"] {
+        hub.cases.create_org(&UserId::parse("admin").unwrap(), &OrgId::parse(org).unwrap(), org).unwrap();
+    }
+    // A van uploads a case.
+    let vdir = tempfile::tempdir().unwrap();
+    let key = vdir.path().join("k");
+    case_store::generate_key_file(&key).unwrap();
+    let mut sc = case_store::StoreConfig::new(vdir.path().join("d"), key, VanId::parse("van-1").unwrap());
+    sc.create_if_missing = true;
+    let store = case_store::Store::open(sc).unwrap();
+    let ctx = case_model::EditContext {
+        user: UserId::parse("ana").unwrap(),
+        now: case_model::Timestamp::from_unix_millis(1_800_000_000_000),
+    };
+    let case = store.create_case(&ctx, &OrgId::parse("org-north").unwrap()).unwrap().id;
+    let device = sync_quic::identity::DeviceId::new("org-north", "van-1").unwrap();
+    common::pump(
+        &mut edge_agent::sync::StoreReplica::new(store.clone(), "hub").unwrap(),
+        &mut hub.cases.replica_for(&device),
+    );
+
+    let router = app(HubState::open(&config).unwrap().with_cases(hub.cases.clone()));
+    let call = |method: &str, uri: String, token: Option<&str>, body: Option<serde_json::Value>| {
+        let router = router.clone();
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req.header("content-type", "application/json").body(Body::from(b.to_string())).unwrap(),
+            None => req.body(Body::empty()).unwrap(),
+        };
+        async move {
+            let resp = router.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default())
+        }
+    };
+    let (status, body) = call("GET", format!("/api/v1/cases/{case}"), None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
+    let (status, _) = call("GET", format!("/api/v1/cases/{case}"), Some("tok-wrong"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = call("GET", format!("/api/v1/cases/{case}"), Some("tok-north"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["id"], case.to_string());
+    // The other organisation's doctor cannot tell the case exists.
+    let (status, _) = call("GET", format!("/api/v1/cases/{case}"), Some("tok-south"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, list) = call("GET", "/api/v1/cases".into(), Some("tok-south"), None).await;
+    assert_eq!(list.as_array().unwrap().len(), 0);
+    let note = serde_json::json!({"edits": [{"op": "add_note", "text": "splint, x-ray on arrival"}]});
+    let (status, _) = call("POST", format!("/api/v1/cases/{case}/edits"), Some("tok-south"), Some(note.clone())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A bad edit is refused with a reason, and nothing is written.
+    let (status, body) = call(
+        "POST",
+        format!("/api/v1/cases/{case}/edits"),
+        Some("tok-north"),
+        Some(serde_json::json!({"edits": [{"op": "add_note"}]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = call("POST", format!("/api/v1/cases/{case}/edits"), Some("tok-north"), Some(note)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["notes"][0]["text"], "splint, x-ray on arrival");
+    assert_eq!(body["notes"][0]["by"], "dr.ana");
+    // The note reaches the van at its next sync.
+    common::pump(
+        &mut edge_agent::sync::StoreReplica::new(store.clone(), "hub").unwrap(),
+        &mut hub.cases.replica_for(&device),
+    );
+    assert_eq!(store.read_case(&ctx, case).unwrap().notes.len(), 1);
+    let trail = hub.storage.audit_of_case(&case.to_string()).unwrap();
+    assert!(trail.iter().any(|e| e.actor == "dr.sam" && e.outcome == audit::Outcome::Refused), "{trail:?}");
+    assert!(trail.iter().any(|e| e.actor == "dr.ana" && e.action == "case.edit"), "{trail:?}");
 }

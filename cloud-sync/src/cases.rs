@@ -1,0 +1,700 @@
+//! The hub's cases: what vans sync and doctors edit, above the storage interface.
+//!
+//! [`CaseHub`] owns the rules, so both storage backends follow them alike:
+//! - A case belongs to the organisation written in it and to the van that created it; a
+//!   fleet manager may assign it to other vans of the same organisation. A van syncs
+//!   exactly those cases ([`CaseHub::replica_for`]). Any other change a van sends is
+//!   refused, audited and logged, and the session goes on.
+//! - Changes from vans and edits by doctors are appended durably (and audited in the same
+//!   transaction) before they are acknowledged, then announced on [`CaseHub::changes`] so
+//!   that connected vans receive them at once.
+//! - Documents are cached in memory, keyed by their stored version: a hub process that
+//!   finds the version moved (another process appended) reloads before use, and an append
+//!   that loses the race is re-applied on top of the winner's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::{Automerge, ChangeHash, ReadDoc};
+use case_model::{CaseDoc, CaseId, CaseSummary, CaseView, Edit, EditContext, OrgId, Timestamp, UserId};
+use sha2::{Digest, Sha256};
+use sync_proto::{BlobState, CHUNK, DocId, Priority, RefusalReason, Replica, ReplicaRefusal};
+use sync_quic::identity::DeviceId;
+use tokio::sync::broadcast;
+
+use crate::storage::crypto::{self, Sealer};
+use crate::storage::{Append, CaseMeta, Storage, StorageError};
+
+/// Cases kept in memory at most (each is re-read from storage when needed again).
+const CACHE: usize = 2048;
+/// Appends after which a case is compacted into one saved document.
+const COMPACT_AFTER: usize = 64;
+/// The largest blob a van may upload.
+pub const MAX_BLOB: u64 = 4 << 30;
+
+/// Why a request on the hub's cases failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaseError {
+    /// No such case in the caller's organisation (whether it exists elsewhere is not said).
+    #[error("there is no case {0} in your organisation")]
+    NotFound(CaseId),
+    /// The edit was refused; nothing was written.
+    #[error("the edit was refused: {0}")]
+    Refused(#[from] case_model::BatchError),
+    /// A van name that cannot be one.
+    #[error("{0:?} is not a van name: use letters, digits, '.', '_' and '-'")]
+    BadVan(String),
+    /// Storage failed; nothing was written.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Stored bytes are not a case.
+    #[error("case {0} is damaged in storage: {1}")]
+    Damaged(String, String),
+}
+
+struct Slot {
+    meta: CaseMeta,
+    doc: CaseDoc,
+}
+
+/// The hub's cases.
+pub struct CaseHub {
+    storage: Arc<dyn Storage>,
+    sealer: Sealer,
+    cache: Mutex<HashMap<DocId, Arc<Mutex<Option<Slot>>>>>,
+    changes: broadcast::Sender<DocId>,
+    actor: automerge::ActorId,
+}
+
+impl std::fmt::Debug for CaseHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaseHub").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now() -> Timestamp {
+    let ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    Timestamp::from_unix_millis(ms)
+}
+
+fn record(actor: &str, action: &str, case: Option<DocId>, outcome: audit::Outcome, detail: String) -> audit::Record {
+    audit::Record {
+        at: now().unix_millis(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        case_id: case.map(|d| CaseId::from_bytes(d.0).to_string()),
+        outcome,
+        detail,
+    }
+}
+
+impl CaseHub {
+    /// The hub's cases over `storage`, sealing with `sealer`.
+    pub fn new(storage: Arc<dyn Storage>, sealer: Sealer) -> CaseHub {
+        let mut random = [0u8; 8];
+        rand::fill(&mut random);
+        CaseHub {
+            storage,
+            sealer,
+            cache: Mutex::new(HashMap::new()),
+            changes: broadcast::channel(4096).0,
+            actor: case_model::session_actor(b"medvhub\0", random),
+        }
+    }
+
+    /// The storage underneath.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// Cases changed on this hub, as they change: connected vans' sessions listen here.
+    pub fn changes(&self) -> broadcast::Sender<DocId> {
+        self.changes.clone()
+    }
+
+    /// A van's view of the hub's cases, for one sync connection.
+    pub fn replica_for(self: &Arc<Self>, device: &DeviceId) -> HubReplica {
+        HubReplica {
+            hub: self.clone(),
+            device: device.clone(),
+            peer: format!("van:{}/{}", device.org, device.van),
+            scratch: HashMap::new(),
+            pending: BTreeMap::new(),
+        }
+    }
+
+    fn slot(&self, doc: DocId) -> Arc<Mutex<Option<Slot>>> {
+        let mut cache = lock(&self.cache);
+        if cache.len() >= CACHE && !cache.contains_key(&doc) {
+            // Drop cases no one is using; they are read again from storage when needed.
+            cache.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        cache.entry(doc).or_default().clone()
+    }
+
+    /// Brings a slot up to date with storage: `None` if the case does not exist.
+    fn refresh(&self, doc: DocId, slot: &mut Option<Slot>) -> Result<(), CaseError> {
+        let Some(meta) = self.storage.case_meta(doc)? else {
+            *slot = None;
+            return Ok(());
+        };
+        if let Some(s) = slot.as_mut()
+            && s.meta.version == meta.version
+        {
+            s.meta = meta;
+            return Ok(());
+        }
+        let chunks = self.storage.case_chunks(doc)?;
+        let label = crypto::case_label(doc);
+        let mut am = Automerge::new();
+        let id = CaseId::from_bytes(doc.0).to_string();
+        for sealed in &chunks {
+            let plain = self.sealer.open(&label, sealed)?;
+            am.load_incremental(&plain).map_err(|e| CaseError::Damaged(id.clone(), e.to_string()))?;
+        }
+        let mut case = CaseDoc::from_automerge(am.with_actor(self.actor.clone()))
+            .map_err(|e| CaseError::Damaged(id.clone(), e.to_string()))?;
+        case.refresh_conflicts();
+        if chunks.len() > COMPACT_AFTER {
+            let sealed = self.sealer.seal(&label, &case.save());
+            // Losing this race to another writer only postpones compaction.
+            if let Err(e) = self.storage.compact_case(doc, meta.version, &sealed)
+                && !matches!(e, StorageError::Conflict)
+            {
+                tracing::warn!(case = %id, error = %e, "could not compact a case");
+            }
+        }
+        *slot = Some(Slot { meta, doc: case });
+        Ok(())
+    }
+
+    /// Appends the changes `slot`'s document gained since `before`, re-applying them on top
+    /// of another process's appends if it got there first.
+    fn persist(
+        &self,
+        doc: DocId,
+        slot: &mut Option<Slot>,
+        before: &[ChangeHash],
+        audit: &audit::Record,
+    ) -> Result<(), CaseError> {
+        let label = crypto::case_label(doc);
+        let s = slot.as_mut().expect("persist is called on a loaded case");
+        let mut bytes = s.doc.automerge_mut().save_after(before);
+        for _ in 0..8 {
+            let s = slot.as_mut().expect("persist is called on a loaded case");
+            let sealed = self.sealer.seal(&label, &bytes);
+            match self.storage.append_case(Append { doc, expected_version: s.meta.version, sealed: &sealed, audit }) {
+                Ok(version) => {
+                    s.meta.version = version;
+                    let _ = self.changes.send(doc);
+                    return Ok(());
+                }
+                Err(StorageError::Conflict) => {
+                    // Another hub process appended: reload, then apply ours on top.
+                    *slot = None;
+                    self.refresh(doc, slot)?;
+                    let s = slot.as_mut().ok_or(CaseError::NotFound(CaseId::from_bytes(doc.0)))?;
+                    let heads = s.doc.heads();
+                    let am = s.doc.automerge_mut();
+                    am.load_incremental(&bytes)
+                        .map_err(|e| CaseError::Damaged(CaseId::from_bytes(doc.0).to_string(), e.to_string()))?;
+                    bytes = am.save_after(&heads);
+                }
+                Err(e) => {
+                    // The in-memory document is ahead of storage: forget it.
+                    *slot = None;
+                    return Err(e.into());
+                }
+            }
+        }
+        *slot = None;
+        Err(StorageError::Conflict.into())
+    }
+
+    /// Creates an organisation.
+    pub fn create_org(&self, actor: &UserId, org: &OrgId, name: &str) -> Result<(), CaseError> {
+        self.storage.create_org(org.as_str(), name)?;
+        self.storage.audit(&record(actor.as_str(), "org.create", None, audit::Outcome::Allowed, org.to_string()))?;
+        Ok(())
+    }
+
+    /// Assigns a case of `org` to a van of the same organisation.
+    pub fn assign(&self, actor: &UserId, org: &OrgId, case: CaseId, van: &str) -> Result<(), CaseError> {
+        DeviceId::new(org.as_str(), van).map_err(|_| CaseError::BadVan(van.to_owned()))?;
+        let doc = DocId(*case.as_bytes());
+        match self.storage.case_meta(doc)? {
+            Some(meta) if meta.org == org.as_str() => {}
+            _ => return Err(CaseError::NotFound(case)),
+        }
+        let rec = record(actor.as_str(), "case.assign", Some(doc), audit::Outcome::Allowed, format!("to van {van}"));
+        self.storage.assign(doc, van, &rec)?;
+        let _ = self.changes.send(doc);
+        Ok(())
+    }
+
+    /// Runs `f` on a case of `org`, loaded and current.
+    fn with_case<T>(
+        &self,
+        org: &OrgId,
+        case: CaseId,
+        f: impl FnOnce(&mut Option<Slot>) -> Result<T, CaseError>,
+    ) -> Result<T, CaseError> {
+        let doc = DocId(*case.as_bytes());
+        let slot = self.slot(doc);
+        let mut slot = lock(&slot);
+        self.refresh(doc, &mut slot)?;
+        match slot.as_ref() {
+            Some(s) if s.meta.org == org.as_str() => f(&mut slot),
+            _ => Err(CaseError::NotFound(case)),
+        }
+    }
+
+    /// Reads a case (a doctor, an admin), audited.
+    pub fn read_case(&self, user: &UserId, org: &OrgId, case: CaseId) -> Result<CaseView, CaseError> {
+        let doc = DocId(*case.as_bytes());
+        let result = self.with_case(org, case, |slot| Ok(slot.as_ref().expect("checked").doc.view()));
+        self.audit_access(user, "case.read", doc, &result, String::new())?;
+        result
+    }
+
+    /// Writes edits into a case on behalf of a user of its organisation (a doctor's note),
+    /// durably and audited, and offers them to connected vans.
+    pub fn edit_case(
+        &self,
+        ctx: &EditContext,
+        org: &OrgId,
+        case: CaseId,
+        edits: &[Edit],
+    ) -> Result<CaseView, CaseError> {
+        let doc = DocId(*case.as_bytes());
+        let ops: Vec<&str> = edits.iter().map(Edit::name).collect();
+        let result = self.with_case(org, case, |slot| {
+            let s = slot.as_mut().expect("checked");
+            let before = s.doc.heads();
+            s.doc.apply(ctx, edits)?;
+            let rec = record(ctx.user.as_str(), "case.edit", Some(doc), audit::Outcome::Allowed, ops.join(","));
+            self.persist(doc, slot, &before, &rec)?;
+            Ok(slot.as_ref().expect("persisted").doc.view())
+        });
+        if result.is_err() {
+            self.audit_access(&ctx.user, "case.edit", doc, &result, ops.join(","))?;
+        }
+        result
+    }
+
+    /// Summaries of an organisation's cases, audited.
+    pub fn list_cases(&self, user: &UserId, org: &OrgId) -> Result<Vec<CaseSummary>, CaseError> {
+        let mut out = Vec::new();
+        for doc in self.storage.cases_of_org(org.as_str())? {
+            match self
+                .with_case(org, CaseId::from_bytes(doc.0), |slot| Ok(slot.as_ref().expect("checked").doc.summary()))
+            {
+                Ok(s) => out.push(s),
+                Err(CaseError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.storage.audit(&record(user.as_str(), "case.list", None, audit::Outcome::Allowed, org.to_string()))?;
+        Ok(out)
+    }
+
+    fn audit_access<T>(
+        &self,
+        user: &UserId,
+        action: &str,
+        doc: DocId,
+        result: &Result<T, CaseError>,
+        detail: String,
+    ) -> Result<(), CaseError> {
+        let (outcome, detail) = match result {
+            Ok(_) => (audit::Outcome::Allowed, detail),
+            Err(e) => (audit::Outcome::Refused, format!("{detail} {e}").trim().to_owned()),
+        };
+        if action == "case.edit" && outcome == audit::Outcome::Allowed {
+            return Ok(());
+        }
+        self.storage.audit(&record(user.as_str(), action, Some(doc), outcome, detail))?;
+        Ok(())
+    }
+}
+
+/// One van's view of the hub's cases, for the sync protocol: the cases it may sync, and
+/// nothing else, in either direction.
+pub struct HubReplica {
+    hub: Arc<CaseHub>,
+    device: DeviceId,
+    peer: String,
+    /// Documents the van offered that the hub does not hold yet: kept per connection until
+    /// they arrive whole and are checked, so nothing unchecked is ever shared.
+    scratch: HashMap<DocId, Automerge>,
+    pending: BTreeMap<DocId, Vec<u8>>,
+}
+
+impl std::fmt::Debug for HubReplica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubReplica").field("peer", &self.peer).finish_non_exhaustive()
+    }
+}
+
+fn refuse(reason: RefusalReason, detail: impl Into<String>) -> ReplicaRefusal {
+    ReplicaRefusal { reason, detail: detail.into() }
+}
+
+impl HubReplica {
+    fn entitled(&self, meta: &CaseMeta) -> bool {
+        meta.entitles(&self.device.org, &self.device.van)
+    }
+
+    fn refused(&self, doc: DocId, why: &str) -> ReplicaRefusal {
+        tracing::warn!(van = %self.peer, case = %CaseId::from_bytes(doc.0), reason = why, "refused a van's changes");
+        let rec = record(&self.peer, "case.sync", Some(doc), audit::Outcome::Refused, why.to_owned());
+        if let Err(e) = self.hub.storage.audit(&rec) {
+            tracing::error!(error = %e, "could not audit a refusal");
+        }
+        refuse(RefusalReason::NotAuthorised, why)
+    }
+
+    fn unavailable(&self, doc: DocId, e: &CaseError) -> ReplicaRefusal {
+        tracing::error!(van = %self.peer, case = %CaseId::from_bytes(doc.0), error = %e, "could not store a van's changes");
+        refuse(RefusalReason::Malformed, format!("the hub could not store this case now ({e}); it is sent again later"))
+    }
+
+    /// Receives changes to a case the hub already holds.
+    fn receive_known(
+        &mut self,
+        doc: DocId,
+        slot: &mut Option<Slot>,
+        state: &mut sync::State,
+        msg: sync::Message,
+    ) -> Result<(), ReplicaRefusal> {
+        let s = slot.as_mut().expect("known");
+        if !self.entitled(&s.meta) {
+            let why = if s.meta.org != self.device.org {
+                "this case belongs to another organisation"
+            } else {
+                "this case was neither created by this van nor assigned to it"
+            };
+            return Err(self.refused(doc, why));
+        }
+        let before = s.doc.heads();
+        let mut trial = state.clone();
+        let changes = msg.changes.len();
+        if let Err(e) = s.doc.automerge_mut().receive_sync_message(&mut trial, msg) {
+            *slot = None;
+            return Err(refuse(RefusalReason::Malformed, format!("the sync message could not be applied: {e}")));
+        }
+        if s.doc.heads() != before {
+            if !s.doc.identity_unchanged() {
+                *slot = None;
+                return Err(self.refused(doc, "the changes rewrite the case's identity or organisation"));
+            }
+            let rec = record(
+                &self.peer,
+                "case.sync",
+                Some(doc),
+                audit::Outcome::Allowed,
+                format!("{changes} change chunk(s) received"),
+            );
+            if let Err(e) = self.hub.persist(doc, slot, &before, &rec) {
+                return Err(self.unavailable(doc, &e));
+            }
+        }
+        *state = trial;
+        Ok(())
+    }
+
+    /// Receives a case the hub does not hold yet: it becomes the hub's once it arrives whole
+    /// and names this van's organisation and this van.
+    fn receive_new(
+        &mut self,
+        doc: DocId,
+        slot: &mut Option<Slot>,
+        state: &mut sync::State,
+        msg: sync::Message,
+    ) -> Result<(), ReplicaRefusal> {
+        let mut trial = state.clone();
+        let scratch = self.scratch.entry(doc).or_default();
+        if let Err(e) = scratch.receive_sync_message(&mut trial, msg) {
+            self.scratch.remove(&doc);
+            return Err(refuse(RefusalReason::Malformed, format!("the sync message could not be applied: {e}")));
+        }
+        if scratch.get_heads().is_empty() || !scratch.get_missing_deps(&[]).is_empty() {
+            // Nothing yet, or not all of it: wait for the rest.
+            *state = trial;
+            return Ok(());
+        }
+        let am = self.scratch.remove(&doc).expect("present").with_actor(self.hub.actor.clone());
+        let case = match CaseDoc::from_automerge(am) {
+            Ok(c) => c,
+            Err(e) => return Err(refuse(RefusalReason::Malformed, format!("this is not a Medvan case: {e}"))),
+        };
+        if case.id().as_bytes() != &doc.0 {
+            return Err(self.refused(doc, "the document's case id differs from the id it was sent under"));
+        }
+        if case.org().as_str() != self.device.org {
+            return Err(self.refused(doc, "the case names another organisation than this van's"));
+        }
+        if case.van().as_str() != self.device.van {
+            return Err(self.refused(doc, "the case names another van as its creator"));
+        }
+        let sealed = self.hub.sealer.seal(&crypto::case_label(doc), &case.save());
+        let rec = record(&self.peer, "case.create", Some(doc), audit::Outcome::Allowed, "received from the van".into());
+        let append = Append { doc, expected_version: 0, sealed: &sealed, audit: &rec };
+        match self.hub.storage.insert_case(&self.device.org, &self.device.van, append) {
+            Ok(version) => {
+                let meta = CaseMeta {
+                    org: self.device.org.clone(),
+                    creator: self.device.van.clone(),
+                    assigned: vec![],
+                    version,
+                };
+                *slot = Some(Slot { meta, doc: case });
+                let _ = self.hub.changes.send(doc);
+                *state = trial;
+                Ok(())
+            }
+            Err(StorageError::Conflict) => {
+                // Created meanwhile (the same van on a second connection, or another hub
+                // process): apply as changes to the stored case.
+                *slot = None;
+                Err(refuse(RefusalReason::Malformed, "the case was created concurrently; it is sent again"))
+            }
+            Err(StorageError::NoSuchOrg(o)) => {
+                Err(self.refused(doc, &format!("organisation {o} does not exist on this hub")))
+            }
+            Err(e) => Err(self.unavailable(doc, &CaseError::Storage(e))),
+        }
+    }
+
+    /// Blobs referenced by the cases this van may sync, with their priorities.
+    fn referenced_blobs(&self) -> Vec<([u8; 32], Priority)> {
+        let mut out = Vec::new();
+        for doc in self.scope() {
+            let slot = self.hub.slot(doc);
+            let mut slot = lock(&slot);
+            if self.hub.refresh(doc, &mut slot).is_err() {
+                continue;
+            }
+            let Some(s) = slot.as_ref() else { continue };
+            for item in s.doc.view().attachments {
+                let sha = item.get("sha256").and_then(|v| v.as_str()).and_then(|h| hex::decode(h).ok());
+                let Some(sha) = sha.and_then(|b| <[u8; 32]>::try_from(b).ok()) else { continue };
+                let priority = match item.get("kind").and_then(|v| v.as_str()) {
+                    Some("xray_preview") => Priority::Preview,
+                    Some("video_segment") => Priority::Video,
+                    _ => Priority::FullImage,
+                };
+                out.push((sha, priority));
+            }
+        }
+        out
+    }
+}
+
+impl Replica for HubReplica {
+    fn scope(&self) -> Vec<DocId> {
+        match self.hub.storage.cases_for_van(&self.device.org, &self.device.van) {
+            Ok(docs) => docs,
+            Err(e) => {
+                tracing::error!(van = %self.peer, error = %e, "sync: could not list the van's cases");
+                Vec::new()
+            }
+        }
+    }
+
+    fn heads(&self, doc: DocId) -> Vec<ChangeHash> {
+        let slot = self.hub.slot(doc);
+        let mut slot = lock(&slot);
+        if self.hub.refresh(doc, &mut slot).is_err() {
+            return Vec::new();
+        }
+        let mut heads = match slot.as_ref() {
+            Some(s) if self.entitled(&s.meta) => s.doc.heads(),
+            Some(_) => Vec::new(),
+            None => self.scratch.get(&doc).map(|d| d.get_heads()).unwrap_or_default(),
+        };
+        heads.sort();
+        heads
+    }
+
+    fn priority(&self, _doc: DocId) -> Priority {
+        Priority::Case
+    }
+
+    fn sync_state(&mut self, doc: DocId) -> sync::State {
+        let sealed = match self.pending.get(&doc) {
+            Some(s) => return sync::State::decode(s).unwrap_or_default(),
+            None => self.hub.storage.sync_state(&self.peer, doc).ok().flatten(),
+        };
+        sealed
+            .and_then(|s| self.hub.sealer.open(&crypto::sync_label(&self.peer, doc), &s).ok())
+            .and_then(|b| sync::State::decode(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_sync_state(&mut self, doc: DocId, state: &sync::State) {
+        self.pending.insert(doc, state.encode());
+    }
+
+    fn flush(&mut self) {
+        let states: Vec<(DocId, Vec<u8>)> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|(doc, s)| (doc, self.hub.sealer.seal(&crypto::sync_label(&self.peer, doc), &s)))
+            .collect();
+        if let Err(e) = self.hub.storage.save_sync_states(&self.peer, &states) {
+            tracing::warn!(van = %self.peer, error = %e, "sync: could not save sync states; the next sync resends more");
+        }
+    }
+
+    fn generate(&mut self, doc: DocId, state: &mut sync::State) -> Option<sync::Message> {
+        let slot = self.hub.slot(doc);
+        let mut slot = lock(&slot);
+        if let Err(e) = self.hub.refresh(doc, &mut slot) {
+            tracing::error!(case = %CaseId::from_bytes(doc.0), error = %e, "sync: could not load a case");
+            return None;
+        }
+        match slot.as_ref() {
+            Some(s) if self.entitled(&s.meta) => {
+                let msg = s.doc.automerge().generate_sync_message(state)?;
+                if !msg.changes.is_empty() {
+                    let rec = record(&self.peer, "case.sync_send", Some(doc), audit::Outcome::Allowed, String::new());
+                    if let Err(e) = self.hub.storage.audit(&rec) {
+                        // Nothing leaves unaudited.
+                        tracing::error!(error = %e, "could not audit a send; not sent");
+                        return None;
+                    }
+                }
+                Some(msg)
+            }
+            // Never send anything of a case the van may not have.
+            Some(_) => None,
+            None => self.scratch.entry(doc).or_default().generate_sync_message(state),
+        }
+    }
+
+    fn receive(&mut self, doc: DocId, state: &mut sync::State, msg: sync::Message) -> Result<(), ReplicaRefusal> {
+        let slot = self.hub.slot(doc);
+        let mut slot = lock(&slot);
+        if let Err(e) = self.hub.refresh(doc, &mut slot) {
+            return Err(self.unavailable(doc, &e));
+        }
+        if slot.is_some() {
+            self.receive_known(doc, &mut slot, state, msg)
+        } else {
+            self.receive_new(doc, &mut slot, state, msg)
+        }
+    }
+
+    fn accepts_blob(&self, _sha256: &[u8; 32], size: u64) -> bool {
+        // Blobs are content-addressed and sealed; reading one needs a case that refers to it
+        // and that the reader may see. An upload may arrive before the case that refers to it.
+        size <= MAX_BLOB
+    }
+
+    fn blobs(&self) -> Vec<([u8; 32], u64, Priority)> {
+        let mut out = Vec::new();
+        for (sha, priority) in self.referenced_blobs() {
+            if let Ok(BlobState::Complete) = self.hub.storage.blob_state(&sha)
+                && let Some(size) = blob_size(&self.hub, &sha)
+            {
+                out.push((sha, size, priority));
+            }
+        }
+        out.sort();
+        out.dedup_by_key(|b| b.0);
+        out
+    }
+
+    fn blob_state(&self, sha256: &[u8; 32]) -> BlobState {
+        self.hub.storage.blob_state(sha256).unwrap_or(BlobState::Missing)
+    }
+
+    fn read_blob(&mut self, sha256: &[u8; 32], offset: u64, len: u64) -> Result<Vec<u8>, ReplicaRefusal> {
+        read_blob(&self.hub, sha256, offset, len).map_err(|e| refuse(RefusalReason::Malformed, e.to_string()))
+    }
+
+    fn write_blob(&mut self, sha256: &[u8; 32], offset: u64, data: &[u8]) -> Result<(), ReplicaRefusal> {
+        if !offset.is_multiple_of(CHUNK) || data.len() as u64 > CHUNK {
+            return Err(refuse(RefusalReason::Malformed, format!("blob bytes at {offset} are not a whole chunk")));
+        }
+        let index = offset / CHUNK;
+        let sealed = self.hub.sealer.seal_chunk(sha256, index, data);
+        self.hub
+            .storage
+            .put_blob_chunk(sha256, index, data.len() as u64, &sealed)
+            .map_err(|e| refuse(RefusalReason::Malformed, e.to_string()))
+    }
+
+    fn finish_blob(&mut self, sha256: &[u8; 32], size: u64) -> Result<(), ReplicaRefusal> {
+        let result = (|| -> Result<(), StorageError> {
+            let mut hasher = Sha256::new();
+            let mut offset = 0;
+            while offset < size {
+                let len = CHUNK.min(size - offset);
+                hasher.update(read_blob_any(&self.hub, sha256, offset, len)?);
+                offset += len;
+            }
+            if <[u8; 32]>::from(hasher.finalize()) != *sha256 {
+                self.hub.storage.drop_blob(sha256)?;
+                return Err(StorageError::BlobMismatch(hex::encode(sha256)));
+            }
+            self.hub.storage.complete_blob(sha256, size)
+        })();
+        match result {
+            Ok(()) => {
+                let rec = record(&self.peer, "blob.receive", None, audit::Outcome::Allowed, hex::encode(sha256));
+                let _ = self.hub.storage.audit(&rec);
+                Ok(())
+            }
+            Err(e) => Err(refuse(RefusalReason::Malformed, e.to_string())),
+        }
+    }
+}
+
+fn blob_size(hub: &CaseHub, sha: &[u8; 32]) -> Option<u64> {
+    // Complete blobs hold all their bytes; the size is what the chunks add up to.
+    let mut size = 0u64;
+    let mut index = 0u64;
+    while let Ok(Some(sealed)) = hub.storage.blob_chunk(sha, index) {
+        size += sealed.len().checked_sub(16)? as u64;
+        index += 1;
+    }
+    Some(size)
+}
+
+/// Reads bytes of a complete blob.
+pub fn read_blob(hub: &CaseHub, sha: &[u8; 32], offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {
+    if hub.storage.blob_state(sha)? != BlobState::Complete {
+        return Err(StorageError::BlobMismatch(hex::encode(sha)));
+    }
+    read_blob_any(hub, sha, offset, len)
+}
+
+fn read_blob_any(hub: &CaseHub, sha: &[u8; 32], offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {
+    let mut out = Vec::with_capacity(len as usize);
+    let mut pos = offset;
+    while pos < offset + len {
+        let index = pos / CHUNK;
+        let sealed = hub.storage.blob_chunk(sha, index)?.ok_or_else(|| StorageError::BlobOffset {
+            sha: hex::encode(sha),
+            offset: pos,
+            held: index * CHUNK,
+        })?;
+        let plain = hub.sealer.open_chunk(sha, index, &sealed)?;
+        let start = (pos - index * CHUNK) as usize;
+        let end = plain.len().min(start + (offset + len - pos) as usize);
+        if start >= end {
+            break;
+        }
+        out.extend_from_slice(&plain[start..end]);
+        pos += (end - start) as u64;
+    }
+    Ok(out)
+}

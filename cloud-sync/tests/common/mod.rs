@@ -1,0 +1,38 @@
+//! Helpers shared by the hub's tests.
+
+use sync_proto::frame::{Decoder, encode};
+use sync_proto::{Event, Replica, Role, Session};
+
+/// One van-hub connection in memory, through real frames, run until both sides are quiet;
+/// returns the van's events and the number of messages.
+pub(crate) fn pump(vr: &mut impl Replica, hr: &mut impl Replica) -> (Vec<Event>, usize) {
+    let (mut vs, mut hs) = (Session::new(Role::Van), Session::new(Role::Hub));
+    let (mut vd, mut hd) = (Decoder::default(), Decoder::default());
+    vs.start(vr);
+    let mut messages = 0;
+    loop {
+        let mut moved = false;
+        while let Some(m) = vs.poll_transmit(vr) {
+            hd.push(&encode(&m));
+            messages += 1;
+            moved = true;
+        }
+        while let Some(m) = hd.next_message().unwrap() {
+            hs.handle(m, hr).unwrap();
+        }
+        while let Some(m) = hs.poll_transmit(hr) {
+            vd.push(&encode(&m));
+            messages += 1;
+            moved = true;
+        }
+        while let Some(m) = vd.next_message().unwrap() {
+            vs.handle(m, vr).unwrap();
+        }
+        if !moved {
+            break;
+        }
+    }
+    vr.flush();
+    hr.flush();
+    (std::iter::from_fn(|| vs.poll_event()).collect(), messages)
+}
