@@ -20,10 +20,26 @@ hub_port=${MEDVAN_HUB_PORT:-8720}
 agent_port=${MEDVAN_AGENT_PORT:-8710}
 [ -f "$state/store.key" ] || target/release/edge-agent gen-key "$state/store.key" >/dev/null
 
+sync_port=${MEDVAN_SYNC_PORT:-8721}
+doctor_token_file="$state/doctor.token"
+if [ ! -f "$doctor_token_file" ]; then
+  (umask 077; target/release/medvan-hub api-token dr.osei org-north | sed -n 's/^token[^:]*: //p' > "$doctor_token_file")
+fi
+doctor_token=$(cat "$doctor_token_file")
+doctor_digest=$(printf '%s' "$doctor_token" | sha256sum | cut -d' ' -f1)
+
 cat > "$state/hub.toml" <<TOML
 [hub]
 listen = "127.0.0.1:$hub_port"
+sync_listen = "127.0.0.1:$sync_port"
+server_name = "hub.medvan.local"
 data_dir = "$state/hub"
+key_file = "$state/hub.key"
+
+[[api_users]]
+user = "dr.osei"
+org = "org-north"
+token_sha256 = "$doctor_digest"
 TOML
 cat > "$state/agent.toml" <<TOML
 [agent]
@@ -34,10 +50,14 @@ key_file = "$state/store.key"
 listen = "127.0.0.1:$agent_port"
 
 [hub]
-address = "127.0.0.1:4433"
+address = "127.0.0.1:$sync_port"
+server_name = "hub.medvan.local"
 identity_dir = "$state/van-12-identity"
 TOML
 
+hub() { target/release/medvan-hub --config "$state/hub.toml" "$@"; }
+hub init >/dev/null
+hub org list | grep -q '^org-north' || hub org create org-north --name "North EMS" >/dev/null
 [ -f "$state/van-12/store.id" ] || target/release/edge-agent init-store --config "$state/agent.toml"
 
 pids=()
@@ -46,12 +66,6 @@ cleanup() {
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
-
-target/release/medvan-hub run --config "$state/hub.toml" &
-pids+=($!)
-target/release/edge-agent run --config "$state/agent.toml" &
-pids+=($!)
-
 wait_for() {
   for _ in $(seq 1 100); do
     curl -fsS "$1" >/dev/null 2>&1 && return 0
@@ -60,18 +74,33 @@ wait_for() {
   echo "run: $1 did not come up" >&2
   return 1
 }
+
+# Started directly, not through the function, so that $! is the hub itself.
+target/release/medvan-hub --config "$state/hub.toml" run &
+pids+=($!)
 wait_for "http://127.0.0.1:$hub_port/health"
+if [ ! -f "$state/van-12-identity/device.der" ]; then
+  token=$(hub van token org-north van-12 --valid-hours 1)
+  target/release/edge-agent enrol --config "$state/agent.toml" --token "$token"
+fi
+target/release/edge-agent run --config "$state/agent.toml" &
+pids+=($!)
+
 wait_for "http://127.0.0.1:$agent_port/health"
 
 cat <<TXT
 
-Medvan is running.
+Medvan is running: a hub and van-12 of org-north, enrolled and syncing over QUIC.
   hub:  http://127.0.0.1:$hub_port/health     (API description: /openapi.json)
+        vans sync on udp 127.0.0.1:$sync_port
   van:  http://127.0.0.1:$agent_port/health     (API description: /openapi.json)
+        sync status: http://127.0.0.1:$agent_port/api/v1/sync
 
 Try the van's case API (the acting user goes in X-Medvan-User until crew login lands):
   curl -s -X POST -H 'X-Medvan-User: ana' http://127.0.0.1:$agent_port/api/v1/cases
   curl -s -H 'X-Medvan-User: ana' http://127.0.0.1:$agent_port/api/v1/cases
+and the doctor's view of the same cases at the hub:
+  curl -s -H "Authorization: Bearer \$(cat $doctor_token_file)" http://127.0.0.1:$hub_port/api/v1/cases
 State (keys, databases) is in $state. Ctrl-C stops both.
 TXT
 
@@ -83,6 +112,25 @@ if $smoke; then
   curl -fsS -H 'X-Medvan-User: ana' "$api/cases/$id" | grep -q '"heart_rate":92'
   curl -fsS -H 'X-Medvan-User: ana' "$api/audit/verify" | grep -q '"intact":true'
   echo "smoke: case $id created, edited, read back, audit chain intact"
+  # The case reaches the hub over QUIC without anyone pressing sync...
+  hubapi="http://127.0.0.1:$hub_port/api/v1"
+  auth="Authorization: Bearer $doctor_token"
+  for _ in $(seq 1 100); do
+    curl -fsS -H "$auth" "$hubapi/cases/$id" 2>/dev/null | grep -q '"heart_rate":92' && break
+    sleep 0.1
+  done
+  curl -fsS -H "$auth" "$hubapi/cases/$id" | grep -q '"heart_rate":92'
+  echo "smoke: the case reached the hub"
+  # ...and the doctor's note comes back to the van.
+  curl -fsS -X POST -H "$auth" -H 'Content-Type: application/json' \
+    -d '{"edits":[{"op":"add_note","text":"splint and x-ray on arrival"}]}' "$hubapi/cases/$id/edits" >/dev/null
+  for _ in $(seq 1 100); do
+    curl -fsS -H 'X-Medvan-User: ana' "$api/cases/$id" | grep -q 'splint and x-ray' && break
+    sleep 0.1
+  done
+  curl -fsS -H 'X-Medvan-User: ana' "$api/cases/$id" | grep -q 'splint and x-ray'
+  echo "smoke: the doctor's note reached the van"
+  hub verify-audit
   exit 0
 fi
 wait

@@ -130,27 +130,31 @@ fn audit_admin(hub: &cloud_sync::fleet::Hub, action: &str, detail: String) -> an
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::ExampleConfig = cli.command {
-        print!("{}", cloud_sync::config::EXAMPLE);
-        return Ok(());
-    }
-    let config = cloud_sync::config::Config::load(&cli.config)?;
-    match cli.command {
-        Command::ExampleConfig => unreachable!("handled above"),
-        Command::Init => {
-            let fp = cloud_sync::fleet::init(&config)?;
-            println!("fleet CA fingerprint: {fp}");
-            Ok(())
+    // These need no config.
+    match &cli.command {
+        Command::ExampleConfig => {
+            print!("{}", cloud_sync::config::EXAMPLE);
+            return Ok(());
         }
         Command::ApiToken { user, org } => {
-            UserId::parse(&user)?;
-            OrgId::parse(&org)?;
+            UserId::parse(user)?;
+            OrgId::parse(org)?;
             let mut secret = [0u8; 32];
             rand::fill(&mut secret);
             let token = format!("mvh_{}", hex::encode(secret));
             let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
             println!("token (give it to the user; it is not stored): {token}");
             println!("\n[[api_users]]\nuser = \"{user}\"\norg = \"{org}\"\ntoken_sha256 = \"{digest}\"");
+            return Ok(());
+        }
+        _ => {}
+    }
+    let config = cloud_sync::config::Config::load(&cli.config)?;
+    match cli.command {
+        Command::ExampleConfig | Command::ApiToken { .. } => unreachable!("handled above"),
+        Command::Init => {
+            let fp = cloud_sync::fleet::init(&config)?;
+            println!("fleet CA fingerprint: {fp}");
             Ok(())
         }
         Command::VerifyAudit => {
