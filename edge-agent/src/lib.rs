@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod config;
+pub mod identity;
 pub mod sync;
 
 use std::future::Future;
@@ -51,46 +52,23 @@ pub async fn enrol(config: &config::Config, token: &str) -> anyhow::Result<()> {
         .next()
         .with_context(|| format!("the hub address {} resolves to nothing", hub.address))?;
     let enrolled = sync_quic::enrol::enrol(addr, &hub.server_name(), token).await.context("Failed to enrol")?;
-    let dir = &hub.identity_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("Failed to create {}", dir.display()))?;
-    write_private(&dir.join("device.key"), enrolled.key.secret_der())?;
-    write_private(&dir.join("device.der"), enrolled.cert.as_ref())?;
-    write_private(&dir.join("ca.der"), enrolled.ca.as_ref())?;
-    Ok(())
-}
-
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("Failed to write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("Failed to write {}", path.display()))?;
-    Ok(())
+    identity::store(&hub.identity_dir, &identity::Identity { ca: enrolled.ca, cert: enrolled.cert, key: enrolled.key })
 }
 
 /// Starts background sync if the config names a hub and the van is enrolled.
 pub async fn start_sync(config: &config::Config, store: &Store) -> anyhow::Result<sync::SyncHandle> {
     let Some(hub) = &config.hub else { return Ok(sync::SyncHandle::not_configured()) };
     let dir = &hub.identity_dir;
-    let read = |name: &str| std::fs::read(dir.join(name));
-    let (Ok(ca), Ok(cert), Ok(key)) = (read("ca.der"), read("device.der"), read("device.key")) else {
+    let Some(identity) = identity::load(dir)? else {
         tracing::warn!(dir = %dir.display(), "this van is not enrolled: sync is off until `edge-agent enrol --token ...`");
         return Ok(sync::SyncHandle::not_configured());
     };
     let settings = sync::SyncSettings {
         address: hub.address.clone(),
         server_name: hub.server_name(),
-        ca: ca.into(),
-        cert: cert.into(),
-        key: rustls::pki_types::PrivatePkcs8KeyDer::from(key).into(),
+        identity,
+        identity_dir: Some(dir.clone()),
+        renew_below: None,
         liveness: Default::default(),
     };
     sync::spawn(store.clone(), settings)

@@ -116,7 +116,8 @@ impl Replica for StoreReplica {
 /// What the touchscreen shows about sync.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SyncStatus {
-    /// `not_configured`, `connecting`, `offline`, `syncing` or `up_to_date`.
+    /// `not_configured`, `connecting`, `offline`, `syncing`, `up_to_date` or
+    /// `certificate_expired` (re-enrol; `last_error` says how).
     pub state: &'static str,
     /// The hub's address.
     pub hub: Option<String>,
@@ -138,12 +139,13 @@ pub struct SyncSettings {
     pub address: String,
     /// The name in the hub's certificate.
     pub server_name: String,
-    /// The fleet CA (pinned).
-    pub ca: rustls::pki_types::CertificateDer<'static>,
-    /// This van's certificate.
-    pub cert: rustls::pki_types::CertificateDer<'static>,
-    /// This van's key.
-    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+    /// The van's certificate, key and pinned CA.
+    pub identity: crate::identity::Identity,
+    /// Where the identity lives: renewals are written there, and a re-enrolment written
+    /// there while the agent runs is picked up. `None` keeps renewals in memory (tests).
+    pub identity_dir: Option<std::path::PathBuf>,
+    /// Renew the certificate when less than this remains; `None`: a third of its lifetime.
+    pub renew_below: Option<std::time::Duration>,
     /// How fast a dead link is noticed.
     pub liveness: sync_quic::driver::Liveness,
 }
@@ -185,7 +187,9 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Starts syncing in the background: connects whenever the hub is reachable, backs off
 /// (1 s doubling to 60 s) while it is not, and offers every local change as it happens.
-/// No one ever has to press "sync".
+/// No one ever has to press "sync". The certificate is renewed before it expires; a van
+/// whose certificate lapsed says so and waits for a re-enrolment, which it picks up
+/// without a restart.
 pub fn spawn(store: Store, settings: SyncSettings) -> anyhow::Result<SyncHandle> {
     let handle = SyncHandle::not_configured();
     lock(&handle.status).state = "connecting";
@@ -196,39 +200,146 @@ pub fn spawn(store: Store, settings: SyncSettings) -> anyhow::Result<SyncHandle>
         lock(&pending).insert(id);
         let _ = tx.send(DocId(*id.as_bytes()));
     });
-    let client = sync_quic::driver::client_config(
-        &settings.ca,
-        settings.cert.clone(),
-        settings.key.clone_key(),
-        settings.liveness,
-    )?;
     // One socket for both families, where the OS allows it; IPv4 otherwise.
     let v6: std::net::SocketAddr = "[::]:0".parse()?;
     let v4: std::net::SocketAddr = "0.0.0.0:0".parse()?;
     let mut endpoint = quinn::Endpoint::client(v6).or_else(|_| quinn::Endpoint::client(v4))?;
-    endpoint.set_default_client_config(client);
+    endpoint.set_default_client_config(client(&settings)?);
     let out = handle.clone();
+    let mut settings = settings;
     tokio::spawn(async move {
         let mut backoff = std::time::Duration::from_secs(1);
         loop {
-            lock(&out.status).state = "connecting";
-            let result = session(&store, &endpoint, &settings, &mut rx, &out).await;
-            let connected = matches!(result, Ok(true));
-            {
-                let mut s = lock(&out.status);
-                s.state = "offline";
-                if let Err(e) = &result {
-                    s.last_error = Some(e.to_string());
+            match check_identity(&mut settings, &mut endpoint, &out).await {
+                IdentityState::Usable { renew_in } => {
+                    lock(&out.status).state = "connecting";
+                    // A session still open when renewal is due is ended then, to renew.
+                    let result = tokio::select! {
+                        r = session(&store, &endpoint, &settings, &mut rx, &out) => r,
+                        _ = tokio::time::sleep(renew_in) => Ok(true),
+                    };
+                    let connected = matches!(result, Ok(true));
+                    {
+                        let mut s = lock(&out.status);
+                        s.state = "offline";
+                        if let Err(e) = &result {
+                            s.last_error = Some(e.to_string());
+                        }
+                    }
+                    if connected {
+                        backoff = std::time::Duration::from_secs(1);
+                    }
                 }
-            }
-            if connected {
-                backoff = std::time::Duration::from_secs(1);
+                IdentityState::Lapsed => {
+                    // Nothing to try with the hub; look for a re-enrolment again soon.
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    continue;
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(std::time::Duration::from_secs(60));
         }
     });
     Ok(handle)
+}
+
+fn client(settings: &SyncSettings) -> anyhow::Result<quinn::ClientConfig> {
+    let id = &settings.identity;
+    Ok(sync_quic::driver::client_config(&id.ca, id.cert.clone(), id.key.clone_key(), settings.liveness)?)
+}
+
+enum IdentityState {
+    /// Connect; renew after this long.
+    Usable { renew_in: std::time::Duration },
+    /// The certificate expired: only a new enrolment helps.
+    Lapsed,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// When to renew a certificate valid between the two times (unix seconds).
+fn renew_at(settings: &SyncSettings, not_before: i64, not_after: i64) -> i64 {
+    let below = settings.renew_below.map(|d| d.as_secs() as i64).unwrap_or((not_after - not_before) / 3);
+    not_after - below
+}
+
+/// Picks up an identity written by `edge-agent enrol` while the agent runs, renews the
+/// certificate when its time has come, and says whether it can be used.
+async fn check_identity(
+    settings: &mut SyncSettings,
+    endpoint: &mut quinn::Endpoint,
+    out: &SyncHandle,
+) -> IdentityState {
+    if let Some(dir) = &settings.identity_dir {
+        match crate::identity::load(dir) {
+            Ok(Some(on_disk)) if on_disk.cert != settings.identity.cert => {
+                tracing::info!("a new identity was written; using it");
+                settings.identity = on_disk;
+                match client(settings) {
+                    Ok(c) => endpoint.set_default_client_config(c),
+                    Err(e) => tracing::error!(error = %e, "the new identity is unusable"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read the identity directory"),
+        }
+    }
+    let Ok((not_before, not_after)) = settings.identity.validity() else {
+        let mut s = lock(&out.status);
+        s.state = "certificate_expired";
+        s.last_error = Some("this van's certificate does not decode; enrol again".into());
+        return IdentityState::Lapsed;
+    };
+    let now = unix_now();
+    if now >= not_after {
+        let mut s = lock(&out.status);
+        s.state = "certificate_expired";
+        s.last_error = Some(format!(
+            "this van's certificate expired {} h ago; ask the fleet manager for an enrolment token and run `edge-agent enrol --token ...` (cases keep being recorded meanwhile)",
+            (now - not_after) / 3600
+        ));
+        return IdentityState::Lapsed;
+    }
+    let due = renew_at(settings, not_before, not_after);
+    if now < due {
+        return IdentityState::Usable { renew_in: std::time::Duration::from_secs((due - now) as u64) };
+    }
+    match renew(settings).await {
+        Ok(()) => {
+            tracing::info!("renewed this van's certificate");
+            match client(settings) {
+                Ok(c) => endpoint.set_default_client_config(c),
+                Err(e) => tracing::error!(error = %e, "the renewed identity is unusable"),
+            }
+            let next = settings.identity.validity().map(|(b, a)| renew_at(settings, b, a) - unix_now()).unwrap_or(3600);
+            IdentityState::Usable { renew_in: std::time::Duration::from_secs(next.max(60) as u64) }
+        }
+        Err(e) => {
+            // The current certificate still works; try again later.
+            tracing::warn!(error = %e, "could not renew this van's certificate yet");
+            lock(&out.status).last_error = Some(format!("certificate renewal failed: {e:#}"));
+            IdentityState::Usable { renew_in: std::time::Duration::from_secs(600) }
+        }
+    }
+}
+
+async fn renew(settings: &mut SyncSettings) -> anyhow::Result<()> {
+    let addr = tokio::net::lookup_host(&settings.address)
+        .await
+        .with_context(|| format!("cannot resolve the hub address {}", settings.address))?
+        .next()
+        .with_context(|| format!("the hub address {} resolves to nothing", settings.address))?;
+    let id = &settings.identity;
+    let renewed =
+        sync_quic::enrol::renew(addr, &settings.server_name, &id.ca, id.cert.clone(), id.key.clone_key()).await?;
+    let identity = crate::identity::Identity { ca: renewed.ca, cert: renewed.cert, key: renewed.key };
+    if let Some(dir) = &settings.identity_dir {
+        crate::identity::store(dir, &identity)?;
+    }
+    settings.identity = identity;
+    Ok(())
 }
 
 /// One connection's worth of sync. `Ok(true)` if it connected at all.

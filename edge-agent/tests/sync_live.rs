@@ -84,9 +84,9 @@ async fn the_van_syncs_by_itself_notices_a_dead_link_and_catches_up() {
     let settings = SyncSettings {
         address: relay.local_addr().to_string(),
         server_name: "hub.medvan.test".into(),
-        ca: ca.certificate().clone(),
-        cert,
-        key,
+        identity: edge_agent::identity::Identity { ca: ca.certificate().clone(), cert, key },
+        identity_dir: None,
+        renew_below: None,
         liveness: fast,
     };
     let sync = spawn(van_store.clone(), settings).unwrap();

@@ -164,6 +164,14 @@ pub fn device_of(cert: &CertificateDer<'_>) -> Result<DeviceId, IdentityError> {
     Err(IdentityError::NotAVan("no urn:medvan:van: URI".into()))
 }
 
+/// When a certificate starts and stops being valid, in unix seconds.
+pub fn validity(cert: &CertificateDer<'_>) -> Result<(i64, i64), IdentityError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).map_err(|e| IdentityError::NotAVan(e.to_string()))?;
+    let v = parsed.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
 /// SHA-256 of a certificate, hex.
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     Sha256::digest(cert.as_ref()).iter().map(|b| format!("{b:02x}")).collect()
