@@ -601,9 +601,7 @@ impl Replica for HubReplica {
     fn blobs(&self) -> Vec<([u8; 32], u64, Priority)> {
         let mut out = Vec::new();
         for (sha, priority) in self.referenced_blobs() {
-            if let Ok(BlobState::Complete) = self.hub.storage.blob_state(&sha)
-                && let Some(size) = blob_size(&self.hub, &sha)
-            {
+            if let Ok(Some(size)) = self.hub.storage.complete_blob_size(&sha) {
                 out.push((sha, size, priority));
             }
         }
@@ -620,7 +618,7 @@ impl Replica for HubReplica {
         read_blob(&self.hub, sha256, offset, len).map_err(|e| refuse(RefusalReason::Malformed, e.to_string()))
     }
 
-    fn write_blob(&mut self, sha256: &[u8; 32], offset: u64, data: &[u8]) -> Result<(), ReplicaRefusal> {
+    fn write_blob(&mut self, sha256: &[u8; 32], _size: u64, offset: u64, data: &[u8]) -> Result<(), ReplicaRefusal> {
         if !offset.is_multiple_of(CHUNK) || data.len() as u64 > CHUNK {
             return Err(refuse(RefusalReason::Malformed, format!("blob bytes at {offset} are not a whole chunk")));
         }
@@ -656,17 +654,6 @@ impl Replica for HubReplica {
             Err(e) => Err(refuse(RefusalReason::Malformed, e.to_string())),
         }
     }
-}
-
-fn blob_size(hub: &CaseHub, sha: &[u8; 32]) -> Option<u64> {
-    // Complete blobs hold all their bytes; the size is what the chunks add up to.
-    let mut size = 0u64;
-    let mut index = 0u64;
-    while let Ok(Some(sealed)) = hub.storage.blob_chunk(sha, index) {
-        size += sealed.len().checked_sub(16)? as u64;
-        index += 1;
-    }
-    Some(size)
 }
 
 /// Reads bytes of a complete blob.

@@ -88,6 +88,7 @@ on_both!(
     blobs_arrive_in_chunks_resume_after_a_cut_and_a_bad_one_is_discarded,
     the_registry_persists_tokens_certificates_and_revocations,
     the_audit_chain_records_access_and_refusals_and_verifies,
+    an_image_attached_on_a_van_reaches_the_hub_and_the_assigned_van,
 );
 
 fn ctx(user: &str) -> EditContext {
@@ -312,18 +313,18 @@ fn blobs_arrive_in_chunks_resume_after_a_cut_and_a_bad_one_is_discarded(b: Backe
     assert_eq!(r.blob_state(&sha), BlobState::Missing);
     // Two chunks arrive, then the link is cut.
     let chunk = sync_proto::CHUNK as usize;
-    r.write_blob(&sha, 0, &data[..chunk]).unwrap();
-    r.write_blob(&sha, chunk as u64, &data[chunk..2 * chunk]).unwrap();
+    r.write_blob(&sha, data.len() as u64, 0, &data[..chunk]).unwrap();
+    r.write_blob(&sha, data.len() as u64, chunk as u64, &data[chunk..2 * chunk]).unwrap();
     drop(r);
     // A new connection (to a restarted hub) resumes from what is held.
     let hub = hub_over((b.reopen)(), b.sealer.clone());
     let mut r = hub.replica_for(&device);
     assert_eq!(r.blob_state(&sha), BlobState::Partial(2 * chunk as u64));
-    assert!(r.write_blob(&sha, 0, &data[..chunk]).is_err(), "a chunk out of order is refused");
+    assert!(r.write_blob(&sha, data.len() as u64, 0, &data[..chunk]).is_err(), "a chunk out of order is refused");
     let mut offset = 2 * chunk;
     while offset < data.len() {
         let end = (offset + chunk).min(data.len());
-        r.write_blob(&sha, offset as u64, &data[offset..end]).unwrap();
+        r.write_blob(&sha, data.len() as u64, offset as u64, &data[offset..end]).unwrap();
         offset = end;
     }
     r.finish_blob(&sha, data.len() as u64).unwrap();
@@ -331,7 +332,7 @@ fn blobs_arrive_in_chunks_resume_after_a_cut_and_a_bad_one_is_discarded(b: Backe
     assert_eq!(cloud_sync::cases::read_blob(&hub, &sha, 100_000, 70_000).unwrap(), &data[100_000..170_000]);
     // Bytes that do not hash to the name are discarded whole.
     let bad: [u8; 32] = sha2::Sha256::digest(b"something else").into();
-    r.write_blob(&bad, 0, &data[..1000]).unwrap();
+    r.write_blob(&bad, 1000, 0, &data[..1000]).unwrap();
     let err = r.finish_blob(&bad, 1000).unwrap_err();
     assert!(err.detail.contains("does not match"), "{}", err.detail);
     assert_eq!(r.blob_state(&bad), BlobState::Missing);
@@ -391,4 +392,42 @@ fn the_audit_chain_records_access_and_refusals_and_verifies(b: Backend) {
     assert!(actions.contains(&("dr", "case.read", audit::Outcome::Refused)), "{actions:?}");
     let head = b.storage.verify_audit().unwrap().unwrap();
     assert!(head.size >= 5, "{head:?}");
+}
+
+fn an_image_attached_on_a_van_reaches_the_hub_and_the_assigned_van(b: Backend) {
+    use case_model::codes::AttachmentKind;
+    use sha2::Digest;
+    let hub = setup(&b);
+    let a = van("org-north", "van-1");
+    let case = a.store.create_case(&ctx("ana"), &north()).unwrap().id;
+    let image: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    let sha: [u8; 32] = sha2::Sha256::digest(&image).into();
+    a.store
+        .attach(&ctx("ana"), case, &mut image.as_slice(), "application/dicom", AttachmentKind::XrayStudy, None)
+        .unwrap();
+    let (events, _) = sync(&a, &hub);
+    assert!(events.contains(&Event::BlobDelivered(sha)), "{events:?}");
+    assert_eq!(cloud_sync::cases::read_blob(&hub, &sha, 0, image.len() as u64).unwrap(), image);
+    // Nothing changed: the next connection is one round trip, blobs included.
+    let (_, messages) = sync(&a, &hub);
+    assert_eq!(messages, 2);
+
+    // Van 2 is assigned the case and gets the image too; a cut halfway resumes.
+    hub.assign(&UserId::parse("dispatch").unwrap(), &north(), case, "van-2").unwrap();
+    let b2 = van("org-north", "van-2");
+    let mut vr = StoreReplica::new(b2.store.clone(), "hub").unwrap();
+    let mut hr = hub.replica_for(&b2.device);
+    let delivered = common::pump_until(&mut vr, &mut hr, |sent| sent > 300_000);
+    assert!(delivered > 300_000 && delivered < image.len() as u64, "cut halfway: {delivered}");
+    assert!(matches!(vr.blob_state(&sha), BlobState::Partial(n) if n > 0), "{:?}", vr.blob_state(&sha));
+    let mut vr = StoreReplica::new(b2.store.clone(), "hub").unwrap();
+    let mut hr = hub.replica_for(&b2.device);
+    let resumed = common::pump_until(&mut vr, &mut hr, |_| false);
+    assert!(
+        delivered + resumed < image.len() as u64 * 11 / 10,
+        "{delivered} + {resumed} blob bytes for {}",
+        image.len()
+    );
+    assert_eq!(vr.blob_state(&sha), BlobState::Complete);
+    assert_eq!(b2.store.read_blob(&ctx("ben"), case, &hex::encode(sha)).unwrap().0, image);
 }

@@ -14,7 +14,8 @@ use anyhow::Context;
 use automerge::sync;
 use case_model::{CaseId, EditContext, UserId};
 use case_store::{Store, StoreError};
-use sync_proto::{DocId, Priority, RefusalReason, Replica, ReplicaRefusal};
+use sync_proto::{BlobState, DocId, Priority, RefusalReason, Replica, ReplicaRefusal};
+use sync_quic::driver::LocalChange;
 
 /// A store seen by one sync peer.
 #[derive(Debug)]
@@ -111,6 +112,60 @@ impl Replica for StoreReplica {
             .map(|_| ())
             .map_err(|e| ReplicaRefusal { reason: RefusalReason::Malformed, detail: e.to_string() })
     }
+
+    fn accepts_blob(&self, _sha256: &[u8; 32], size: u64) -> bool {
+        // The hub offers only blobs of cases this van holds; the store enforces its size limit.
+        size <= MAX_BLOB
+    }
+
+    fn blobs(&self) -> Vec<([u8; 32], u64, Priority)> {
+        match blocking(|| self.store.blob_list()) {
+            Ok(list) => list.into_iter().map(|(sha, size, media)| (sha, size, blob_priority(&media))).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "sync: could not list blobs");
+                Vec::new()
+            }
+        }
+    }
+
+    fn blob_state(&self, sha256: &[u8; 32]) -> BlobState {
+        if self.store.has_blob(sha256) {
+            return BlobState::Complete;
+        }
+        match self.store.incoming_blob_len(sha256) {
+            Ok(0) | Err(_) => BlobState::Missing,
+            Ok(n) => BlobState::Partial(n),
+        }
+    }
+
+    fn read_blob(&mut self, sha256: &[u8; 32], offset: u64, len: u64) -> Result<Vec<u8>, ReplicaRefusal> {
+        blocking(|| self.store.blob_range(sha256, offset, len))
+            .map_err(|e| ReplicaRefusal { reason: RefusalReason::Malformed, detail: e.to_string() })
+    }
+
+    fn write_blob(&mut self, sha256: &[u8; 32], size: u64, offset: u64, data: &[u8]) -> Result<(), ReplicaRefusal> {
+        blocking(|| self.store.write_incoming_blob(sha256, size, offset, data))
+            .map_err(|e| ReplicaRefusal { reason: RefusalReason::Malformed, detail: e.to_string() })
+    }
+
+    fn finish_blob(&mut self, sha256: &[u8; 32], size: u64) -> Result<(), ReplicaRefusal> {
+        let ctx = self.ctx();
+        blocking(|| self.store.finish_incoming_blob(&ctx, sha256, size))
+            .map_err(|e| ReplicaRefusal { reason: RefusalReason::Malformed, detail: e.to_string() })
+    }
+}
+
+/// The largest blob a van takes from the hub.
+const MAX_BLOB: u64 = 4 << 30;
+
+/// How urgent a blob is, from its media type: previews before full studies before video.
+fn blob_priority(media_type: &str) -> Priority {
+    match media_type {
+        "application/dicom" => Priority::FullImage,
+        m if m.starts_with("video/") => Priority::Video,
+        m if m.starts_with("image/") => Priority::Preview,
+        _ => Priority::FullImage,
+    }
 }
 
 /// What the touchscreen shows about sync.
@@ -194,11 +249,15 @@ pub fn spawn(store: Store, settings: SyncSettings) -> anyhow::Result<SyncHandle>
     let handle = SyncHandle::not_configured();
     lock(&handle.status).state = "connecting";
     lock(&handle.status).hub = Some(settings.address.clone());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<DocId>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LocalChange>();
     let pending = handle.pending.clone();
+    let blob_tx = tx.clone();
     store.on_local_change(move |id| {
         lock(&pending).insert(id);
-        let _ = tx.send(DocId(*id.as_bytes()));
+        let _ = tx.send(LocalChange::Doc(DocId(*id.as_bytes())));
+    });
+    store.on_local_blob(move |sha256, size, media_type| {
+        let _ = blob_tx.send(LocalChange::Blob { sha256, size, priority: blob_priority(media_type) });
     });
     // One socket for both families, where the OS allows it; IPv4 otherwise.
     let v6: std::net::SocketAddr = "[::]:0".parse()?;
@@ -347,7 +406,7 @@ async fn session(
     store: &Store,
     endpoint: &quinn::Endpoint,
     settings: &SyncSettings,
-    local: &mut tokio::sync::mpsc::UnboundedReceiver<DocId>,
+    local: &mut tokio::sync::mpsc::UnboundedReceiver<LocalChange>,
     out: &SyncHandle,
 ) -> anyhow::Result<bool> {
     let addr = tokio::net::lookup_host(&settings.address)

@@ -168,6 +168,8 @@ pub trait Storage: Registry {
     fn put_blob_chunk(&self, sha: &[u8; 32], index: u64, plain_len: u64, sealed: &[u8]) -> Result<(), StorageError>;
     /// A stored sealed chunk and its plaintext length.
     fn blob_chunk(&self, sha: &[u8; 32], index: u64) -> Result<Option<Vec<u8>>, StorageError>;
+    /// The size of a complete blob; `None` if it is not held whole.
+    fn complete_blob_size(&self, sha: &[u8; 32]) -> Result<Option<u64>, StorageError>;
     /// Marks a blob complete at `size` bytes.
     fn complete_blob(&self, sha: &[u8; 32], size: u64) -> Result<(), StorageError>;
     /// Forgets a blob (it failed verification).

@@ -549,6 +549,14 @@ impl Storage for PgStorage {
         })
     }
 
+    fn complete_blob_size(&self, sha: &[u8; 32]) -> Result<Option<u64>, StorageError> {
+        self.with(async |c| {
+            Ok(c.query_opt("SELECT held FROM blobs WHERE sha = $1 AND complete", &[&&sha[..]])
+                .await?
+                .map(|r| r.get::<_, i64>(0) as u64))
+        })
+    }
+
     fn complete_blob(&self, sha: &[u8; 32], size: u64) -> Result<(), StorageError> {
         self.with(async |c| {
             c.execute("UPDATE blobs SET complete = true WHERE sha = $1 AND held = $2", &[&&sha[..], &(size as i64)])

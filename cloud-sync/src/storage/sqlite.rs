@@ -418,6 +418,14 @@ impl Storage for SqliteStorage {
         Ok(Some(buf))
     }
 
+    fn complete_blob_size(&self, sha: &[u8; 32]) -> Result<Option<u64>, StorageError> {
+        let held: Option<i64> = self
+            .conn()
+            .query_row("SELECT held FROM blobs WHERE sha = ?1 AND complete = 1", [&sha[..]], |r| r.get(0))
+            .optional()?;
+        Ok(held.map(|h| h as u64))
+    }
+
     fn complete_blob(&self, sha: &[u8; 32], size: u64) -> Result<(), StorageError> {
         self.conn()
             .execute("UPDATE blobs SET complete = 1 WHERE sha = ?1 AND held = ?2", params![&sha[..], size as i64])?;

@@ -3,6 +3,7 @@
 use sync_proto::frame::{Decoder, encode};
 use sync_proto::{Event, Replica, Role, Session};
 
+#[allow(dead_code)]
 /// One van-hub connection in memory, through real frames, run until both sides are quiet;
 /// returns the van's events and the number of messages.
 pub(crate) fn pump(vr: &mut impl Replica, hr: &mut impl Replica) -> (Vec<Event>, usize) {
@@ -35,4 +36,44 @@ pub(crate) fn pump(vr: &mut impl Replica, hr: &mut impl Replica) -> (Vec<Event>,
     vr.flush();
     hr.flush();
     (std::iter::from_fn(|| vs.poll_event()).collect(), messages)
+}
+
+/// Like [`pump`], but counts the blob bytes sent to the van and drops the connection as
+/// soon as `cut(bytes so far)` says so. Returns the blob bytes delivered.
+#[allow(dead_code)]
+pub(crate) fn pump_until(vr: &mut impl Replica, hr: &mut impl Replica, cut: impl Fn(u64) -> bool) -> u64 {
+    let (mut vs, mut hs) = (Session::new(Role::Van), Session::new(Role::Hub));
+    let (mut vd, mut hd) = (Decoder::default(), Decoder::default());
+    vs.start(vr);
+    let mut blob_bytes = 0u64;
+    loop {
+        let mut moved = false;
+        while let Some(m) = vs.poll_transmit(vr) {
+            hd.push(&encode(&m));
+            moved = true;
+        }
+        while let Some(m) = hd.next_message().unwrap() {
+            hs.handle(m, hr).unwrap();
+        }
+        // One message at a time from the hub, so the cut can fall mid-blob.
+        if let Some(m) = hs.poll_transmit(hr) {
+            if let sync_proto::Message::BlobChunk { data, .. } = &m {
+                blob_bytes += data.len() as u64;
+            }
+            vd.push(&encode(&m));
+            moved = true;
+        }
+        while let Some(m) = vd.next_message().unwrap() {
+            vs.handle(m, vr).unwrap();
+        }
+        if cut(blob_bytes) {
+            break;
+        }
+        if !moved {
+            break;
+        }
+    }
+    vr.flush();
+    hr.flush();
+    blob_bytes
 }

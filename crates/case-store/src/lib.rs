@@ -122,6 +122,20 @@ struct Inner {
     lock: Mutex<Option<std::fs::File>>,
     /// Called after each durable local change (the sync service listens).
     listeners: Mutex<Vec<Listener>>,
+    /// Called after each blob stored locally (the sync service offers it).
+    blob_listeners: Mutex<Vec<BlobListener>>,
+}
+
+/// What a blob listener is called with: the hash, the size and the media type.
+type BlobCallback = dyn Fn([u8; 32], u64, &str) + Send + Sync;
+
+/// A blob listener.
+struct BlobListener(Box<BlobCallback>);
+
+impl std::fmt::Debug for BlobListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlobListener")
+    }
 }
 
 /// A change listener.
@@ -182,6 +196,7 @@ impl Store {
             uncompacted: Mutex::new(HashMap::new()),
             lock: Mutex::new(Some(lock_file)),
             listeners: Mutex::new(Vec::new()),
+            blob_listeners: Mutex::new(Vec::new()),
         });
         let store = Store { inner };
         store.start_compactor();
@@ -406,6 +421,11 @@ impl Store {
             },
             Op::Audit(record(ctx, "blob.write", Some(id), audit::Outcome::Allowed, blob.sha256.clone())),
         ])?;
+        if let Some(sha) = blobs::parse_sha(&blob.sha256) {
+            for listener in lock(&self.inner.blob_listeners).iter() {
+                (listener.0)(sha, blob.size, media_type);
+            }
+        }
         Ok(blob)
     }
 
@@ -690,6 +710,68 @@ impl Store {
         Ok(ids.iter().filter_map(|s| CaseId::parse(s).ok()).collect())
     }
 
+    /// Blobs this store holds whole, for sync: `(sha256, size, media type)`.
+    pub fn blob_list(&self) -> Result<Vec<([u8; 32], u64, String)>, StoreError> {
+        let conn = lock(&self.inner.reader);
+        let mut stmt = conn.prepare_cached("SELECT sha256, size, media_type FROM blobs ORDER BY sha256")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (sha, size, media) = row?;
+            if let Some(sha) = blobs::parse_sha(&sha) {
+                out.push((sha, size as u64, media));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes of a stored blob, for a sync peer. Not audited piece by piece: the sync
+    /// replica audits each blob it sends once.
+    pub fn blob_range(&self, sha256: &[u8; 32], offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        self.inner.blobs.read_range(sha256, offset, len)
+    }
+
+    /// Whether a blob is stored whole.
+    pub fn has_blob(&self, sha256: &[u8; 32]) -> bool {
+        self.inner.blobs.exists(sha256)
+    }
+
+    /// How many bytes of a blob being received from a sync peer are held.
+    pub fn incoming_blob_len(&self, sha256: &[u8; 32]) -> Result<u64, StoreError> {
+        Ok(self.inner.blobs.incoming_len(sha256)?)
+    }
+
+    /// Stores the next piece of a blob being received from a sync peer (at `offset`, the
+    /// end of what is held, of a blob of `size` bytes), encrypted and durable on return.
+    pub fn write_incoming_blob(
+        &self,
+        sha256: &[u8; 32],
+        size: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        if size > self.inner.config.max_blob_bytes {
+            return Err(StoreError::BlobTooLarge { limit: self.inner.config.max_blob_bytes });
+        }
+        self.inner.blobs.write_incoming(sha256, size, offset, data)
+    }
+
+    /// A blob received from a sync peer is whole: verify it against its hash and keep it
+    /// (audited), or discard it.
+    pub fn finish_incoming_blob(&self, ctx: &EditContext, sha256: &[u8; 32], size: u64) -> Result<(), StoreError> {
+        self.inner.blobs.finish_incoming(sha256)?;
+        let hex = hex::encode(sha256);
+        self.write(vec![
+            Op::Blob {
+                sha256: hex.clone(),
+                size,
+                media_type: "application/octet-stream".into(),
+                at: ctx.now.unix_millis(),
+            },
+            Op::Audit(record(ctx, "blob.sync_receive", None, audit::Outcome::Allowed, hex)),
+        ])
+    }
+
     /// Loads a case straight from disk, bypassing the cache and the audit log. For
     /// recovery checks and tests; the agent's API never calls it.
     pub fn load_from_disk(&self, id: CaseId) -> Result<CaseDoc, StoreError> {
@@ -743,6 +825,11 @@ impl Store {
     /// from a peer). Keep `f` quick: it runs on the editing thread.
     pub fn on_local_change(&self, f: impl Fn(CaseId) + Send + Sync + 'static) {
         lock(&self.inner.listeners).push(Listener(Box::new(f)));
+    }
+
+    /// Calls `f` with a blob's hash, size and media type after it is stored locally.
+    pub fn on_local_blob(&self, f: impl Fn([u8; 32], u64, &str) + Send + Sync + 'static) {
+        lock(&self.inner.blob_listeners).push(BlobListener(Box::new(f)));
     }
 
     fn notify(&self, id: CaseId) {

@@ -88,9 +88,9 @@ pub trait Replica {
     fn read_blob(&mut self, _sha256: &[u8; 32], _offset: u64, _len: u64) -> Result<Vec<u8>, ReplicaRefusal> {
         Err(ReplicaRefusal { reason: RefusalReason::NotAuthorised, detail: "this side keeps no blobs".into() })
     }
-    /// Stores bytes of a blob being received, at `offset` (the end of what is held).
-    /// Persist them before returning: a later session resumes from what is held.
-    fn write_blob(&mut self, _sha256: &[u8; 32], _offset: u64, _data: &[u8]) -> Result<(), ReplicaRefusal> {
+    /// Stores bytes of a blob of `size` bytes being received, at `offset` (the end of what
+    /// is held). Persist them before returning: a later session resumes from what is held.
+    fn write_blob(&mut self, _sha256: &[u8; 32], _size: u64, _offset: u64, _data: &[u8]) -> Result<(), ReplicaRefusal> {
         Err(ReplicaRefusal { reason: RefusalReason::NotAuthorised, detail: "this side keeps no blobs".into() })
     }
     /// All `size` bytes are held: verify the hash and make the blob complete, or discard it.
@@ -393,7 +393,7 @@ impl Session {
                         incoming.next, incoming.size
                     )));
                 }
-                if let Err(refusal) = replica.write_blob(&sha256, offset, &data) {
+                if let Err(refusal) = replica.write_blob(&sha256, incoming.size, offset, &data) {
                     self.receiving.remove(&sha256);
                     self.abandoned.insert(sha256);
                     self.events.push_back(Event::BlobRejected { sha256, detail: refusal.detail });

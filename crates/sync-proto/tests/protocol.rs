@@ -87,7 +87,7 @@ impl Replica for Mem {
         let (data, _) = &self.blobs[sha256];
         Ok(data[offset as usize..(offset + len) as usize].to_vec())
     }
-    fn write_blob(&mut self, sha256: &[u8; 32], offset: u64, data: &[u8]) -> Result<(), ReplicaRefusal> {
+    fn write_blob(&mut self, sha256: &[u8; 32], _size: u64, offset: u64, data: &[u8]) -> Result<(), ReplicaRefusal> {
         let p = self.partial.entry(*sha256).or_default();
         assert_eq!(p.len() as u64, offset, "pieces arrive in order");
         p.extend_from_slice(data);

@@ -127,6 +127,28 @@ pub async fn run(
     drive(session, replica, send, recv, None, Some(quiet), |_| {}).await
 }
 
+/// Something that changed on this side during a live session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalChange {
+    /// A document changed.
+    Doc(sync_proto::DocId),
+    /// A blob was stored.
+    Blob {
+        /// Its hash.
+        sha256: [u8; 32],
+        /// Its size.
+        size: u64,
+        /// How urgent it is.
+        priority: sync_proto::Priority,
+    },
+}
+
+impl From<sync_proto::DocId> for LocalChange {
+    fn from(doc: sync_proto::DocId) -> Self {
+        LocalChange::Doc(doc)
+    }
+}
+
 /// What a live session reports as it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LiveState {
@@ -146,7 +168,7 @@ pub async fn run_live(
     replica: &mut impl Replica,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
-    local: &mut tokio::sync::mpsc::UnboundedReceiver<sync_proto::DocId>,
+    local: &mut tokio::sync::mpsc::UnboundedReceiver<LocalChange>,
     report: impl FnMut(LiveState),
 ) -> Result<(), DriverError> {
     drive(session, replica, send, recv, Some(local), None, report).await
@@ -161,7 +183,7 @@ async fn drive(
     replica: &mut impl Replica,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
-    mut local: Option<&mut tokio::sync::mpsc::UnboundedReceiver<sync_proto::DocId>>,
+    mut local: Option<&mut tokio::sync::mpsc::UnboundedReceiver<LocalChange>>,
     quiet: Option<Duration>,
     mut report: impl FnMut(LiveState),
 ) -> Result<(), DriverError> {
@@ -254,7 +276,8 @@ async fn drive(
                 Err(e) => break Err(conn(&e)),
             },
             changed = local_next => match changed {
-                Some(doc) => session.local_change(doc, replica),
+                Some(LocalChange::Doc(doc)) => session.local_change(doc, replica),
+                Some(LocalChange::Blob { sha256, size, priority }) => session.local_blob(sha256, size, priority),
                 None => break Ok(()),
             },
             _ = quiet_timer, if out.is_none() && session.is_idle() => break Ok(()),
@@ -273,6 +296,11 @@ async fn drive(
     })
     .await;
     let _ = send.finish();
+    if let Some(q) = quiet {
+        // One-shot mode: the caller closes the connection next, which would discard data
+        // still being retransmitted on a lossy link; wait until the peer acknowledged it all.
+        let _ = tokio::time::timeout(q * 4, send.stopped()).await;
+    }
     if let (Some(q), Ok(()), false) = (quiet, &result, peer_done) {
         // One-shot mode: wait for the peer to finish its half too, so the caller closing the
         // connection cannot cut off anything still on its way.

@@ -181,7 +181,7 @@ impl HubServer {
                             loop {
                                 match rx.recv().await {
                                     Ok(doc) => {
-                                        if tx.send(doc).is_err() {
+                                        if tx.send(doc.into()).is_err() {
                                             return;
                                         }
                                     }

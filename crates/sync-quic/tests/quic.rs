@@ -70,7 +70,7 @@ impl Replica for Mem {
     fn read_blob(&mut self, h: &[u8; 32], offset: u64, len: u64) -> Result<Vec<u8>, ReplicaRefusal> {
         Ok(self.blobs[h][offset as usize..(offset + len) as usize].to_vec())
     }
-    fn write_blob(&mut self, h: &[u8; 32], _offset: u64, data: &[u8]) -> Result<(), ReplicaRefusal> {
+    fn write_blob(&mut self, h: &[u8; 32], _size: u64, _offset: u64, data: &[u8]) -> Result<(), ReplicaRefusal> {
         self.partial.entry(*h).or_default().extend_from_slice(data);
         Ok(())
     }
