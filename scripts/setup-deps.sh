@@ -8,6 +8,7 @@ packages=(
   pkg-config
   libssl-dev        # SQLCipher's crypto provider (libcrypto)
   curl              # the run script's smoke check
+  iproute2          # network namespaces for the link emulator's TCP shaping
   ca-certificates
 )
 

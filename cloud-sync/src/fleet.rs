@@ -121,6 +121,20 @@ impl Hub {
         Ok(HubServer::new(endpoint, self.enroller.clone()).with_changes(self.cases.changes()))
     }
 
+    /// The sync endpoint on a socket bound by the caller (in another network namespace, say).
+    pub fn sync_on_socket(&self, socket: std::net::UdpSocket) -> anyhow::Result<HubServer> {
+        let now = OffsetDateTime::now_utc();
+        let (cert, key) = self.ca.issue_hub(&self.server_name, now - Duration::hours(1), now + Duration::days(365))?;
+        let config = sync_quic::driver::server_config(self.ca.certificate(), cert, key, Default::default())?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        Ok(HubServer::new(endpoint, self.enroller.clone()).with_changes(self.cases.changes()))
+    }
+
     /// Serves vans on `server` until its endpoint closes.
     pub async fn serve_sync(&self, server: HubServer) {
         let cases = self.cases.clone();

@@ -5,8 +5,12 @@
 //! the time they arrive, after loss, delay, jitter (which reorders), duplication and a rate
 //! limit, all drawn from a seeded generator so a run can be repeated. [`UdpRelay`] puts two
 //! links (one each way) between a UDP client and a server on loopback, for QUIC.
+//! [`netns::NetnsLink`] puts them between two network namespaces instead, forwarding IP
+//! packets between TUN devices, so TCP goes through the same link as QUIC.
 
 mod link;
+#[cfg(target_os = "linux")]
+pub mod netns;
 mod relay;
 
 pub use link::{Link, LinkConfig, LinkStats};

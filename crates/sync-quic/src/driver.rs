@@ -28,8 +28,33 @@ impl Default for Liveness {
     }
 }
 
+/// The congestion controller a side sends with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// quinn's own default. It backs off on every loss, so on a cellular link with random
+    /// loss it leaves most of the link idle: an 18 MB image took 6.3 times the bandwidth
+    /// bound at 2% loss in the sync benchmark.
+    Cubic,
+    /// BBR (quinn calls its implementation experimental): paces at the measured bottleneck
+    /// rate and does not take random loss for congestion; 1.08 times the bound in the same
+    /// run, like TCP with BBR. Medvan's default, on both sides.
+    #[default]
+    Bbr,
+}
+
 fn transport(liveness: Liveness) -> Result<Arc<quinn::TransportConfig>, DriverError> {
+    transport_with(liveness, Congestion::default())
+}
+
+fn transport_with(liveness: Liveness, congestion: Congestion) -> Result<Arc<quinn::TransportConfig>, DriverError> {
     let mut t = quinn::TransportConfig::default();
+    if congestion == Congestion::Bbr {
+        t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    }
+    // Vans reconnect often, over links whose MTU changes as they move: path MTU probes
+    // (from either side) would cost kilobytes on every connection for a few percent less
+    // header overhead on large images. QUIC's 1200-byte minimum works on every path.
+    t.mtu_discovery_config(None);
     t.keep_alive_interval(Some(liveness.keep_alive));
     t.max_idle_timeout(Some(
         liveness.idle_timeout.try_into().map_err(|_| DriverError::Tls("idle timeout too long".into()))?,
@@ -59,10 +84,26 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Picks the hub's certificate chain by ALPN: enrolment gets the chain with the CA, so a
+/// van holding only the CA's fingerprint (from its token) can check it; sync connections
+/// come from vans that pin the CA already and get the hub's certificate alone, which
+/// keeps every reconnect about 450 bytes smaller.
+#[derive(Debug)]
+struct ChainByAlpn {
+    with_ca: Arc<rustls::sign::CertifiedKey>,
+    without_ca: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl rustls::server::ResolvesServerCert for ChainByAlpn {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let enrolling = hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == crate::enrol::ENROL_ALPN));
+        Some(if enrolling { self.with_ca.clone() } else { self.without_ca.clone() })
+    }
+}
+
 /// The hub's endpoint configuration. Clients presenting a certificate must present one
 /// from `ca`; clients with none get in only to enrol (the hub closes a sync connection
-/// without a certificate). The chain sent includes the CA, so a van holding only the CA's
-/// fingerprint (from its enrolment token) can check it.
+/// without a certificate).
 pub fn server_config(
     ca: &CertificateDer<'static>,
     cert: CertificateDer<'static>,
@@ -80,12 +121,24 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls(&e))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![cert, ca.clone()], key)
-        .map_err(|e| tls(&e))?;
+        .with_cert_resolver({
+            let signing = provider().key_provider.load_private_key(key).map_err(|e| tls(&e))?;
+            Arc::new(ChainByAlpn {
+                with_ca: Arc::new(rustls::sign::CertifiedKey::new(vec![cert.clone(), ca.clone()], signing.clone())),
+                without_ca: Arc::new(rustls::sign::CertifiedKey::new(vec![cert], signing)),
+            })
+        });
     config.alpn_protocols = vec![ALPN.to_vec(), crate::enrol::ENROL_ALPN.to_vec()];
+    // Every connection's bytes count on a cellular plan: no session tickets (the vans do not
+    // resume TLS sessions with a client certificate) and no address-validation tokens
+    // (vans do not come back from an address the hub could vouch for).
+    config.send_tls13_tickets = 0;
     let quic = QuicServerConfig::try_from(config).map_err(|e| tls(&e))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(transport(liveness)?);
+    let mut tokens = quinn::ValidationTokenConfig::default();
+    tokens.sent(0);
+    server.validation_token_config(tokens);
     Ok(server)
 }
 
@@ -96,6 +149,17 @@ pub fn client_config(
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
     liveness: Liveness,
+) -> Result<quinn::ClientConfig, DriverError> {
+    client_config_with(ca, cert, key, liveness, Congestion::default())
+}
+
+/// [`client_config`] with a chosen congestion controller for what the van sends.
+pub fn client_config_with(
+    ca: &CertificateDer<'static>,
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    liveness: Liveness,
+    congestion: Congestion,
 ) -> Result<quinn::ClientConfig, DriverError> {
     let tls = |e: &dyn std::fmt::Display| DriverError::Tls(e.to_string());
     let mut roots = rustls::RootCertStore::empty();
@@ -109,7 +173,7 @@ pub fn client_config(
     config.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(config).map_err(|e| tls(&e))?;
     let mut client = quinn::ClientConfig::new(Arc::new(quic));
-    client.transport_config(transport(liveness)?);
+    client.transport_config(transport_with(liveness, congestion)?);
     Ok(client)
 }
 
