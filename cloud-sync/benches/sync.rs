@@ -268,7 +268,10 @@ async fn loopback(report: &mut Report) {
     let sha: [u8; 32] = sha2::Sha256::digest(&data).into();
     let before = wire(&relay);
     session(&ep, relay.local_addr(), &store).await;
-    assert_eq!(f.hub.storage.complete_blob_size(&sha).unwrap(), Some(size as u64));
+    assert_eq!(
+        f.hub.storage.complete_blob_size(&cloud_sync::cases::blob_key("org-north", &sha)).unwrap(),
+        Some(size as u64)
+    );
     let blob_wire = wire(&relay) - before;
     report.add(
         "blobs: wire / payload",
@@ -318,7 +321,8 @@ async fn lossy_push(report: &mut Report) {
         let start = Instant::now();
         let sync = tokio::spawn(async move { session_quiet(&ep, addr, &store, Duration::from_secs(10)).await });
         let storage = f.hub.storage.clone();
-        until(|| storage.complete_blob_size(&sha).ok().flatten().is_some()).await;
+        let key = cloud_sync::cases::blob_key("org-north", &sha);
+        until(|| storage.complete_blob_size(&key).ok().flatten().is_some()).await;
         let took = start.elapsed().as_secs_f64();
         sync.await.unwrap();
         server.close();

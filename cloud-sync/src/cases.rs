@@ -358,7 +358,10 @@ impl HubReplica {
         if let Err(e) = self.hub.storage.audit(&rec) {
             tracing::error!(error = %e, "could not audit a refusal");
         }
-        refuse(RefusalReason::NotAuthorised, why)
+        refuse(
+            RefusalReason::NotAuthorised,
+            "this van may not sync this case (ask the fleet manager to assign it); the hub logged why",
+        )
     }
 
     fn unavailable(&self, doc: DocId, e: &CaseError) -> ReplicaRefusal {
@@ -376,10 +379,13 @@ impl HubReplica {
     ) -> Result<(), ReplicaRefusal> {
         let s = slot.as_mut().expect("known");
         if !self.entitled(&s.meta) {
+            // The audit log and the hub's log say which rule refused it; the van is told
+            // only that it may not sync the case, so it learns nothing of other
+            // organisations' cases.
             let why = if s.meta.org != self.device.org {
-                "this case belongs to another organisation"
+                "the case belongs to another organisation"
             } else {
-                "this case was neither created by this van nor assigned to it"
+                "the case was neither created by this van nor assigned to it"
             };
             return Err(self.refused(doc, why));
         }
@@ -476,7 +482,7 @@ impl HubReplica {
     /// Blobs referenced by the cases this van may sync, with their priorities.
     fn referenced_blobs(&self) -> Vec<([u8; 32], Priority)> {
         let mut out = Vec::new();
-        for doc in self.scope() {
+        for doc in self.hub.storage.cases_for_van(&self.device.org, &self.device.van).unwrap_or_default() {
             let slot = self.hub.slot(doc);
             let mut slot = lock(&slot);
             if self.hub.refresh(doc, &mut slot).is_err() {
@@ -498,18 +504,9 @@ impl HubReplica {
     }
 }
 
-impl Replica for HubReplica {
-    fn scope(&self) -> Vec<DocId> {
-        match self.hub.storage.cases_for_van(&self.device.org, &self.device.van) {
-            Ok(docs) => docs,
-            Err(e) => {
-                tracing::error!(van = %self.peer, error = %e, "sync: could not list the van's cases");
-                Vec::new()
-            }
-        }
-    }
-
-    fn heads(&self, doc: DocId) -> Vec<ChangeHash> {
+/// The replica's work, run under [`blocking`] by the trait's methods.
+impl HubReplica {
+    fn heads_now(&self, doc: DocId) -> Vec<ChangeHash> {
         let slot = self.hub.slot(doc);
         let mut slot = lock(&slot);
         if self.hub.refresh(doc, &mut slot).is_err() {
@@ -524,11 +521,7 @@ impl Replica for HubReplica {
         heads
     }
 
-    fn priority(&self, _doc: DocId) -> Priority {
-        Priority::Case
-    }
-
-    fn sync_state(&mut self, doc: DocId) -> sync::State {
+    fn sync_state_now(&mut self, doc: DocId) -> sync::State {
         let sealed = match self.pending.get(&doc) {
             Some(s) => return sync::State::decode(s).unwrap_or_default(),
             None => self.hub.storage.sync_state(&self.peer, doc).ok().flatten(),
@@ -539,11 +532,7 @@ impl Replica for HubReplica {
             .unwrap_or_default()
     }
 
-    fn save_sync_state(&mut self, doc: DocId, state: &sync::State) {
-        self.pending.insert(doc, state.encode());
-    }
-
-    fn flush(&mut self) {
+    fn flush_now(&mut self) {
         let states: Vec<(DocId, Vec<u8>)> = std::mem::take(&mut self.pending)
             .into_iter()
             .map(|(doc, s)| (doc, self.hub.sealer.seal(&crypto::sync_label(&self.peer, doc), &s)))
@@ -553,7 +542,7 @@ impl Replica for HubReplica {
         }
     }
 
-    fn generate(&mut self, doc: DocId, state: &mut sync::State) -> Option<sync::Message> {
+    fn generate_now(&mut self, doc: DocId, state: &mut sync::State) -> Option<sync::Message> {
         let slot = self.hub.slot(doc);
         let mut slot = lock(&slot);
         if let Err(e) = self.hub.refresh(doc, &mut slot) {
@@ -579,7 +568,7 @@ impl Replica for HubReplica {
         }
     }
 
-    fn receive(&mut self, doc: DocId, state: &mut sync::State, msg: sync::Message) -> Result<(), ReplicaRefusal> {
+    fn receive_now(&mut self, doc: DocId, state: &mut sync::State, msg: sync::Message) -> Result<(), ReplicaRefusal> {
         let slot = self.hub.slot(doc);
         let mut slot = lock(&slot);
         if let Err(e) = self.hub.refresh(doc, &mut slot) {
@@ -591,60 +580,108 @@ impl Replica for HubReplica {
             self.receive_new(doc, &mut slot, state, msg)
         }
     }
+}
+
+impl Replica for HubReplica {
+    fn scope(&self) -> Vec<DocId> {
+        match blocking(|| self.hub.storage.cases_for_van(&self.device.org, &self.device.van)) {
+            Ok(docs) => docs,
+            Err(e) => {
+                tracing::error!(van = %self.peer, error = %e, "sync: could not list the van's cases");
+                Vec::new()
+            }
+        }
+    }
+
+    fn heads(&self, doc: DocId) -> Vec<ChangeHash> {
+        blocking(|| self.heads_now(doc))
+    }
+
+    fn priority(&self, _doc: DocId) -> Priority {
+        Priority::Case
+    }
+
+    fn sync_state(&mut self, doc: DocId) -> sync::State {
+        blocking(|| self.sync_state_now(doc))
+    }
+
+    fn save_sync_state(&mut self, doc: DocId, state: &sync::State) {
+        self.pending.insert(doc, state.encode());
+    }
+
+    fn flush(&mut self) {
+        blocking(|| self.flush_now())
+    }
+
+    fn generate(&mut self, doc: DocId, state: &mut sync::State) -> Option<sync::Message> {
+        blocking(|| self.generate_now(doc, state))
+    }
+
+    fn receive(&mut self, doc: DocId, state: &mut sync::State, msg: sync::Message) -> Result<(), ReplicaRefusal> {
+        blocking(|| self.receive_now(doc, state, msg))
+    }
 
     fn accepts_blob(&self, _sha256: &[u8; 32], size: u64) -> bool {
-        // Blobs are content-addressed and sealed; reading one needs a case that refers to it
-        // and that the reader may see. An upload may arrive before the case that refers to it.
+        // Blobs are kept per organisation (see `blob_key`), so another organisation's upload
+        // neither answers for nor interferes with this one's; sending one to a van needs a
+        // case it may sync that refers to it. An upload may arrive before that case does.
         size <= MAX_BLOB
     }
 
     fn blobs(&self) -> Vec<([u8; 32], u64, Priority)> {
         let mut out = Vec::new();
-        for (sha, priority) in self.referenced_blobs() {
-            if let Ok(Some(size)) = self.hub.storage.complete_blob_size(&sha) {
-                out.push((sha, size, priority));
+        blocking(|| {
+            for (sha, priority) in self.referenced_blobs() {
+                let key = blob_key(&self.device.org, &sha);
+                if let Ok(Some(size)) = self.hub.storage.complete_blob_size(&key) {
+                    out.push((sha, size, priority));
+                }
             }
-        }
+        });
         out.sort();
         out.dedup_by_key(|b| b.0);
         out
     }
 
     fn blob_state(&self, sha256: &[u8; 32]) -> BlobState {
-        self.hub.storage.blob_state(sha256).unwrap_or(BlobState::Missing)
+        let key = blob_key(&self.device.org, sha256);
+        blocking(|| self.hub.storage.blob_state(&key)).unwrap_or(BlobState::Missing)
     }
 
     fn read_blob(&mut self, sha256: &[u8; 32], offset: u64, len: u64) -> Result<Vec<u8>, ReplicaRefusal> {
-        read_blob(&self.hub, sha256, offset, len).map_err(|e| refuse(RefusalReason::Malformed, e.to_string()))
+        blocking(|| read_blob(&self.hub, &self.device.org, sha256, offset, len))
+            .map_err(|e| refuse(RefusalReason::Malformed, e.to_string()))
     }
 
-    fn write_blob(&mut self, sha256: &[u8; 32], _size: u64, offset: u64, data: &[u8]) -> Result<(), ReplicaRefusal> {
-        if !offset.is_multiple_of(CHUNK) || data.len() as u64 > CHUNK {
+    fn write_blob(&mut self, sha256: &[u8; 32], size: u64, offset: u64, data: &[u8]) -> Result<(), ReplicaRefusal> {
+        // Every piece but the last is a whole chunk, so a resumed transfer always starts
+        // on a chunk boundary.
+        if !offset.is_multiple_of(CHUNK) || offset >= size || data.len() as u64 != CHUNK.min(size - offset) {
             return Err(refuse(RefusalReason::Malformed, format!("blob bytes at {offset} are not a whole chunk")));
         }
+        let key = blob_key(&self.device.org, sha256);
         let index = offset / CHUNK;
-        let sealed = self.hub.sealer.seal_chunk(sha256, index, data);
-        self.hub
-            .storage
-            .put_blob_chunk(sha256, index, data.len() as u64, &sealed)
+        let sealed = self.hub.sealer.seal_chunk(&key, index, data);
+        blocking(|| self.hub.storage.put_blob_chunk(&key, index, data.len() as u64, &sealed))
             .map_err(|e| refuse(RefusalReason::Malformed, e.to_string()))
     }
 
     fn finish_blob(&mut self, sha256: &[u8; 32], size: u64) -> Result<(), ReplicaRefusal> {
-        let result = (|| -> Result<(), StorageError> {
+        let key = blob_key(&self.device.org, sha256);
+        let result = blocking(|| -> Result<(), StorageError> {
             let mut hasher = Sha256::new();
             let mut offset = 0;
             while offset < size {
                 let len = CHUNK.min(size - offset);
-                hasher.update(read_blob_any(&self.hub, sha256, offset, len)?);
+                hasher.update(read_blob_any(&self.hub, &key, offset, len)?);
                 offset += len;
             }
             if <[u8; 32]>::from(hasher.finalize()) != *sha256 {
-                self.hub.storage.drop_blob(sha256)?;
+                self.hub.storage.drop_blob(&key)?;
                 return Err(StorageError::BlobMismatch(hex::encode(sha256)));
             }
-            self.hub.storage.complete_blob(sha256, size)
-        })();
+            self.hub.storage.complete_blob(&key, size)
+        });
         match result {
             Ok(()) => {
                 let rec = record(&self.peer, "blob.receive", None, audit::Outcome::Allowed, hex::encode(sha256));
@@ -656,12 +693,34 @@ impl Replica for HubReplica {
     }
 }
 
-/// Reads bytes of a complete blob.
-pub fn read_blob(hub: &CaseHub, sha: &[u8; 32], offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {
-    if hub.storage.blob_state(sha)? != BlobState::Complete {
+/// Where an organisation's copy of a blob is kept: blobs are content-addressed within an
+/// organisation only, so no van learns whether another organisation holds an image, or
+/// gets it by naming its hash in a case of its own.
+pub fn blob_key(org: &str, sha: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"medvan-blob-v1\0");
+    h.update((org.len() as u64).to_be_bytes());
+    h.update(org.as_bytes());
+    h.update(sha);
+    h.finalize().into()
+}
+
+/// Reads bytes of an organisation's complete blob.
+pub fn read_blob(hub: &CaseHub, org: &str, sha: &[u8; 32], offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {
+    let key = blob_key(org, sha);
+    if hub.storage.blob_state(&key)? != BlobState::Complete {
         return Err(StorageError::BlobMismatch(hex::encode(sha)));
     }
-    read_blob_any(hub, sha, offset, len)
+    read_blob_any(hub, &key, offset, len)
+}
+
+/// Runs a blocking storage call without stalling the async runtime's other tasks (QUIC
+/// keep-alives and acknowledgements of every other van).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 fn read_blob_any(hub: &CaseHub, sha: &[u8; 32], offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {

@@ -206,7 +206,7 @@ async fn every_attack_is_refused_with_a_logged_reason_while_other_vans_keep_sync
     v3_store.import_case(&ctx("mallory"), case, &changes).unwrap();
     v3_store.edit_case(&ctx("mallory"), case, &[Edit::AddChat { text: "mine now".into() }]).unwrap();
     sync_once(&endpoint(&v3.ca, v3.cert, v3.key), addr, &v3_store).await.unwrap();
-    logs.wait_for("this case belongs to another organisation").await;
+    logs.wait_for("the case belongs to another organisation").await;
     assert!(hub.cases.read_case(&admin, &north, case).unwrap().chat.is_empty(), "the foreign edit was stored");
     still_syncs().await;
 

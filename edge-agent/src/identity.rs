@@ -58,22 +58,36 @@ pub fn load(dir: &Path) -> anyhow::Result<Option<Identity>> {
 /// Stores a new identity (first enrolment, re-enrolment or renewal) in `dir`.
 pub fn store(dir: &Path, identity: &Identity) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("Failed to create {}", dir.display()))?;
-    write_private(&dir.join(CA), identity.ca.as_ref())?;
+    // The pair is staged whole, then marked complete; only a complete pair is installed.
+    let _ = std::fs::remove_file(dir.join(COMPLETE));
     write_private(&dir.join(format!("{KEY}.next")), identity.key.secret_der())?;
     write_private(&dir.join(format!("{CERT}.next")), identity.cert.as_ref())?;
+    write_private(&dir.join(format!("{CA}.next")), identity.ca.as_ref())?;
+    write_private(&dir.join(COMPLETE), b"")?;
     finish_renewal(dir)
 }
 
-/// Renames a complete `.next` pair into place (the key first; either order is safe, since
-/// a leftover `.next` file is renamed at the next load).
+/// Marks a staged identity as complete: written whole and synced.
+const COMPLETE: &str = "next.complete";
+
+/// Installs a staged identity if it was staged whole; a partial one (the power went while
+/// it was written) is discarded, and the current identity stays as it was.
 fn finish_renewal(dir: &Path) -> anyhow::Result<()> {
-    let (key_next, cert_next) = (dir.join(format!("{KEY}.next")), dir.join(format!("{CERT}.next")));
-    if key_next.exists() && !cert_next.exists() && !dir.join(CERT).exists() {
-        anyhow::bail!("{} holds a key without a certificate; enrol again", dir.display());
-    }
-    for (next, name) in [(key_next, KEY), (cert_next, CERT)] {
-        if next.exists() {
-            std::fs::rename(&next, dir.join(name)).with_context(|| format!("Failed to install {}", next.display()))?;
+    let staged = [(format!("{KEY}.next"), KEY), (format!("{CERT}.next"), CERT), (format!("{CA}.next"), CA)];
+    if dir.join(COMPLETE).exists() {
+        // Any order: a rename interrupted here is finished at the next load, since the
+        // marker goes last.
+        for (next, name) in &staged {
+            let next = dir.join(next);
+            if next.exists() {
+                std::fs::rename(&next, dir.join(name))
+                    .with_context(|| format!("Failed to install {}", next.display()))?;
+            }
+        }
+        std::fs::remove_file(dir.join(COMPLETE))?;
+    } else {
+        for (next, _) in &staged {
+            let _ = std::fs::remove_file(dir.join(next));
         }
     }
     if dir.exists() {
@@ -108,12 +122,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = Identity { ca: vec![1].into(), cert: vec![2].into(), key: PrivatePkcs8KeyDer::from(vec![3]).into() };
         store(dir.path(), &id).unwrap();
-        // A renewal wrote both new files, then the power went before the renames.
+        // A renewal staged its files whole, then the power went before the renames.
         std::fs::write(dir.path().join("device.key.next"), [4]).unwrap();
         std::fs::write(dir.path().join("device.der.next"), [5]).unwrap();
+        std::fs::write(dir.path().join("next.complete"), []).unwrap();
         let loaded = load(dir.path()).unwrap().unwrap();
         assert_eq!(loaded.key.secret_der(), [4]);
         assert_eq!(loaded.cert.as_ref(), [5]);
+        // A renewal cut off while staging: the key is new, the certificate never came. The
+        // working pair stays, and the stray file goes.
+        std::fs::write(dir.path().join("device.key.next"), [6]).unwrap();
+        let loaded = load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.key.secret_der(), [4]);
+        assert_eq!(loaded.cert.as_ref(), [5]);
+        assert!(!dir.path().join("device.key.next").exists());
         assert!(load(&dir.path().join("never-enrolled")).unwrap().is_none());
     }
 }

@@ -59,9 +59,20 @@ pub async fn enrol(config: &config::Config, token: &str) -> anyhow::Result<()> {
 pub async fn start_sync(config: &config::Config, store: &Store) -> anyhow::Result<sync::SyncHandle> {
     let Some(hub) = &config.hub else { return Ok(sync::SyncHandle::not_configured()) };
     let dir = &hub.identity_dir;
-    let Some(identity) = identity::load(dir)? else {
-        tracing::warn!(dir = %dir.display(), "this van is not enrolled: sync is off until `edge-agent enrol --token ...`");
-        return Ok(sync::SyncHandle::not_configured());
+    // A damaged identity stops sync, never the agent: the crew keeps recording cases.
+    let identity = match identity::load(dir) {
+        Ok(Some(identity)) => identity,
+        Ok(None) => {
+            tracing::warn!(dir = %dir.display(), "this van is not enrolled: sync is off until `edge-agent enrol --token ...`");
+            return Ok(sync::SyncHandle::not_configured());
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "this van's identity is unusable; sync is off");
+            return Ok(sync::SyncHandle::identity_unusable(format!(
+                "this van's identity in {} is unusable ({e:#}); enrol again with `edge-agent enrol --token ...`",
+                dir.display()
+            )));
+        }
     };
     let settings = sync::SyncSettings {
         address: hub.address.clone(),
@@ -71,7 +82,15 @@ pub async fn start_sync(config: &config::Config, store: &Store) -> anyhow::Resul
         renew_below: None,
         liveness: Default::default(),
     };
-    sync::spawn(store.clone(), settings)
+    match sync::spawn(store.clone(), settings) {
+        Ok(handle) => Ok(handle),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "sync could not start");
+            Ok(sync::SyncHandle::identity_unusable(format!(
+                "sync could not start ({e:#}); if the van's certificate or key is damaged, enrol again with `edge-agent enrol --token ...`"
+            )))
+        }
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then closes the store cleanly.

@@ -228,6 +228,18 @@ impl SyncHandle {
         }
     }
 
+    /// A handle reporting that the van's identity cannot be used (sync is off until a
+    /// re-enrolment; the agent runs on).
+    pub fn identity_unusable(why: String) -> SyncHandle {
+        let handle = SyncHandle::not_configured();
+        {
+            let mut s = lock(&handle.status);
+            s.state = "certificate_expired";
+            s.last_error = Some(why);
+        }
+        handle
+    }
+
     /// The current status.
     pub fn status(&self) -> SyncStatus {
         let mut s = lock(&self.status).clone();

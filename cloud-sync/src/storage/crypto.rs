@@ -3,9 +3,9 @@
 //! One 256-bit key in the hub's key file; HKDF derives a key per purpose. Records (case
 //! bytes, sync states, the CA key) are sealed with XChaCha20-Poly1305 under a random nonce
 //! stored in front, and bound by associated data to what they are (a case's bytes cannot
-//! be moved to another case unnoticed). Blob chunks use a nonce derived from the blob's
-//! hash and the chunk's index: a chunk is written once per position and re-sending the
-//! same content yields the same bytes, so an interrupted transfer can resume at any chunk.
+//! be moved to another case unnoticed). Blob chunks likewise carry a random nonce and are
+//! bound to their blob and position. (A nonce derived from the blob's name would repeat
+//! for bytes a van chooses, since chunks are sealed before the whole blob is verified.)
 
 use std::path::Path;
 
@@ -103,31 +103,38 @@ impl Sealer {
             .map_err(|_| StorageError::Unsealed(String::from_utf8_lossy(what).into_owned()))
     }
 
-    /// Seals chunk `index` of blob `sha`.
+    /// Seals chunk `index` of blob `sha`: a random nonce, then the ciphertext.
     pub fn seal_chunk(&self, sha: &[u8; 32], index: u64, plain: &[u8]) -> Vec<u8> {
-        let (nonce, aad) = chunk_nonce(sha, index);
-        self.blobs
-            .encrypt(&XNonce::from(nonce), Payload { msg: plain, aad: &aad })
-            .expect("XChaCha20-Poly1305 encrypts any chunk")
+        let mut nonce = [0u8; NONCE];
+        rand::fill(&mut nonce);
+        let mut out = nonce.to_vec();
+        let sealed = self
+            .blobs
+            .encrypt(&XNonce::from(nonce), Payload { msg: plain, aad: &chunk_aad(sha, index) })
+            .expect("XChaCha20-Poly1305 encrypts any chunk");
+        out.extend_from_slice(&sealed);
+        out
     }
 
     /// Opens chunk `index` of blob `sha`.
     pub fn open_chunk(&self, sha: &[u8; 32], index: u64, sealed: &[u8]) -> Result<Vec<u8>, StorageError> {
-        let (nonce, aad) = chunk_nonce(sha, index);
+        let damaged = || StorageError::Unsealed(format!("chunk {index} of blob {}", hex::encode(sha)));
+        if sealed.len() < NONCE {
+            return Err(damaged());
+        }
+        let (nonce, body) = sealed.split_at(NONCE);
+        let nonce: [u8; NONCE] = nonce.try_into().expect("split at the nonce length");
         self.blobs
-            .decrypt(&XNonce::from(nonce), Payload { msg: sealed, aad: &aad })
-            .map_err(|_| StorageError::Unsealed(format!("chunk {index} of blob {}", hex::encode(sha))))
+            .decrypt(&XNonce::from(nonce), Payload { msg: body, aad: &chunk_aad(sha, index) })
+            .map_err(|_| damaged())
     }
 }
 
-fn chunk_nonce(sha: &[u8; 32], index: u64) -> ([u8; NONCE], [u8; 40]) {
-    let mut nonce = [0u8; NONCE];
-    nonce[..16].copy_from_slice(&sha[..16]);
-    nonce[16..].copy_from_slice(&index.to_be_bytes());
+fn chunk_aad(sha: &[u8; 32], index: u64) -> [u8; 40] {
     let mut aad = [0u8; 40];
     aad[..32].copy_from_slice(sha);
     aad[32..].copy_from_slice(&index.to_be_bytes());
-    (nonce, aad)
+    aad
 }
 
 /// Sealed-record labels.

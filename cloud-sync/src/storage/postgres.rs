@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sync_proto::{BlobState, CHUNK, DocId};
 use sync_quic::enrol::EnrolError;
 use sync_quic::identity::DeviceId;
-use sync_quic::registry::{Registry, RegistryError, Revocation, redeem};
+use sync_quic::registry::{Registry, RegistryError, Revocation, VOIDED, redeem};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
@@ -255,6 +255,11 @@ impl Registry for PgStorage {
 
     fn revoke_device(&self, device: &DeviceId) -> Result<usize, RegistryError> {
         self.reg(async |c| {
+            c.execute(
+                "UPDATE tokens SET used_by = $1 WHERE org = $2 AND van = $3",
+                &[&&VOIDED[..], &device.org, &device.van],
+            )
+            .await?;
             let n = c
                 .execute(
                     "INSERT INTO revocations (fingerprint, org, van)
@@ -515,8 +520,14 @@ impl Storage for PgStorage {
     fn put_blob_chunk(&self, sha: &[u8; 32], index: u64, plain_len: u64, sealed: &[u8]) -> Result<(), StorageError> {
         self.with(async |c| {
             let tx = c.transaction().await?;
-            let row = tx.query_opt("SELECT held, chunks FROM blobs WHERE sha = $1 FOR UPDATE", &[&&sha[..]]).await?;
-            let (held, chunks) = row.map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1))).unwrap_or((0, 0));
+            // The row exists before it is locked: two first chunks cannot both pass the check.
+            tx.execute(
+                "INSERT INTO blobs (sha, held, chunks, complete) VALUES ($1, 0, 0, false) ON CONFLICT (sha) DO NOTHING",
+                &[&&sha[..]],
+            )
+            .await?;
+            let row = tx.query_one("SELECT held, chunks FROM blobs WHERE sha = $1 FOR UPDATE", &[&&sha[..]]).await?;
+            let (held, chunks) = (row.get::<_, i64>(0), row.get::<_, i64>(1));
             if index != chunks as u64 {
                 return Err(StorageError::BlobOffset {
                     sha: hex::encode(sha),
@@ -531,8 +542,7 @@ impl Storage for PgStorage {
             )
             .await?;
             tx.execute(
-                "INSERT INTO blobs (sha, held, chunks, complete) VALUES ($1, $2, 1, false)
-                 ON CONFLICT (sha) DO UPDATE SET held = blobs.held + $2, chunks = blobs.chunks + 1",
+                "UPDATE blobs SET held = held + $2, chunks = chunks + 1 WHERE sha = $1",
                 &[&&sha[..], &(plain_len as i64)],
             )
             .await?;
@@ -559,8 +569,12 @@ impl Storage for PgStorage {
 
     fn complete_blob(&self, sha: &[u8; 32], size: u64) -> Result<(), StorageError> {
         self.with(async |c| {
-            c.execute("UPDATE blobs SET complete = true WHERE sha = $1 AND held = $2", &[&&sha[..], &(size as i64)])
+            let n = c
+                .execute("UPDATE blobs SET complete = true WHERE sha = $1 AND held = $2", &[&&sha[..], &(size as i64)])
                 .await?;
+            if n == 0 {
+                return Err(StorageError::BlobMismatch(hex::encode(sha)));
+            }
             Ok(())
         })
     }

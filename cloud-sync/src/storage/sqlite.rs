@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sync_proto::{BlobState, CHUNK, DocId};
 use sync_quic::enrol::EnrolError;
 use sync_quic::identity::DeviceId;
-use sync_quic::registry::{Registry, RegistryError, Revocation, redeem};
+use sync_quic::registry::{Registry, RegistryError, Revocation, VOIDED, redeem};
 
 use super::crypto::Sealer;
 use super::{Append, CaseMeta, Storage, StorageError, StoredCa, doc_from, doc_key};
@@ -48,8 +48,9 @@ pub struct SqliteStorage {
     blob_dir: PathBuf,
 }
 
-/// A slot holds a chunk's length (4 bytes) and its sealed bytes (the AEAD tag adds 16).
-const SLOT: u64 = 4 + CHUNK + 16;
+/// A slot holds a chunk's length (4 bytes) and its sealed bytes (a 24-byte nonce in front,
+/// the AEAD tag of 16 behind).
+const SLOT: u64 = 4 + 24 + CHUNK + 16;
 
 impl SqliteStorage {
     /// Opens (creating if needed) the store under `dir`.
@@ -146,6 +147,10 @@ impl Registry for SqliteStorage {
 
     fn revoke_device(&self, device: &DeviceId) -> Result<usize, RegistryError> {
         self.reg(|c| {
+            c.execute(
+                "UPDATE tokens SET used_by = ?1 WHERE org = ?2 AND van = ?3",
+                params![&VOIDED[..], device.org, device.van],
+            )?;
             c.execute(
                 "INSERT OR IGNORE INTO revocations (fingerprint, org, van)
                  SELECT fingerprint, org, van FROM certificates WHERE org = ?1 AND van = ?2",
@@ -427,8 +432,12 @@ impl Storage for SqliteStorage {
     }
 
     fn complete_blob(&self, sha: &[u8; 32], size: u64) -> Result<(), StorageError> {
-        self.conn()
+        let n = self
+            .conn()
             .execute("UPDATE blobs SET complete = 1 WHERE sha = ?1 AND held = ?2", params![&sha[..], size as i64])?;
+        if n == 0 {
+            return Err(StorageError::BlobMismatch(hex::encode(sha)));
+        }
         Ok(())
     }
 

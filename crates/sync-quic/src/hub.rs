@@ -40,6 +40,8 @@ pub struct HubServer {
 const ENROL_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the hub looks for revocations made elsewhere (the CLI, another hub process).
 const REVOCATION_POLL: Duration = Duration::from_millis(250);
+/// How many positions of the revocation log are read again at each poll.
+const REVOCATION_LOOKBACK: u64 = 64;
 
 impl HubServer {
     /// A hub serving on `endpoint` (built with [`crate::driver::server_config`]); revocations
@@ -86,7 +88,9 @@ impl HubServer {
     async fn watch_revocations(self) {
         let mut seen = 0u64;
         loop {
-            match self.enroller.registry().revocations_after(seen) {
+            // Positions become visible in commit order, not number order (two processes
+            // revoking at once): look back a little so none is skipped.
+            match self.enroller.registry().revocations_after(seen.saturating_sub(REVOCATION_LOOKBACK)) {
                 Ok(list) => {
                     for r in list {
                         seen = seen.max(r.seq);

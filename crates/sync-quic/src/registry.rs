@@ -38,7 +38,8 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
     fn redeem_token(&self, secret_hash: [u8; 32], key_hash: [u8; 32], now: i64) -> Result<DeviceId, EnrolError>;
     /// Records an issued certificate, so that revoking its van can name it.
     fn record_certificate(&self, fingerprint: &str, device: &DeviceId, not_after: i64) -> Result<(), RegistryError>;
-    /// Revokes every certificate issued to a van; returns how many were revoked.
+    /// Revokes every certificate issued to a van and voids its enrolment tokens (used or
+    /// not, see [`VOIDED`]); returns how many certificates were revoked.
     fn revoke_device(&self, device: &DeviceId) -> Result<usize, RegistryError>;
     /// Whether a certificate is revoked.
     fn is_revoked(&self, fingerprint: &str) -> Result<bool, RegistryError>;
@@ -87,7 +88,10 @@ impl Registry for MemoryRegistry {
 
     fn revoke_device(&self, device: &DeviceId) -> Result<usize, RegistryError> {
         let mut inner = lock(&self.inner);
-        let Inner { certs, revoked, .. } = &mut *inner;
+        let Inner { certs, revoked, tokens } = &mut *inner;
+        for token in tokens.values_mut().filter(|t| &t.device == device) {
+            token.used_by = Some(VOIDED);
+        }
         let mut n = 0;
         for (fp, d) in certs.iter().filter(|(_, d)| d == device) {
             if !revoked.iter().any(|r| &r.fingerprint == fp) {
@@ -109,15 +113,18 @@ impl Registry for MemoryRegistry {
 }
 
 /// The rule every registry applies to a token being redeemed: unused or used by this same
-/// key, and not expired.
+/// key (a retry), and not expired either way.
 pub fn redeem(used_by: Option<[u8; 32]>, expires_at: i64, key_hash: [u8; 32], now: i64) -> Result<(), EnrolError> {
     match used_by {
         Some(k) if k != key_hash => Err(EnrolError::AlreadyUsed),
-        Some(_) => Ok(()),
-        None if now > expires_at => Err(EnrolError::Expired),
-        None => Ok(()),
+        _ if now > expires_at => Err(EnrolError::Expired),
+        _ => Ok(()),
     }
 }
+
+/// What a revoked van's tokens are marked used by: no key hashes to it, so none of them
+/// enrols anything again, not even a retry by the key they were bound to.
+pub const VOIDED: [u8; 32] = [0xff; 32];
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

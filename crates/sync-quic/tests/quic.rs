@@ -493,4 +493,6 @@ fn a_token_redeemed_again_by_the_same_key_is_a_retry_and_by_another_key_is_refus
     // A used token stays refused to other keys after it expires too.
     let later = now() + TimeDuration::hours(2);
     assert_eq!(enroller.redeem(&token, &other_csr, later).unwrap_err(), EnrolError::AlreadyUsed);
+    // Retries end when the token expires: a key held by a thief cannot mint certificates later.
+    assert_eq!(enroller.redeem(&token, &csr, later).unwrap_err(), EnrolError::Expired);
 }
