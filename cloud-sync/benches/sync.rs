@@ -464,14 +464,9 @@ fn rss_kib(pid: u32) -> u64 {
 async fn concurrent(report: &mut Report) {
     let vans = env_u64("MEDVAN_BENCH_VANS", 1000) as usize;
     let dir = tempfile::tempdir().unwrap();
-    let free = |proto_udp: bool| -> u16 {
-        if proto_udp {
-            UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-        } else {
-            std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-        }
-    };
-    let (http, sync) = (free(false), free(true));
+    // Free ports for the hub to take (a race with another process is possible, and loud).
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let sync = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config_path = dir.path().join("hub.toml");
     std::fs::write(
         &config_path,

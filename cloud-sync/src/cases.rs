@@ -20,7 +20,7 @@ use automerge::{Automerge, ChangeHash, ReadDoc};
 use case_model::{CaseDoc, CaseId, CaseSummary, CaseView, Edit, EditContext, OrgId, Timestamp, UserId};
 use sha2::{Digest, Sha256};
 use sync_proto::{BlobState, CHUNK, DocId, Priority, RefusalReason, Replica, ReplicaRefusal};
-use sync_quic::identity::DeviceId;
+use sync_quic::identity::{DeviceId, check_name};
 use tokio::sync::broadcast;
 
 use crate::storage::crypto::{self, Sealer};
@@ -43,9 +43,9 @@ pub enum CaseError {
     /// The edit was refused; nothing was written.
     #[error("the edit was refused: {0}")]
     Refused(#[from] case_model::BatchError),
-    /// A van name that cannot be one.
-    #[error("{0:?} is not a van name: use letters, digits, '.', '_' and '-'")]
-    BadVan(String),
+    /// A van or organisation name that cannot go into a certificate.
+    #[error("{0:?} cannot name a van or an organisation: use 1 to 64 letters, digits, '.', '_' and '-'")]
+    BadName(String),
     /// Storage failed; nothing was written.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -220,6 +220,8 @@ impl CaseHub {
 
     /// Creates an organisation.
     pub fn create_org(&self, actor: &UserId, org: &OrgId, name: &str) -> Result<(), CaseError> {
+        // Organisation ids go into the vans' certificates.
+        check_name(org.as_str()).map_err(|_| CaseError::BadName(org.to_string()))?;
         self.storage.create_org(org.as_str(), name)?;
         self.storage.audit(&record(actor.as_str(), "org.create", None, audit::Outcome::Allowed, org.to_string()))?;
         Ok(())
@@ -227,7 +229,7 @@ impl CaseHub {
 
     /// Assigns a case of `org` to a van of the same organisation.
     pub fn assign(&self, actor: &UserId, org: &OrgId, case: CaseId, van: &str) -> Result<(), CaseError> {
-        DeviceId::new(org.as_str(), van).map_err(|_| CaseError::BadVan(van.to_owned()))?;
+        check_name(van).map_err(|_| CaseError::BadName(van.to_owned()))?;
         let doc = DocId(*case.as_bytes());
         match self.storage.case_meta(doc)? {
             Some(meta) if meta.org == org.as_str() => {}
@@ -317,9 +319,6 @@ impl CaseHub {
             Ok(_) => (audit::Outcome::Allowed, detail),
             Err(e) => (audit::Outcome::Refused, format!("{detail} {e}").trim().to_owned()),
         };
-        if action == "case.edit" && outcome == audit::Outcome::Allowed {
-            return Ok(());
-        }
         self.storage.audit(&record(user.as_str(), action, Some(doc), outcome, detail))?;
         Ok(())
     }

@@ -113,12 +113,9 @@ impl Hub {
 
     /// Binds the sync endpoint with a fresh hub certificate from the fleet CA.
     pub fn bind_sync(&self, addr: std::net::SocketAddr) -> anyhow::Result<HubServer> {
-        let now = OffsetDateTime::now_utc();
-        let (cert, key) = self.ca.issue_hub(&self.server_name, now - Duration::hours(1), now + Duration::days(365))?;
-        let config = sync_quic::driver::server_config(self.ca.certificate(), cert, key, Default::default())?;
-        let endpoint = quinn::Endpoint::server(config, addr)
-            .with_context(|| format!("Failed to listen for vans on {addr} (UDP)"))?;
-        Ok(HubServer::new(endpoint, self.enroller.clone()).with_changes(self.cases.changes()))
+        let socket =
+            std::net::UdpSocket::bind(addr).with_context(|| format!("Failed to listen for vans on {addr} (UDP)"))?;
+        self.sync_on_socket(socket)
     }
 
     /// The sync endpoint on a socket bound by the caller (in another network namespace, say).

@@ -132,7 +132,7 @@ impl From<CaseError> for ApiError {
     fn from(e: CaseError) -> Self {
         match &e {
             CaseError::NotFound(_) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
-            CaseError::Refused(_) | CaseError::BadVan(_) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+            CaseError::Refused(_) | CaseError::BadName(_) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
             CaseError::Storage(_) | CaseError::Damaged(..) => {
                 tracing::error!(error = %e, "case API failed");
                 ApiError(

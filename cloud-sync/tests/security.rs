@@ -1,6 +1,8 @@
 //! The hub under attack, over real QUIC with mutual TLS: each attempt is refused with a
 //! logged reason, and a legitimate van keeps syncing between every one of them.
 
+mod common;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -195,14 +197,7 @@ async fn every_attack_is_refused_with_a_logged_reason_while_other_vans_keep_sync
         hub.enroller.issue(DeviceId::new("org-south", "van-9").unwrap(), now.unix_timestamp() + 600).unwrap().encode();
     let v3 = enrol(addr, "hub.test", &token3).await.unwrap();
     let v3_store = store(&dir, "van-9");
-    let changes: Vec<Vec<u8>> = v1_store
-        .load_from_disk(case)
-        .unwrap()
-        .automerge()
-        .get_changes(&[])
-        .iter()
-        .map(|c| c.raw_bytes().to_vec())
-        .collect();
+    let changes = common::all_changes(&v1_store, case);
     v3_store.import_case(&ctx("mallory"), case, &changes).unwrap();
     v3_store.edit_case(&ctx("mallory"), case, &[Edit::AddChat { text: "mine now".into() }]).unwrap();
     sync_once(&endpoint(&v3.ca, v3.cert, v3.key), addr, &v3_store).await.unwrap();

@@ -207,15 +207,7 @@ fn a_van_is_refused_other_organisations_and_unassigned_cases_and_the_session_goe
     // Van 9 of another organisation somehow holds a copy of the case and edits it, and
     // also has a case of its own.
     let b9 = van("org-south", "van-9");
-    let changes: Vec<Vec<u8>> = a
-        .store
-        .load_from_disk(case)
-        .unwrap()
-        .automerge()
-        .get_changes(&[])
-        .iter()
-        .map(|c| c.raw_bytes().to_vec())
-        .collect();
+    let changes = common::all_changes(&a.store, case);
     b9.store.import_case(&ctx("mallory"), case, &changes).unwrap();
     b9.store.edit_case(&ctx("mallory"), case, &[vitals(10)]).unwrap();
     let own = b9.store.create_case(&ctx("bob"), &OrgId::parse("org-south").unwrap()).unwrap().id;

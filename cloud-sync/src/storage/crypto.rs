@@ -35,27 +35,10 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// Reads the key file: 64 hex digits, readable by its owner only.
     pub fn load(path: &Path) -> anyhow::Result<Sealer> {
-        use anyhow::Context;
-        let meta = std::fs::metadata(path).with_context(|| {
-            format!("Cannot read the hub's key file {}; create it with `medvan-hub init`", path.display())
-        })?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o777;
-            anyhow::ensure!(
-                mode & 0o077 == 0,
-                "The hub's key file {} is readable by other users (mode {mode:04o}); run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            );
+        if !path.exists() {
+            anyhow::bail!("The hub's key file {} does not exist; create it with `medvan-hub init`", path.display());
         }
-        let text = std::fs::read_to_string(path).with_context(|| format!("Cannot read {}", path.display()))?;
-        let master: [u8; 32] = hex::decode(text.trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .with_context(|| format!("The key file {} must hold 64 hexadecimal characters", path.display()))?;
-        Ok(Sealer::from_master(&master))
+        Ok(Sealer::from_master(&case_store::read_key_file(path)?))
     }
 
     /// Keys derived from a master key.

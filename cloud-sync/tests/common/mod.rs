@@ -77,3 +77,10 @@ pub(crate) fn pump_until(vr: &mut impl Replica, hr: &mut impl Replica, cut: impl
     hr.flush();
     blob_bytes
 }
+
+/// Every change of a case in a van's store: a copy of the case, as a van that should not
+/// hold it might.
+#[allow(dead_code)]
+pub(crate) fn all_changes(store: &case_store::Store, case: case_model::CaseId) -> Vec<Vec<u8>> {
+    store.load_from_disk(case).unwrap().automerge().get_changes(&[]).iter().map(|c| c.raw_bytes().to_vec()).collect()
+}

@@ -36,26 +36,13 @@ impl std::fmt::Debug for Keys {
 impl Keys {
     /// Reads and checks the key file: 64 hex digits, readable by its owner only.
     pub(crate) fn load(path: &Path) -> Result<Keys, OpenError> {
-        let err = |reason: String| OpenError::Key { path: path.to_owned(), reason };
-        let meta = fs::metadata(path).map_err(|e| {
-            err(format!("cannot read it ({e}); create one with `edge-agent gen-key {}`", path.display()))
+        let master = read_key_file(path).map_err(|e| match e {
+            OpenError::Key { path, reason } if !path.exists() => OpenError::Key {
+                reason: format!("{reason}; create one with `edge-agent gen-key {}`", path.display()),
+                path,
+            },
+            other => other,
         })?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(err(format!(
-                    "is readable by other users (mode {mode:04o}); run `chmod 600 {}`",
-                    path.display()
-                )));
-            }
-        }
-        let text = fs::read_to_string(path).map_err(|e| err(format!("cannot read it ({e})")))?;
-        let bytes =
-            hex::decode(text.trim()).map_err(|_| err("must hold 64 hexadecimal characters (a 256-bit key)".into()))?;
-        let master: [u8; 32] =
-            bytes.try_into().map_err(|_| err("must hold 64 hexadecimal characters (a 256-bit key)".into()))?;
         Ok(Keys::derive(&master))
     }
 
@@ -83,6 +70,28 @@ impl Keys {
         mac.update(sha256);
         hex::encode(mac.finalize().into_bytes())
     }
+}
+
+/// Reads a key file: 64 hex digits, readable by its owner only (the hub keeps its key the
+/// same way). A missing file is reported as unreadable; callers add which command makes one.
+pub fn read_key_file(path: &Path) -> Result<[u8; 32], OpenError> {
+    let err = |reason: String| OpenError::Key { path: path.to_owned(), reason };
+    let meta = fs::metadata(path).map_err(|e| err(format!("cannot read it ({e})")))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(err(format!(
+                "is readable by other users (mode {mode:04o}); run `chmod 600 {}`",
+                path.display()
+            )));
+        }
+    }
+    let text = fs::read_to_string(path).map_err(|e| err(format!("cannot read it ({e})")))?;
+    let bytes =
+        hex::decode(text.trim()).map_err(|_| err("must hold 64 hexadecimal characters (a 256-bit key)".into()))?;
+    bytes.try_into().map_err(|_| err("must hold 64 hexadecimal characters (a 256-bit key)".into()))
 }
 
 /// Writes a new random key file readable by its owner only. Refuses to overwrite one.

@@ -36,7 +36,7 @@ pub use audit::{ChainError, ChainHead, Entry as AuditEntry, Outcome};
 pub use blobs::BlobRef;
 pub use db::Durability;
 pub use error::{OpenError, StoreError};
-pub use key::generate_key_file;
+pub use key::{generate_key_file, read_key_file};
 
 use writer::{IndexRow, Op, Writer};
 
@@ -564,12 +564,7 @@ impl Store {
             ))])?;
             return Err(StoreError::Load { case: id, source: Box::new(source) });
         }
-        let mut ops: Vec<Op> = doc
-            .automerge()
-            .get_changes(&before)
-            .into_iter()
-            .map(|mut c| Op::Change { case_id: id.to_string(), bytes: c.bytes().into_owned() })
-            .collect();
+        let mut ops = change_ops(doc, id, &before);
         let count = ops.len();
         doc.refresh_conflicts();
         let view = doc.view();
@@ -662,12 +657,7 @@ impl Store {
             *guard = None;
             return Err(load_err(e));
         }
-        let mut ops: Vec<Op> = doc
-            .automerge()
-            .get_changes(&before)
-            .into_iter()
-            .map(|mut c| Op::Change { case_id: id.to_string(), bytes: c.bytes().into_owned() })
-            .collect();
+        let mut ops = change_ops(doc, id, &before);
         if ops.is_empty() {
             return Ok(false);
         }
@@ -996,6 +986,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks is a bug; the data behind them stays
     // consistent because every mutation is validated before it is made.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The changes a case gained since `before`, as writes for the writer thread.
+fn change_ops(doc: &CaseDoc, id: CaseId, before: &[automerge::ChangeHash]) -> Vec<Op> {
+    doc.automerge()
+        .get_changes(before)
+        .into_iter()
+        .map(|mut c| Op::Change { case_id: id.to_string(), bytes: c.bytes().into_owned() })
+        .collect()
 }
 
 fn record(

@@ -175,32 +175,25 @@ impl HubServer {
                 }
                 tracing::info!(org = %device.org, van = %device.van, "van connected");
                 let mut replica = replica_for(&device);
+                // `tx` lives as long as the connection, so sessions end only with it.
                 let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
-                // Without a change feed the sender is kept here, so sessions are not ended.
-                let mut _unused_sender = None;
-                let forward = match hub.changes.as_ref() {
-                    Some(c) => {
-                        let mut rx = c.subscribe();
-                        Some(tokio::spawn(async move {
-                            loop {
-                                match rx.recv().await {
-                                    Ok(doc) => {
-                                        if tx.send(doc.into()).is_err() {
-                                            return;
-                                        }
+                let forward = hub.changes.as_ref().map(|c| {
+                    let (mut rx, tx) = (c.subscribe(), tx.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            match rx.recv().await {
+                                Ok(doc) => {
+                                    if tx.send(doc.into()).is_err() {
+                                        return;
                                     }
-                                    // Fell behind: the next session's inventory catches up.
-                                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                                    Err(broadcast::error::RecvError::Closed) => return,
                                 }
+                                // Fell behind: the next session's inventory catches up.
+                                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                                Err(broadcast::error::RecvError::Closed) => return,
                             }
-                        }))
-                    }
-                    None => {
-                        _unused_sender = Some(tx);
-                        None
-                    }
-                };
+                        }
+                    })
+                });
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     let mut session = Session::new(Role::Hub);
                     if let Err(e) =
@@ -212,6 +205,7 @@ impl HubServer {
                 if let Some(f) = forward {
                     f.abort();
                 }
+                drop(tx);
                 tracing::info!(org = %device.org, van = %device.van, reason = %conn.close_reason().map(|r| r.to_string()).unwrap_or_default(), "van disconnected");
                 if let Some(list) = lock(&hub.live).get_mut(&device) {
                     list.retain(|(_, c)| c.stable_id() != conn.stable_id());

@@ -35,20 +35,22 @@ pub struct DeviceId {
 impl DeviceId {
     /// Checks both names.
     pub fn new(org: &str, van: &str) -> Result<DeviceId, IdentityError> {
-        for name in [org, van] {
-            if name.is_empty()
-                || name.len() > 64
-                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            {
-                return Err(IdentityError::BadName(name.to_owned()));
-            }
-        }
+        check_name(org)?;
+        check_name(van)?;
         Ok(DeviceId { org: org.to_owned(), van: van.to_owned() })
     }
 
     fn uri(&self) -> String {
         format!("urn:medvan:van:{}:{}", self.org, self.van)
     }
+}
+
+/// Checks that a name can go into a device certificate as an organisation or a van.
+pub fn check_name(name: &str) -> Result<(), IdentityError> {
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err(IdentityError::BadName(name.to_owned()));
+    }
+    Ok(())
 }
 
 /// The fleet's certificate authority, held by the hub.
