@@ -28,6 +28,8 @@ use crate::storage::{Append, CaseMeta, Storage, StorageError};
 
 /// Cases kept in memory at most (each is re-read from storage when needed again).
 const CACHE: usize = 2048;
+/// How many complete blobs' sizes are remembered (about 50 bytes each).
+const COMPLETE_BLOBS: usize = 200_000;
 /// Appends after which a case is compacted into one saved document.
 const COMPACT_AFTER: usize = 64;
 /// The largest blob a van may upload.
@@ -64,6 +66,9 @@ pub struct CaseHub {
     storage: Arc<dyn Storage>,
     sealer: Sealer,
     cache: Mutex<HashMap<DocId, Arc<Mutex<Option<Slot>>>>>,
+    /// Sizes of blobs known complete (by storage key): a complete blob never changes, so a
+    /// van's reconnect need not ask storage about each of its images again.
+    complete: Mutex<HashMap<[u8; 32], u64>>,
     changes: broadcast::Sender<DocId>,
     actor: automerge::ActorId,
 }
@@ -104,6 +109,7 @@ impl CaseHub {
             storage,
             sealer,
             cache: Mutex::new(HashMap::new()),
+            complete: Mutex::new(HashMap::new()),
             changes: broadcast::channel(4096).0,
             actor: case_model::session_actor(b"medvhub\0", random),
         }
@@ -137,6 +143,33 @@ impl CaseHub {
             cache.retain(|_, s| Arc::strong_count(s) > 1);
         }
         cache.entry(doc).or_default().clone()
+    }
+
+    /// The size of a complete blob, or `None` while it is missing or partial.
+    fn complete_blob_size(&self, key: &[u8; 32]) -> Result<Option<u64>, StorageError> {
+        if let Some(size) = lock(&self.complete).get(key) {
+            return Ok(Some(*size));
+        }
+        let size = self.storage.complete_blob_size(key)?;
+        if let Some(size) = size {
+            let mut known = lock(&self.complete);
+            if known.len() >= COMPLETE_BLOBS {
+                known.clear();
+            }
+            known.insert(*key, size);
+        }
+        Ok(size)
+    }
+
+    /// Runs `f` on a case's cached copy, read again from storage first unless the cache
+    /// holds `version` (a version read with the van's whole scope in one query).
+    fn with_version<T>(&self, doc: DocId, version: i64, f: impl FnOnce(&Slot) -> T) -> Option<T> {
+        let slot = self.slot(doc);
+        let mut slot = lock(&slot);
+        if slot.as_ref().is_none_or(|s| s.meta.version != version) && self.refresh(doc, &mut slot).is_err() {
+            return None;
+        }
+        slot.as_ref().map(f)
     }
 
     /// Brings a slot up to date with storage: `None` if the case does not exist.
@@ -478,26 +511,33 @@ impl HubReplica {
         }
     }
 
+    /// The van's cases with their versions: one query.
+    fn scope_versions(&self) -> Vec<(DocId, i64)> {
+        match self.hub.storage.case_versions_for_van(&self.device.org, &self.device.van) {
+            Ok(docs) => docs,
+            Err(e) => {
+                tracing::error!(van = %self.peer, error = %e, "sync: could not list the van's cases");
+                Vec::new()
+            }
+        }
+    }
+
     /// Blobs referenced by the cases this van may sync, with their priorities.
     fn referenced_blobs(&self) -> Vec<([u8; 32], Priority)> {
         let mut out = Vec::new();
-        for doc in self.hub.storage.cases_for_van(&self.device.org, &self.device.van).unwrap_or_default() {
-            let slot = self.hub.slot(doc);
-            let mut slot = lock(&slot);
-            if self.hub.refresh(doc, &mut slot).is_err() {
-                continue;
-            }
-            let Some(s) = slot.as_ref() else { continue };
-            for item in s.doc.view().attachments {
-                let sha = item.get("sha256").and_then(|v| v.as_str()).and_then(|h| hex::decode(h).ok());
-                let Some(sha) = sha.and_then(|b| <[u8; 32]>::try_from(b).ok()) else { continue };
-                let priority = match item.get("kind").and_then(|v| v.as_str()) {
-                    Some("xray_preview") => Priority::Preview,
-                    Some("video_segment") => Priority::Video,
-                    _ => Priority::FullImage,
-                };
-                out.push((sha, priority));
-            }
+        for (doc, version) in self.scope_versions() {
+            let _ = self.hub.with_version(doc, version, |s| {
+                for item in s.doc.attachments() {
+                    let sha = item.get("sha256").and_then(|v| v.as_str()).and_then(|h| hex::decode(h).ok());
+                    let Some(sha) = sha.and_then(|b| <[u8; 32]>::try_from(b).ok()) else { continue };
+                    let priority = match item.get("kind").and_then(|v| v.as_str()) {
+                        Some("xray_preview") => Priority::Preview,
+                        Some("video_segment") => Priority::Video,
+                        _ => Priority::FullImage,
+                    };
+                    out.push((sha, priority));
+                }
+            });
         }
         out
     }
@@ -583,17 +623,25 @@ impl HubReplica {
 
 impl Replica for HubReplica {
     fn scope(&self) -> Vec<DocId> {
-        match blocking(|| self.hub.storage.cases_for_van(&self.device.org, &self.device.van)) {
-            Ok(docs) => docs,
-            Err(e) => {
-                tracing::error!(van = %self.peer, error = %e, "sync: could not list the van's cases");
-                Vec::new()
-            }
-        }
+        blocking(|| self.scope_versions()).into_iter().map(|(doc, _)| doc).collect()
     }
 
     fn heads(&self, doc: DocId) -> Vec<ChangeHash> {
         blocking(|| self.heads_now(doc))
+    }
+
+    fn scope_heads(&self) -> Vec<(DocId, Vec<ChangeHash>)> {
+        // One query for the versions; cached copies answer where their version holds.
+        blocking(|| {
+            self.scope_versions()
+                .into_iter()
+                .map(|(doc, version)| {
+                    let mut heads = self.hub.with_version(doc, version, |s| s.doc.heads()).unwrap_or_default();
+                    heads.sort();
+                    (doc, heads)
+                })
+                .collect()
+        })
     }
 
     fn priority(&self, _doc: DocId) -> Priority {
@@ -632,7 +680,7 @@ impl Replica for HubReplica {
         blocking(|| {
             for (sha, priority) in self.referenced_blobs() {
                 let key = blob_key(&self.device.org, &sha);
-                if let Ok(Some(size)) = self.hub.storage.complete_blob_size(&key) {
+                if let Ok(Some(size)) = self.hub.complete_blob_size(&key) {
                     out.push((sha, size, priority));
                 }
             }

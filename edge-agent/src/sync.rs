@@ -272,9 +272,13 @@ pub fn spawn(store: Store, settings: SyncSettings) -> anyhow::Result<SyncHandle>
         let _ = blob_tx.send(LocalChange::Blob { sha256, size, priority: blob_priority(media_type) });
     });
     // One socket for both families, where the OS allows it; IPv4 otherwise.
-    let v6: std::net::SocketAddr = "[::]:0".parse()?;
-    let v4: std::net::SocketAddr = "0.0.0.0:0".parse()?;
-    let mut endpoint = quinn::Endpoint::client(v6).or_else(|_| quinn::Endpoint::client(v4))?;
+    let socket = std::net::UdpSocket::bind("[::]:0").or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))?;
+    let mut endpoint = quinn::Endpoint::new(
+        sync_quic::driver::van_endpoint_config(),
+        None,
+        socket,
+        std::sync::Arc::new(quinn::TokioRuntime),
+    )?;
     endpoint.set_default_client_config(client(&settings)?);
     let out = handle.clone();
     let mut settings = settings;
@@ -426,28 +430,32 @@ async fn session(
         .with_context(|| format!("cannot resolve the hub address {}", settings.address))?
         .next()
         .with_context(|| format!("the hub address {} resolves to nothing", settings.address))?;
-    let conn = endpoint.connect(addr, &settings.server_name)?.await?;
+    let mut connected = sync_quic::driver::connect(endpoint, addr, &settings.server_name).await?;
     lock(&out.status).connections += 1;
-    let (mut send, mut recv) = conn.open_bi().await?;
     lock(&out.status).state = "syncing";
     lock(&out.status).last_error = None;
     // Changes made before this connection are covered by the inventory exchange.
     while local.try_recv().is_ok() {}
     let mut replica = StoreReplica::new(store.clone(), "hub")?;
-    let mut session = sync_proto::Session::new(sync_proto::Role::Van);
-    session.start(&replica);
-    let result = sync_quic::driver::run_live(&mut session, &mut replica, &mut send, &mut recv, local, |state| {
-        let mut s = lock(&out.status);
-        match state {
-            sync_quic::driver::LiveState::Syncing => s.state = "syncing",
-            sync_quic::driver::LiveState::Idle => {
-                s.state = "up_to_date";
-                s.last_success = Some(crate::api::now());
-                lock(&out.pending).clear();
+    loop {
+        let (mut send, mut recv) = connected.conn.open_bi().await?;
+        let mut session = sync_proto::Session::new(sync_proto::Role::Van);
+        session.start(&replica);
+        let result = sync_quic::driver::run_live(&mut session, &mut replica, &mut send, &mut recv, local, |state| {
+            let mut s = lock(&out.status);
+            match state {
+                sync_quic::driver::LiveState::Syncing => s.state = "syncing",
+                sync_quic::driver::LiveState::Idle => {
+                    s.state = "up_to_date";
+                    s.last_success = Some(crate::api::now());
+                    lock(&out.pending).clear();
+                }
             }
+        })
+        .await;
+        if !connected.retry(&result) {
+            result?;
+            return Ok(true);
         }
-    })
-    .await;
-    result?;
-    Ok(true)
+    }
 }

@@ -152,7 +152,12 @@ pub trait Storage: Registry {
     /// Assigns a case to a van.
     fn assign(&self, doc: DocId, van: &str, audit: &audit::Record) -> Result<(), StorageError>;
     /// The cases a van may sync: of its organisation, created by or assigned to it.
-    fn cases_for_van(&self, org: &str, van: &str) -> Result<Vec<DocId>, StorageError>;
+    fn cases_for_van(&self, org: &str, van: &str) -> Result<Vec<DocId>, StorageError> {
+        Ok(self.case_versions_for_van(org, van)?.into_iter().map(|(doc, _)| doc).collect())
+    }
+    /// [`Storage::cases_for_van`] with each case's version, in one query: what a van's
+    /// reconnect compares, against cached copies where their version still holds.
+    fn case_versions_for_van(&self, org: &str, van: &str) -> Result<Vec<(DocId, i64)>, StorageError>;
     /// All cases of an organisation.
     fn cases_of_org(&self, org: &str) -> Result<Vec<DocId>, StorageError>;
 

@@ -461,16 +461,17 @@ impl Storage for PgStorage {
         })
     }
 
-    fn cases_for_van(&self, org: &str, van: &str) -> Result<Vec<DocId>, StorageError> {
+    fn case_versions_for_van(&self, org: &str, van: &str) -> Result<Vec<(DocId, i64)>, StorageError> {
         self.with(async |c| {
             let rows = c
                 .query(
-                    "SELECT id FROM cases WHERE org = $1 AND creator = $2
-                     UNION SELECT c.id FROM cases c JOIN assignments a ON a.case_id = c.id WHERE c.org = $1 AND a.van = $2",
+                    "SELECT id, version FROM cases WHERE org = $1 AND creator = $2
+                     UNION SELECT c.id, c.version FROM cases c JOIN assignments a ON a.case_id = c.id
+                           WHERE c.org = $1 AND a.van = $2",
                     &[&org, &van],
                 )
                 .await?;
-            rows.iter().map(|r| doc_from(r.get(0))).collect()
+            rows.iter().map(|r| Ok((doc_from(r.get(0))?, r.get(1)))).collect()
         })
     }
 

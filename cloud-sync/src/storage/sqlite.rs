@@ -321,14 +321,19 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn cases_for_van(&self, org: &str, van: &str) -> Result<Vec<DocId>, StorageError> {
+    fn case_versions_for_van(&self, org: &str, van: &str) -> Result<Vec<(DocId, i64)>, StorageError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT id FROM cases WHERE org = ?1 AND creator = ?2
-             UNION SELECT c.id FROM cases c JOIN assignments a ON a.case_id = c.id WHERE c.org = ?1 AND a.van = ?2",
+            "SELECT id, version FROM cases WHERE org = ?1 AND creator = ?2
+             UNION SELECT c.id, c.version FROM cases c JOIN assignments a ON a.case_id = c.id
+                   WHERE c.org = ?1 AND a.van = ?2",
         )?;
-        let rows = stmt.query_map(params![org, van], |r| r.get::<_, Vec<u8>>(0))?;
-        rows.map(|r| doc_from(&r?)).collect()
+        let rows = stmt.query_map(params![org, van], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+        rows.map(|r| {
+            let (id, version) = r?;
+            Ok((doc_from(&id)?, version))
+        })
+        .collect()
     }
 
     fn cases_of_org(&self, org: &str) -> Result<Vec<DocId>, StorageError> {

@@ -290,6 +290,12 @@ impl CaseDoc {
         view::view(&self.doc, self.id, &self.org, &self.van, self.conflicts())
     }
 
+    /// The attachments alone (as in [`CaseDoc::view`]): what sync asks of every case in a
+    /// van's scope, without reading the rest.
+    pub fn attachments(&self) -> Vec<crate::Item> {
+        view::attachments(&self.doc)
+    }
+
     /// What the case index holds for listing without loading the document.
     pub fn summary(&self) -> CaseSummary {
         let has_conflicts = !self.conflict_free && !conflict::find(&self.doc).is_empty();

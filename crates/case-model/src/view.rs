@@ -207,6 +207,10 @@ fn field_json(doc: &impl ReadDoc, f: FieldName) -> Option<serde_json::Value> {
 /// Keys holding milliseconds since the epoch, shown as RFC 3339.
 const TIME_KEYS: &[&str] = &["at", "time", "taken_at", "performed_at", "given_at"];
 
+pub(crate) fn attachments(doc: &impl ReadDoc) -> Vec<Item> {
+    layout::object(doc, &["attachments"]).map(|l| items(doc, &l)).unwrap_or_default()
+}
+
 fn items(doc: &impl ReadDoc, list: &ObjId) -> Vec<Item> {
     layout::items(doc, list).into_iter().map(|(id, obj)| item(doc, id, &obj)).collect()
 }

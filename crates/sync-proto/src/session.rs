@@ -57,6 +57,12 @@ pub trait Replica {
     fn scope(&self) -> Vec<DocId>;
     /// The document's current heads, sorted; empty if this side does not hold it.
     fn heads(&self, doc: DocId) -> Vec<automerge::ChangeHash>;
+    /// Every document in scope with its heads: what a reconnect compares. The default asks
+    /// [`Replica::scope`] and [`Replica::heads`]; a replica that can answer in one look at
+    /// its index (the hub, for a van holding a thousand cases) should.
+    fn scope_heads(&self) -> Vec<(DocId, Vec<automerge::ChangeHash>)> {
+        self.scope().into_iter().map(|doc| (doc, self.heads(doc))).collect()
+    }
     /// How urgent the document's traffic is.
     fn priority(&self, doc: DocId) -> Priority;
     /// The persisted sync state with this peer, or a fresh one.
@@ -308,8 +314,8 @@ impl Session {
                     return Err(SyncError::Protocol("a second Inventory in one session".into()));
                 }
                 let theirs: BTreeMap<DocId, [u8; 32]> = docs.into_iter().collect();
-                for doc in replica.scope() {
-                    let ours = heads_digest(&replica.heads(doc));
+                for (doc, heads) in replica.scope_heads() {
+                    let ours = heads_digest(&heads);
                     if theirs.get(&doc) != Some(&ours) {
                         self.sync_doc(doc, replica);
                     }
@@ -572,13 +578,13 @@ fn heads_digest(heads: &[automerge::ChangeHash]) -> [u8; 32] {
 
 /// Digest of a whole scope: every document and its heads.
 fn scope_digest(replica: &impl Replica) -> [u8; 32] {
-    let mut docs = replica.scope();
+    let mut docs = replica.scope_heads();
     docs.sort();
     let mut h = Sha256::new();
     h.update(b"medvan-scope-v1");
-    for doc in docs {
+    for (doc, heads) in docs {
         h.update(doc.0);
-        h.update(heads_digest(&replica.heads(doc)));
+        h.update(heads_digest(&heads));
     }
     // Blobs count too: a van whose image has not reached the hub is not in sync.
     let mut blobs: Vec<[u8; 32]> = replica.blobs().into_iter().map(|(sha, _, _)| sha).collect();
@@ -591,7 +597,7 @@ fn scope_digest(replica: &impl Replica) -> [u8; 32] {
 
 fn inventory(replica: &impl Replica) -> Message {
     let mut docs: Vec<(DocId, [u8; 32])> =
-        replica.scope().into_iter().map(|d| (d, heads_digest(&replica.heads(d)))).collect();
+        replica.scope_heads().into_iter().map(|(d, heads)| (d, heads_digest(&heads))).collect();
     docs.sort();
     Message::Inventory { docs }
 }

@@ -78,6 +78,13 @@ pub enum DriverError {
     /// The protocol ended the session.
     #[error(transparent)]
     Sync(#[from] SyncError),
+    /// The peer closed the connection without an error (close code 0), giving this reason.
+    #[error("the peer hung up: {0}")]
+    PeerClosed(String),
+    /// The hub turned down this connection's 0-RTT data (it no longer held the TLS
+    /// session, say after a restart): start the session again on a new stream.
+    #[error("the hub did not take the early data; start the session again")]
+    EarlyDataRejected,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -129,13 +136,20 @@ pub fn server_config(
             })
         });
     config.alpn_protocols = vec![ALPN.to_vec(), crate::enrol::ENROL_ALPN.to_vec()];
-    // Every connection's bytes count on a cellular plan: no session tickets (the vans do not
-    // resume TLS sessions with a client certificate) and no address-validation tokens
-    // (vans do not come back from an address the hub could vouch for).
-    config.send_tls13_tickets = 0;
+    // A van reconnecting resumes its TLS session and sends its hello as 0-RTT data, so an
+    // idle reconnect is one round trip (see `connect`). Tickets are kept here, one per
+    // connection and single-use, so a replayed first flight finds its ticket gone and gets
+    // a full handshake, which it cannot finish: the 0-RTT hello is never answered twice.
+    // A resumed session skips certificate verification; the hub checks the certificate's
+    // validity and revocation on every connection itself (see `hub`).
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(TLS_SESSIONS);
+    config.send_tls13_tickets = 1;
+    config.max_early_data_size = u32::MAX;
     let quic = QuicServerConfig::try_from(config).map_err(|e| tls(&e))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(transport(liveness)?);
+    // No address-validation tokens: every connection's bytes count on a cellular plan, and
+    // vans do not come back from an address the hub could vouch for.
     let mut tokens = quinn::ValidationTokenConfig::default();
     tokens.sent(0);
     server.validation_token_config(tokens);
@@ -171,10 +185,109 @@ pub fn client_config_with(
         .with_client_auth_cert(vec![cert], key)
         .map_err(|e| tls(&e))?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    // Resumption with 0-RTT: the hello rides in the first flight. Tickets are tied to this
+    // configuration (rustls resumes only with the same verifier and certificate), so a van
+    // builds it once per identity and keeps it.
+    config.enable_early_data = true;
     let quic = QuicClientConfig::try_from(config).map_err(|e| tls(&e))?;
     let mut client = quinn::ClientConfig::new(Arc::new(quic));
     client.transport_config(transport_with(liveness, congestion)?);
     Ok(client)
+}
+
+/// How many vans' TLS sessions the hub keeps for resumption (about 1 KiB each).
+const TLS_SESSIONS: usize = 8192;
+
+/// A van's endpoint configuration: a zero-length connection ID for itself, since a van
+/// talks to one hub at a time. The hub's packets then carry no ID for the van, and the
+/// hub issues it one spare ID instead of seven, which keeps a reconnect's bytes down.
+///
+/// Packets are then told apart by the hub's address alone, so such an endpoint must hold
+/// one connection to a hub at a time, a closed one still draining included:
+/// [`connect`] waits for the last one to drain.
+pub fn van_endpoint_config() -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    config.cid_generator(|| Box::new(NoConnectionId));
+    config
+}
+
+/// Zero-length connection IDs: the van's single connection is found by the hub's address.
+struct NoConnectionId;
+
+impl quinn::ConnectionIdGenerator for NoConnectionId {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&[])
+    }
+    fn cid_len(&self) -> usize {
+        0
+    }
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// A connection to the hub, and whether its first flight may carry data.
+pub struct Connected {
+    /// The connection (still completing its handshake when `early` is set).
+    pub conn: quinn::Connection,
+    /// Set when this connection resumed a TLS session: what is written now goes out as
+    /// 0-RTT data, and this resolves to whether the hub took it. Only the session's hello
+    /// may be sent this way (it is harmless if replayed); the protocol sends nothing else
+    /// before the hub's welcome, which arrives after the handshake's keys.
+    pub early: Option<quinn::ZeroRttAccepted>,
+    /// Whether a session turned down as 0-RTT data may still start again.
+    retry_left: bool,
+}
+
+impl Connected {
+    /// Whether a session that ended with `result` should start again on a new stream: once,
+    /// when the hub turned the 0-RTT attempt down (nothing of it reached the hub then).
+    ///
+    /// ```ignore
+    /// loop {
+    ///     let (mut send, mut recv) = connected.conn.open_bi().await?;
+    ///     let result = run(&mut Session::new(Role::Van), ...).await;
+    ///     if !connected.retry(&result) { break result; }
+    /// }
+    /// ```
+    pub fn retry<T>(&mut self, result: &Result<T, DriverError>) -> bool {
+        let retry = matches!(result, Err(DriverError::EarlyDataRejected)) && self.retry_left;
+        if retry {
+            tracing::debug!("the hub did not take the 0-RTT hello; starting again after the handshake");
+            self.retry_left = false;
+        }
+        retry
+    }
+}
+
+impl std::fmt::Debug for Connected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connected")
+            .field("conn", &self.conn)
+            .field("early", &self.early.is_some())
+            .field("retry_left", &self.retry_left)
+            .finish()
+    }
+}
+
+/// Connects to the hub, resuming the last TLS session with 0-RTT when the endpoint's client
+/// configuration holds a ticket for it, and with a full handshake otherwise.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    server_name: &str,
+) -> Result<Connected, DriverError> {
+    let conn = |e: &dyn std::fmt::Display| DriverError::Connection(e.to_string());
+    // A connection still draining would take the new one's packets (see
+    // `van_endpoint_config`); draining lasts three probe timeouts, well under this bound.
+    let _ = tokio::time::timeout(Duration::from_secs(10), endpoint.wait_idle()).await;
+    let connecting = endpoint.connect(addr, server_name).map_err(|e| conn(&e))?;
+    match connecting.into_0rtt() {
+        Ok((c, accepted)) => Ok(Connected { conn: c, early: Some(accepted), retry_left: true }),
+        Err(connecting) => {
+            Ok(Connected { conn: connecting.await.map_err(|e| conn(&e))?, early: None, retry_left: false })
+        }
+    }
 }
 
 /// Carries `session` over one bidirectional stream until the peer finishes it, or until
@@ -310,6 +423,7 @@ async fn drive(
                     }
                 }
                 Err(quinn::WriteError::ConnectionLost(c)) => break Err(lost(&c)),
+                Err(quinn::WriteError::ZeroRttRejected) => break Err(DriverError::EarlyDataRejected),
                 Err(e) => break Err(conn(&e)),
             },
             read = recv.read(&mut buf), if !peer_done => match read {
@@ -337,6 +451,7 @@ async fn drive(
                 }
                 Ok(None) => peer_done = true,
                 Err(quinn::ReadError::ConnectionLost(c)) => break Err(lost(&c)),
+                Err(quinn::ReadError::ZeroRttRejected) => break Err(DriverError::EarlyDataRejected),
                 Err(e) => break Err(conn(&e)),
             },
             changed = local_next => match changed {
@@ -388,7 +503,12 @@ async fn drive(
 /// Names why a connection was lost ("timed out" for a silent link, the peer's reason for a
 /// close), which quinn's stream errors alone do not say.
 fn lost(cause: &quinn::ConnectionError) -> DriverError {
-    DriverError::Connection(format!("connection lost: {cause}"))
+    match cause {
+        quinn::ConnectionError::ApplicationClosed(close) if close.error_code == quinn::VarInt::from_u32(0) => {
+            DriverError::PeerClosed(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        _ => DriverError::Connection(format!("connection lost: {cause}")),
+    }
 }
 
 fn log_events(session: &mut Session) {

@@ -22,6 +22,8 @@ pub const CLOSE_NOT_A_VAN: u32 = 0x4d02;
 pub const CLOSE_TOO_SLOW: u32 = 0x4d03;
 /// QUIC application close code: the hub cannot serve right now (its storage failed).
 pub const CLOSE_UNAVAILABLE: u32 = 0x4d04;
+/// QUIC application close code: the van's certificate is outside its validity period.
+pub const CLOSE_EXPIRED: u32 = 0x4d05;
 
 /// Open connections by van, each with its certificate's fingerprint.
 type LiveConnections = HashMap<DeviceId, Vec<(String, quinn::Connection)>>;
@@ -127,7 +129,7 @@ impl HubServer {
             let hub = self.clone();
             let replica_for = replica_for.clone();
             tokio::spawn(async move {
-                let conn = match incoming.await {
+                let (conn, mut handshake) = match accept(incoming).await {
                     Ok(c) => c,
                     Err(e) => {
                         // Unenrolled, expired or foreign certificates end here.
@@ -161,16 +163,23 @@ impl HubServer {
                     Ok(d) => d,
                     Err(reason) => {
                         tracing::warn!(%reason, "refused a connection");
-                        conn.close(CLOSE_NOT_A_VAN.into(), reason.as_bytes());
+                        refuse(&conn, handshake, CLOSE_NOT_A_VAN, &reason).await;
                         return;
                     }
                 };
-                if hub.refuse_if_revoked(&conn, &device, &fp) {
+                if let Some(reason) = peer.as_ref().and_then(outside_validity) {
+                    tracing::warn!(org = %device.org, van = %device.van, %reason, "refused a connection");
+                    refuse(&conn, handshake, CLOSE_EXPIRED, &reason).await;
+                    return;
+                }
+                if let Some((code, reason)) = hub.revoked(&device, &fp) {
+                    refuse(&conn, handshake.take(), code, reason).await;
                     return;
                 }
                 lock(&hub.live).entry(device.clone()).or_default().push((fp.clone(), conn.clone()));
                 // A revocation between the check and the registration above is caught here.
-                if hub.refuse_if_revoked(&conn, &device, &fp) {
+                if let Some((code, reason)) = hub.revoked(&device, &fp) {
+                    refuse(&conn, handshake, code, reason).await;
                     return;
                 }
                 tracing::info!(org = %device.org, van = %device.van, "van connected");
@@ -196,10 +205,12 @@ impl HubServer {
                 });
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     let mut session = Session::new(Role::Hub);
-                    if let Err(e) =
-                        run_live(&mut session, &mut replica, &mut send, &mut recv, &mut changed, |_| {}).await
-                    {
-                        tracing::warn!(org = %device.org, van = %device.van, error = %e, "sync session ended with an error");
+                    match run_live(&mut session, &mut replica, &mut send, &mut recv, &mut changed, |_| {}).await {
+                        // The van hung up: the disconnection is logged below.
+                        Ok(()) | Err(crate::driver::DriverError::PeerClosed(_)) => {}
+                        Err(e) => {
+                            tracing::warn!(org = %device.org, van = %device.van, error = %e, "sync session ended with an error");
+                        }
                     }
                 }
                 if let Some(f) = forward {
@@ -215,22 +226,66 @@ impl HubServer {
         watcher.abort();
     }
 
-    /// Refuses (closes) a connection whose certificate is revoked, or whose revocation
-    /// status cannot be read: a hub that cannot tell lets no one in.
-    fn refuse_if_revoked(&self, conn: &quinn::Connection, device: &DeviceId, fp: &str) -> bool {
+    /// Why a connection must be refused for revocation: its certificate is revoked, or its
+    /// status cannot be read (a hub that cannot tell lets no one in).
+    fn revoked(&self, device: &DeviceId, fp: &str) -> Option<(u32, &'static str)> {
         match self.enroller.registry().is_revoked(fp) {
-            Ok(false) => false,
+            Ok(false) => None,
             Ok(true) => {
                 tracing::warn!(org = %device.org, van = %device.van, "refused a revoked van");
-                conn.close(CLOSE_REVOKED.into(), b"this van's certificate was revoked");
-                true
+                Some((CLOSE_REVOKED, "this van's certificate was revoked"))
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not check revocation; refused the connection");
-                conn.close(CLOSE_UNAVAILABLE.into(), b"the hub cannot check certificates right now; try again");
-                true
+                Some((CLOSE_UNAVAILABLE, "the hub cannot check certificates right now; try again"))
             }
         }
+    }
+}
+
+/// Closes a refused connection with its code and reason. A resumed connection may still be
+/// in its handshake, where QUIC replaces an application's code with a generic one; waiting
+/// for the handshake to end lets the van learn why (revoked, expired), and act on it.
+async fn refuse(conn: &quinn::Connection, handshake: Option<quinn::ZeroRttAccepted>, code: u32, reason: &str) {
+    if let Some(handshake) = handshake {
+        let _ = tokio::time::timeout(Duration::from_secs(2), handshake).await;
+    }
+    conn.close(code.into(), reason.as_bytes());
+}
+
+/// Accepts a connection. A van resuming its TLS session is known from its first flight (the
+/// session remembers the certificate its full handshake proved), so its 0-RTT hello is
+/// answered at once; anyone else is heard only once the handshake, certificate included,
+/// is complete.
+///
+/// Returns the connection and, for a resumed one, the handshake still under way.
+async fn accept(
+    incoming: quinn::Incoming,
+) -> Result<(quinn::Connection, Option<quinn::ZeroRttAccepted>), quinn::ConnectionError> {
+    match incoming.accept()?.into_0rtt() {
+        Ok((conn, complete)) if conn.peer_identity().is_some() => Ok((conn, Some(complete))),
+        Ok((conn, complete)) => {
+            // Resolves when the handshake completes or fails; its value says only whether
+            // 0-RTT data was taken.
+            complete.await;
+            match conn.close_reason() {
+                Some(e) => Err(e),
+                None => Ok((conn, None)),
+            }
+        }
+        Err(connecting) => Ok((connecting.await?, None)),
+    }
+}
+
+/// Why a certificate is not valid now, if it is not. The TLS verifier checks this on a full
+/// handshake; a resumed session skips the verifier, so the hub checks every connection.
+fn outside_validity(cert: &CertificateDer<'static>) -> Option<String> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    match crate::identity::validity(cert) {
+        Ok((not_before, _)) if now < not_before => Some("the certificate is not valid yet".into()),
+        Ok((_, not_after)) if now >= not_after => Some("the certificate expired; enrol again".into()),
+        Ok(_) => None,
+        Err(e) => Some(format!("the certificate does not decode: {e}")),
     }
 }
 

@@ -496,3 +496,111 @@ fn a_token_redeemed_again_by_the_same_key_is_a_retry_and_by_another_key_is_refus
     // Retries end when the token expires: a key held by a thief cannot mint certificates later.
     assert_eq!(enroller.redeem(&token, &csr, later).unwrap_err(), EnrolError::Expired);
 }
+
+/// One session through [`sync_quic::driver::connect`] (0-RTT when the endpoint holds a
+/// ticket): whether it went early, and how it ended.
+async fn resume_and_sync(ep: &quinn::Endpoint, addr: SocketAddr, van: &mut Mem) -> (bool, Result<(), String>) {
+    let mut connected = match sync_quic::driver::connect(ep, addr, "hub.medvan.test").await {
+        Ok(c) => c,
+        Err(e) => return (false, Err(e.to_string())),
+    };
+    let early = connected.early.is_some();
+    let result = loop {
+        let (mut send, mut recv) = match connected.conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => break Err(e.to_string()),
+        };
+        let mut session = Session::new(Role::Van);
+        session.start(van);
+        let result = run(&mut session, van, &mut send, &mut recv, Duration::from_millis(300)).await;
+        if !connected.retry(&result) {
+            break result.map_err(|e| e.to_string());
+        }
+    };
+    connected.conn.close(0u32.into(), b"done");
+    (early, result)
+}
+
+#[tokio::test]
+async fn a_reconnect_resumes_with_0rtt_and_is_still_refused_when_expired_revoked_or_the_hub_forgot_it() {
+    use sync_quic::enrol::Enroller;
+    use sync_quic::hub::{CLOSE_EXPIRED, CLOSE_REVOKED, HubServer};
+    use sync_quic::registry::MemoryRegistry;
+    let f = fleet();
+    let hub_doc = DocId([0xab; 16]);
+    let registry = std::sync::Arc::new(MemoryRegistry::default());
+    let start_hub = || {
+        let enroller = std::sync::Arc::new(Enroller::new(f.ca.clone(), registry.clone(), TimeDuration::days(90)));
+        let hub = HubServer::new(hub_endpoint(&f), enroller);
+        let serving = hub.clone();
+        tokio::spawn(async move {
+            serving
+                .serve(move |_| {
+                    let mut m = Mem::default();
+                    m.docs.insert(hub_doc, doc_with_notes(1));
+                    m
+                })
+                .await
+        });
+        hub
+    };
+    let hub = start_hub();
+    let addr = hub.local_addr();
+    let van_ep = |cert, key| {
+        let mut ep = quinn::Endpoint::new(
+            sync_quic::driver::van_endpoint_config(),
+            None,
+            std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            std::sync::Arc::new(quinn::TokioRuntime),
+        )
+        .unwrap();
+        ep.set_default_client_config(client_config(f.ca.certificate(), cert, key, fast()).unwrap());
+        ep
+    };
+
+    // The first connection is a full handshake; the next resumes, and its hello goes early.
+    let (cert, key) = van_identity(&f.ca, "van-3", now() + TimeDuration::days(30));
+    let van3 = DeviceId::new("org-north", "van-3").unwrap();
+    sync_quic::registry::Registry::record_certificate(&*registry, &sync_quic::identity::fingerprint(&cert), &van3, 0)
+        .unwrap();
+    let ep = van_ep(cert, key);
+    let (early, first) = resume_and_sync(&ep, addr, &mut Mem::default()).await;
+    assert!(!early && first.is_ok(), "first: early {early}, {first:?}");
+    let mut van = Mem::default();
+    let (early, second) = resume_and_sync(&ep, addr, &mut van).await;
+    assert!(early, "the second connection did not resume with 0-RTT");
+    second.unwrap();
+    assert!(van.docs.contains_key(&hub_doc), "the resumed session synced");
+
+    // A hub that lost its sessions (a restart) turns the early data down; the session
+    // starts again after the handshake, and completes.
+    let restarted = start_hub();
+    let mut van = Mem::default();
+    let (early, after_restart) = resume_and_sync(&ep, restarted.local_addr(), &mut van).await;
+    assert!(early, "the van tried 0-RTT with the forgotten ticket");
+    after_restart.unwrap();
+    assert!(van.docs.contains_key(&hub_doc), "the session after the turned-down 0-RTT synced");
+
+    // Resumption skips the TLS verifier; the hub still refuses a certificate that expired
+    // since the ticket was issued ...
+    let (cert, key) = van_identity(&f.ca, "van-4", now() + TimeDuration::seconds(2));
+    let short = van_ep(cert, key);
+    let (_, ok) = resume_and_sync(&short, addr, &mut Mem::default()).await;
+    ok.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let connected = sync_quic::driver::connect(&short, addr, "hub.medvan.test").await.unwrap();
+    assert!(connected.early.is_some(), "the expired van resumed its session");
+    match tokio::time::timeout(Duration::from_secs(5), connected.conn.closed()).await.unwrap() {
+        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, CLOSE_EXPIRED.into()),
+        other => panic!("an expired van's resumed session ended otherwise: {other}"),
+    }
+
+    // ... and one revoked since.
+    assert_eq!(hub.revoke(&van3).unwrap(), 1);
+    let connected = sync_quic::driver::connect(&ep, addr, "hub.medvan.test").await.unwrap();
+    assert!(connected.early.is_some(), "the revoked van resumed its session");
+    match tokio::time::timeout(Duration::from_secs(5), connected.conn.closed()).await.unwrap() {
+        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, CLOSE_REVOKED.into()),
+        other => panic!("a revoked van's resumed session ended otherwise: {other}"),
+    }
+}
