@@ -1,0 +1,69 @@
+//! `xray-sim`: runs a simulated X-ray unit on a pseudo-terminal and prints its path. Faults
+//! are switched by typing commands on standard input (`help` lists them).
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use clap::Parser;
+use xray_proto::generator::{Faults, GenConfig};
+use xray_sim::{LineFaults, Simulator};
+
+/// A simulated Medvan X-ray unit on a pseudo-terminal.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Milliseconds from PREPARE to READY.
+    #[arg(long, default_value_t = 600)]
+    prepare_ms: u64,
+    /// Seed for line faults (dropped and corrupted frames).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+const HELP: &str = "commands: over-temperature on|off, door on|off (open|closed), mute on|off, \
+drop <0..1>, corrupt <0..1>, status, quit";
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = GenConfig { prepare: Duration::from_millis(args.prepare_ms), ..GenConfig::default() };
+    let sim = Simulator::start(config, args.seed)?;
+    println!("serial port: {}", sim.path());
+    println!("{HELP}");
+    let mut faults = Faults::default();
+    let mut line = LineFaults::default();
+    for input in std::io::stdin().lock().lines() {
+        let input = input?;
+        let words: Vec<&str> = input.split_whitespace().collect();
+        let on = |w: Option<&&str>| matches!(w.copied(), Some("on" | "open"));
+        let rate = |w: Option<&&str>| w.and_then(|v| v.parse::<f64>().ok()).filter(|r| (0.0..=1.0).contains(r));
+        match words.first().copied() {
+            Some("over-temperature") => faults.over_temperature = on(words.get(1)),
+            Some("door") => faults.door_open = on(words.get(1)),
+            Some("mute") => faults.mute = on(words.get(1)),
+            Some("drop") => match rate(words.get(1)) {
+                Some(r) => line.drop = r,
+                None => {
+                    eprintln!("drop takes a share between 0 and 1, for example `drop 0.1`");
+                    continue;
+                }
+            },
+            Some("corrupt") => match rate(words.get(1)) {
+                Some(r) => line.corrupt = r,
+                None => {
+                    eprintln!("corrupt takes a share between 0 and 1, for example `corrupt 0.05`");
+                    continue;
+                }
+            },
+            Some("status") => {}
+            Some("quit") => break,
+            _ => {
+                println!("{HELP}");
+                continue;
+            }
+        }
+        sim.set_faults(faults);
+        sim.set_line(line);
+        println!("state {:?}, faults {faults:?}, line {line:?}, records {:?}", sim.state(), sim.records());
+    }
+    Ok(())
+}
