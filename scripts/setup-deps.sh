@@ -10,6 +10,9 @@ packages=(
   curl              # the run script's smoke check
   iproute2          # network namespaces for the link emulator's TCP shaping
   ca-certificates
+  cmake             # builds CharLS (JPEG-LS) for DICOM pixel data (imaging)
+  dcmtk             # dcmdump, dcm2pnm, dcmcjpls: independent readers of our DICOM files
+  dicom3tools       # dciodvfy: the DICOM object validator the imaging tests run
 )
 
 missing=()

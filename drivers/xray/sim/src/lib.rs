@@ -4,6 +4,8 @@
 //! dropped or corrupted frames). The host side opens [`Simulator::path`] as it would the
 //! real unit's serial port.
 
+pub mod phantom;
+
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
