@@ -278,6 +278,15 @@ fn percentile(hist: &[u32], total: usize, share: f64) -> u16 {
     (hist.len() - 1) as u16
 }
 
+/// How the pixel data is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelEncoding {
+    /// JPEG-LS lossless (1.2.840.10008.1.2.4.80): what Medvan sends.
+    JpegLsLossless,
+    /// Uncompressed, Explicit VR Little Endian: for tools and comparisons.
+    Native,
+}
+
 /// The DICOM DX For Presentation object as a Part 10 file, its pixel data in JPEG-LS
 /// lossless.
 pub fn dicom(
@@ -287,6 +296,19 @@ pub fn dicom(
     view: View,
     acq: &Acquisition,
     uids: &Uids,
+) -> Result<Vec<u8>, ImagingError> {
+    dicom_with(image, frame, subject, view, acq, uids, PixelEncoding::JpegLsLossless)
+}
+
+/// [`dicom`] with a choice of pixel encoding.
+pub fn dicom_with(
+    image: &Presentation,
+    frame: &Frame,
+    subject: &Subject,
+    view: View,
+    acq: &Acquisition,
+    uids: &Uids,
+    encoding: PixelEncoding,
 ) -> Result<Vec<u8>, ImagingError> {
     let mut o = InMemDicomObject::new_empty();
     let mut put = |tag, vr, value: PrimitiveValue| {
@@ -404,12 +426,15 @@ pub fn dicom(
         .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
         .implementation_version_name("MEDVAN_0");
     let mut file = o.with_meta(meta).map_err(|e| ImagingError::Write(e.to_string()))?;
-    file.transcode(&dicom_transfer_syntax_registry::entries::JPEG_LS_LOSSLESS_IMAGE_COMPRESSION.erased())
-        .map_err(|e| ImagingError::Encode(e.to_string()))?;
-    // The transcoder adds Number of Frames, which the single-frame DX IOD does not have, and
-    // the 2023 Encapsulated Pixel Data Value Total Length, which older readers do not know.
-    file.remove_element(tags::NUMBER_OF_FRAMES);
-    file.remove_element(dicom_core::Tag(0x7fe0, 0x0003));
+    if encoding == PixelEncoding::JpegLsLossless {
+        file.transcode(&dicom_transfer_syntax_registry::entries::JPEG_LS_LOSSLESS_IMAGE_COMPRESSION.erased())
+            .map_err(|e| ImagingError::Encode(e.to_string()))?;
+        // The transcoder adds Number of Frames, which the single-frame DX IOD does not have,
+        // and the 2023 Encapsulated Pixel Data Value Total Length, which older readers do
+        // not know.
+        file.remove_element(tags::NUMBER_OF_FRAMES);
+        file.remove_element(dicom_core::Tag(0x7fe0, 0x0003));
+    }
     let mut out = Vec::new();
     file.write_all(&mut out).map_err(|e| ImagingError::Write(e.to_string()))?;
     Ok(out)
