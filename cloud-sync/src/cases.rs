@@ -725,6 +725,7 @@ impl Replica for HubReplica {
             }
             if <[u8; 32]>::from(hasher.finalize()) != *sha256 {
                 self.hub.storage.drop_blob(&key)?;
+                lock(&self.hub.complete).remove(&key);
                 return Err(StorageError::BlobMismatch(hex::encode(sha256)));
             }
             self.hub.storage.complete_blob(&key, size)

@@ -353,7 +353,8 @@ pub fn dicom_with(
     put(tags::BURNED_IN_ANNOTATION, VR::CS, s("NO"));
     put(tags::LOSSY_IMAGE_COMPRESSION, VR::CS, s("00"));
     put(tags::PIXEL_INTENSITY_RELATIONSHIP, VR::CS, s("LOG"));
-    put(tags::PIXEL_INTENSITY_RELATIONSHIP_SIGN, VR::SS, PrimitiveValue::from(1_i16));
+    // -1: higher values mean less X-ray intensity (bone is bright).
+    put(tags::PIXEL_INTENSITY_RELATIONSHIP_SIGN, VR::SS, PrimitiveValue::from(-1_i16));
     put(tags::RESCALE_INTERCEPT, VR::DS, s("0"));
     put(tags::RESCALE_SLOPE, VR::DS, s("1"));
     put(tags::RESCALE_TYPE, VR::LO, s("US"));

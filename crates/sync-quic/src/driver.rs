@@ -280,7 +280,11 @@ pub async fn connect(
     let conn = |e: &dyn std::fmt::Display| DriverError::Connection(e.to_string());
     // A connection still draining would take the new one's packets (see
     // `van_endpoint_config`); draining lasts three probe timeouts, well under this bound.
-    let _ = tokio::time::timeout(Duration::from_secs(10), endpoint.wait_idle()).await;
+    if tokio::time::timeout(Duration::from_secs(10), endpoint.wait_idle()).await.is_err() {
+        return Err(DriverError::Connection(
+            "the previous connection to the hub is still open or draining; try again shortly".into(),
+        ));
+    }
     let connecting = endpoint.connect(addr, server_name).map_err(|e| conn(&e))?;
     match connecting.into_0rtt() {
         Ok((c, accepted)) => Ok(Connected { conn: c, early: Some(accepted), retry_left: true }),

@@ -236,6 +236,12 @@ pub enum Cause {
     /// The generator stopped the exposure itself.
     #[error("the generator stopped the exposure ({0:?})")]
     GeneratorAborted(AbortReason),
+    /// The generator did something the host had not asked for.
+    #[error("{0}")]
+    Unexpected(String),
+    /// Aborts went unconfirmed; the host fell silent so the generator's watchdog stops it.
+    #[error("the generator did not confirm the abort; the host went silent so its watchdog stops the beam")]
+    AbortUnconfirmed,
     /// The serial link went away.
     #[error("the serial link to the generator was lost; the generator's watchdog stops the beam within a second")]
     Disconnected,
@@ -262,14 +268,16 @@ impl Guards {
 enum State {
     /// Nothing armed.
     Standby,
-    /// `PREPARE` sent at this time; waiting for `READY`.
-    Preparing(Instant),
+    /// `PREPARE` sent at this time with this sequence number; waiting for `READY` (which
+    /// counts only once the `PREPARE` is acknowledged: a `READY` sent before it is stale).
+    Preparing { since: Instant, seq: u8 },
     /// `READY` with every interlock closed.
     Armed,
     /// `EXPOSE` sent at this time.
     Exposing { token: u64, technique: Technique, sent: Instant },
-    /// `ABORT` sent; waiting for the generator to say the exposure ended.
-    Aborting { technique: Technique, since: Instant, last_sent: Instant },
+    /// `ABORT` sent; waiting for the generator to say the exposure ended (or, once an
+    /// `ABORT` is acknowledged, for a status that is not exposing).
+    Aborting { technique: Technique, since: Instant, last_sent: Instant, acked: bool },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -304,6 +312,11 @@ pub struct Controller {
     out: VecDeque<Output>,
     /// The latest time an input came with.
     now: Instant,
+    /// Until then nothing is sent, not even heartbeats, so the generator's watchdog trips:
+    /// after the generator stopped answering, or ignored aborts.
+    silent_until: Option<Instant>,
+    /// The sequence number of the `SET_TECHNIQUE` waiting for its acknowledgement.
+    technique_seq: Option<u8>,
 }
 
 /// How many used confirm tokens are remembered (tokens are never reused by the shells; this
@@ -331,6 +344,8 @@ impl Controller {
             abort_cause: None,
             out: VecDeque::new(),
             now,
+            silent_until: None,
+            technique_seq: None,
         }
     }
 
@@ -371,6 +386,9 @@ impl Controller {
                 self.connected = true;
                 self.decoder = Decoder::default();
                 self.next_heartbeat = Some(now);
+                // Whatever an earlier session of this host left running stops now.
+                self.send(now, Command::Abort);
+                self.send(now, Command::Standby);
             }
             Input::Disconnected => {
                 self.connected = false;
@@ -395,6 +413,7 @@ impl Controller {
     fn next_timeout(&self) -> Instant {
         let mut t: Vec<Instant> = Vec::new();
         t.extend(self.next_heartbeat);
+        t.extend(self.silent_until);
         if let Some((at, _)) = self.last_status
             && self.active()
         {
@@ -402,7 +421,7 @@ impl Controller {
         }
         t.extend(self.unacked.values().map(|(_, sent)| *sent + self.config.ack_timeout));
         match self.state {
-            State::Preparing(since) => t.push(since + self.config.prepare_timeout),
+            State::Preparing { since, .. } => t.push(since + self.config.prepare_timeout),
             State::Exposing { technique, sent, .. } => {
                 t.push(sent + Duration::from_millis(u64::from(technique.ms)) + self.config.exposure_grace)
             }
@@ -425,7 +444,7 @@ impl Controller {
     }
 
     fn send(&mut self, now: Instant, c: Command) {
-        if !self.connected {
+        if !self.connected || self.silent_until.is_some_and(|t| now < t) {
             return;
         }
         let (kind, payload) = c.encode();
@@ -452,7 +471,7 @@ impl Controller {
     fn state_name(&self) -> &'static str {
         match self.state {
             State::Standby => "in standby",
-            State::Preparing(_) => "preparing",
+            State::Preparing { .. } => "preparing",
             State::Armed => "armed",
             State::Exposing { .. } => "exposing",
             State::Aborting { .. } => "stopping an exposure",
@@ -476,6 +495,7 @@ impl Controller {
                     return self.refuse(Refusal::NoHeartbeat);
                 }
                 self.technique = Some((t, false));
+                self.technique_seq = Some(self.seq);
                 self.send(now, Command::SetTechnique(t));
             }
             Operator::Arm => {
@@ -494,13 +514,14 @@ impl Controller {
                 {
                     return self.refuse(Refusal::Interlock(s.interlocks.open().join(", ")));
                 }
-                self.state = State::Preparing(now);
+                let seq = self.seq;
                 self.send(now, Command::Prepare);
+                self.state = State::Preparing { since: now, seq };
                 self.event(Event::Preparing);
             }
             Operator::Disarm => match self.state {
                 State::Exposing { .. } => self.abort(now, Cause::Disarmed),
-                State::Preparing(_) | State::Armed => {
+                State::Preparing { .. } | State::Armed => {
                     self.send(now, Command::Standby);
                     self.enter_standby();
                 }
@@ -519,7 +540,7 @@ impl Controller {
                 match self.state {
                     // Holding through preparation is how a two-stage hand switch works: it
                     // fires when the tube is ready, if the press is still fresh and held.
-                    State::Preparing(_) if self.guards.armed => {}
+                    State::Preparing { .. } if self.guards.armed => {}
                     _ => self.try_fire(now, true),
                 }
             }
@@ -590,7 +611,7 @@ impl Controller {
         if g.fresh && now.saturating_duration_since(c.pressed) > self.config.confirm_max_age {
             return Some(Refusal::ConfirmStale);
         }
-        if g.held && (c.released || now.saturating_duration_since(c.last_hold) > self.config.hold_timeout) {
+        if g.held && (c.released || now.saturating_duration_since(c.last_hold) >= self.config.hold_timeout) {
             return Some(Refusal::ConfirmReleased);
         }
         if g.unused && self.used.contains(&c.token) {
@@ -613,14 +634,19 @@ impl Controller {
     fn reply(&mut self, now: Instant, r: Reply) {
         match r {
             Reply::Ack(seq) => {
-                self.unacked.remove(&seq);
-                if let Some((t, acked)) = self.technique.as_mut()
-                    && !*acked
-                    && !self.unacked.values().any(|(c, _)| matches!(c, Command::SetTechnique(_)))
+                let acked = self.unacked.remove(&seq).map(|(c, _)| c);
+                if self.technique_seq == Some(seq)
+                    && let Some((t, done)) = self.technique.as_mut()
                 {
-                    *acked = true;
+                    *done = true;
                     let t = *t;
+                    self.technique_seq = None;
                     self.event(Event::TechniqueSet(t));
+                }
+                if acked == Some(Command::Abort)
+                    && let State::Aborting { technique, since, last_sent, .. } = self.state
+                {
+                    self.state = State::Aborting { technique, since, last_sent, acked: true };
                 }
             }
             Reply::Nak(seq, reason) => {
@@ -629,9 +655,19 @@ impl Controller {
                 match cmd {
                     Command::SetTechnique(_) => {
                         self.technique = None;
+                        self.technique_seq = None;
                         self.refuse(Refusal::Generator(why));
                     }
-                    Command::Prepare | Command::Expose { .. } => self.fail(now, Cause::Nak(why)),
+                    Command::Expose { .. } => {
+                        if let State::Exposing { technique, .. } = self.state {
+                            // Refused: no beam. Recorded with its technique and no dose.
+                            let none = Delivered { kv_x10: technique.kv_x10, ..Delivered::default() };
+                            self.event(Event::Aborted { technique, delivered: Some(none), cause: Cause::Nak(why) });
+                            self.send(now, Command::Standby);
+                            self.enter_standby();
+                        }
+                    }
+                    Command::Prepare => self.fail(now, Cause::Nak(why)),
                     _ => {}
                 }
             }
@@ -640,17 +676,31 @@ impl Controller {
                 self.event(Event::Status(s));
                 let closed = s.interlocks.all_closed();
                 match self.state {
-                    State::Preparing(_) if s.state == GenState::Ready && closed => {
+                    State::Preparing { seq, .. }
+                        if s.state == GenState::Ready && closed && !self.unacked.contains_key(&seq) =>
+                    {
                         self.state = State::Armed;
                         self.event(Event::Armed);
                         // A confirm held through preparation fires now, if it still may.
                         self.try_fire(now, true);
                     }
-                    State::Preparing(_) | State::Armed | State::Exposing { .. } if !closed => {
+                    State::Preparing { .. } | State::Armed | State::Exposing { .. } if !closed => {
                         self.fail(now, Cause::Interlock(s.interlocks.open().join(", ")));
                     }
                     State::Armed if s.state != GenState::Ready => {
                         self.fail(now, Cause::Nak("the generator left ready by itself".into()));
+                    }
+                    State::Aborting { acked: true, .. } if s.state != GenState::Exposing => {
+                        // The abort was taken and the beam is off, but the generator's report
+                        // of the dose was lost: recorded as unknown.
+                        self.finish_abort_unanswered(Cause::NoAck);
+                    }
+                    State::Standby if s.state == GenState::Exposing => {
+                        self.send(now, Command::Abort);
+                        self.event(Event::Fault(Cause::Unexpected("the generator was exposing unasked".into())));
+                    }
+                    State::Standby if matches!(s.state, GenState::Ready | GenState::Preparing) => {
+                        self.send(now, Command::Standby);
                     }
                     _ => {}
                 }
@@ -720,13 +770,15 @@ impl Controller {
     fn fail(&mut self, now: Instant, cause: Cause) {
         match self.state {
             State::Exposing { .. } => self.abort(now, cause),
-            State::Aborting { .. } => {
-                if cause == Cause::Disconnected || cause == Cause::HeartbeatLost {
-                    // No answer will come: record what is known.
+            State::Aborting { .. } => match cause {
+                Cause::Disconnected => self.finish_abort_unanswered(cause),
+                Cause::HeartbeatLost => {
+                    self.go_silent(now);
                     self.finish_abort_unanswered(cause);
                 }
-            }
-            State::Preparing(_) | State::Armed => {
+                _ => {}
+            },
+            State::Preparing { .. } | State::Armed => {
                 self.send(now, Command::Standby);
                 self.event(Event::Fault(cause));
                 self.enter_standby();
@@ -741,13 +793,20 @@ impl Controller {
             _ => return,
         };
         self.send(now, Command::Abort);
-        if !self.connected || cause == Cause::HeartbeatLost {
-            // The generator cannot be heard: its own watchdog stops the beam.
+        if !self.connected {
+            // Nothing can be sent: the generator's watchdog stops the beam within a second.
+            self.finish_abort_unanswered(cause);
+            return;
+        }
+        if cause == Cause::HeartbeatLost {
+            // The generator cannot be heard, and may not hear us either: one abort went out;
+            // then silence, so its watchdog stops the beam even if only our side works.
+            self.go_silent(now);
             self.finish_abort_unanswered(cause);
             return;
         }
         self.abort_cause = Some(cause);
-        self.state = State::Aborting { technique, since: now, last_sent: now };
+        self.state = State::Aborting { technique, since: now, last_sent: now, acked: false };
     }
 
     fn finish_abort_unanswered(&mut self, cause: Cause) {
@@ -760,7 +819,15 @@ impl Controller {
         self.enter_standby();
     }
 
+    /// Stops sending anything for the generator's watchdog time and a margin.
+    fn go_silent(&mut self, now: Instant) {
+        self.silent_until = Some(now + self.config.link_timeout + self.config.link_timeout / 2);
+        self.unacked.clear();
+    }
+
     fn enter_standby(&mut self) {
+        // Acknowledgements still owed for this attempt no longer mean anything.
+        self.unacked.retain(|_, (c, _)| !matches!(c, Command::Prepare | Command::Expose { .. }));
         self.state = State::Standby;
         self.confirm = None;
         self.abort_cause = None;
@@ -768,6 +835,12 @@ impl Controller {
     }
 
     fn timers(&mut self, now: Instant) {
+        if self.silent_until.is_some_and(|t| now >= t) {
+            self.silent_until = None;
+            if self.connected {
+                self.next_heartbeat = Some(now);
+            }
+        }
         if let Some(at) = self.next_heartbeat
             && now >= at
         {
@@ -796,7 +869,7 @@ impl Controller {
             }
         }
         match self.state {
-            State::Preparing(since) if now.saturating_duration_since(since) >= self.config.prepare_timeout => {
+            State::Preparing { since, .. } if now.saturating_duration_since(since) >= self.config.prepare_timeout => {
                 self.fail(now, Cause::PrepareTimeout);
             }
             State::Exposing { technique, sent, .. }
@@ -805,11 +878,16 @@ impl Controller {
             {
                 self.abort(now, Cause::ExposureTimeout);
             }
-            State::Aborting { technique, since, last_sent }
+            State::Aborting { since, .. } if now.saturating_duration_since(since) >= self.config.link_timeout => {
+                self.go_silent(now);
+                self.finish_abort_unanswered(Cause::AbortUnconfirmed);
+                self.event(Event::Fault(Cause::AbortUnconfirmed));
+            }
+            State::Aborting { technique, since, last_sent, acked }
                 if now.saturating_duration_since(last_sent) >= self.config.abort_repeat =>
             {
                 self.send(now, Command::Abort);
-                self.state = State::Aborting { technique, since, last_sent: now };
+                self.state = State::Aborting { technique, since, last_sent: now, acked };
             }
             _ => {}
         }
@@ -817,7 +895,7 @@ impl Controller {
             && c.token == token
             && self.guards.held
             && !c.released
-            && now.saturating_duration_since(c.last_hold) > self.config.hold_timeout
+            && now.saturating_duration_since(c.last_hold) >= self.config.hold_timeout
         {
             self.abort(now, Cause::HoldLost);
         }

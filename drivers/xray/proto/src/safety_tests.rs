@@ -33,6 +33,8 @@ enum Action {
     Faults(Faults),
     /// Corrupts the generator's next frames.
     Corrupt(u8),
+    /// Corrupts the host's next frames.
+    CorruptOut(u8),
     Disconnect,
     Reconnect,
 }
@@ -51,6 +53,7 @@ fn action() -> impl Strategy<Value = Action> {
             .prop_map(|(mute, over_temperature, door_open)| Action::Faults(Faults { mute, over_temperature, door_open })),
         1 => any::<bool>().prop_map(|mute| Action::Faults(Faults { mute, ..Faults::default() })),
         1 => (1u8..5).prop_map(Action::Corrupt),
+        1 => (1u8..3).prop_map(Action::CorruptOut),
         1 => prop_oneof![Just(Action::Disconnect), Just(Action::Reconnect)],
     ]
 }
@@ -98,6 +101,7 @@ struct Harness {
     faults: Faults,
     connected: bool,
     corrupt: u8,
+    corrupt_out: u8,
     ctl_deadline: Instant,
     model: Model,
     armed_seen: bool,
@@ -121,6 +125,7 @@ impl Harness {
             faults: Faults::default(),
             connected: true,
             corrupt: 0,
+            corrupt_out: 0,
             ctl_deadline: t0,
             model: Model::default(),
             armed_seen: false,
@@ -155,9 +160,14 @@ impl Harness {
                     }
                 }
             }
-            for b in to_gen {
+            for mut b in to_gen {
                 progressed = true;
                 self.on_sent(&b);
+                if self.corrupt_out > 0 {
+                    self.corrupt_out -= 1;
+                    let i = b.len() / 2;
+                    b[i] ^= 0x5a;
+                }
                 if self.connected {
                     self.gen_.handle_input(self.now, GenInput::Received(&b));
                 }
@@ -340,6 +350,7 @@ impl Harness {
                     self.pump();
                 }
                 Action::Corrupt(n) => self.corrupt = n,
+                Action::CorruptOut(n) => self.corrupt_out = n,
                 Action::Disconnect => {
                     self.connected = false;
                     self.model.last_status = None;
@@ -361,6 +372,22 @@ impl Harness {
 fn check(case: &Case, guards: Guards, armed: &AtomicUsize) -> Result<(), TestCaseError> {
     let mut h = Harness::new(case.prepare_ms, guards);
     h.run(&case.actions);
+    // Liveness: left alone (faults cleared, the confirm released), every exposure ends and
+    // the controller knows it; it never stays stuck stopping one.
+    if h.violation.is_none() {
+        h.run(&[Action::Faults(Faults::default()), Action::Reconnect]);
+        for slot in 0..4 {
+            h.run(&[Action::Release(slot)]);
+        }
+        h.advance(5000);
+        if h.ctl.is_exposing() || h.gen_.state() == GenState::Exposing {
+            h.fail(format!(
+                "5 s after the last input: controller exposing {}, generator {:?}",
+                h.ctl.is_exposing(),
+                h.gen_.state()
+            ));
+        }
+    }
     if h.armed_seen {
         armed.fetch_add(1, Ordering::Relaxed);
     }
