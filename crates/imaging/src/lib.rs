@@ -176,7 +176,9 @@ pub fn uid_from_uuid(uuid: u128) -> String {
 #[non_exhaustive]
 pub enum ImagingError {
     /// The frame's pixel count does not match its size.
-    #[error("the frame says {columns} x {rows} but holds {len} pixels")]
+    #[error(
+        "the frame says {columns} x {rows} but holds {len} pixels: the detector read was incomplete; read the frame again"
+    )]
     FrameSize {
         /// Columns.
         columns: u16,
@@ -259,10 +261,23 @@ pub fn present(frame: &Frame) -> Result<Presentation, ImagingError> {
 }
 
 fn check_size(frame: &Frame) -> Result<(), ImagingError> {
-    if frame.pixels.len() != usize::from(frame.columns) * usize::from(frame.rows) || frame.pixels.is_empty() {
-        return Err(ImagingError::FrameSize { columns: frame.columns, rows: frame.rows, len: frame.pixels.len() });
+    pixels_fit(frame.columns, frame.rows, frame.pixels.len())
+}
+
+/// Whether `len` pixels fill `columns` x `rows` (and there are some).
+fn pixels_fit(columns: u16, rows: u16, len: usize) -> Result<(), ImagingError> {
+    if len != usize::from(columns) * usize::from(rows) || len == 0 {
+        return Err(ImagingError::FrameSize { columns, rows, len });
     }
     Ok(())
+}
+
+impl Presentation {
+    /// A `Presentation` is plain data anyone can build: its size is checked before use, so a
+    /// mismatched one is an error, not an out-of-bounds read.
+    fn check_size(&self) -> Result<(), ImagingError> {
+        pixels_fit(self.columns, self.rows, self.pixels.len())
+    }
 }
 
 /// The value below which `share` of `total` counts in `hist` lie.
@@ -310,6 +325,7 @@ pub fn dicom_with(
     uids: &Uids,
     encoding: PixelEncoding,
 ) -> Result<Vec<u8>, ImagingError> {
+    image.check_size()?;
     let mut o = InMemDicomObject::new_empty();
     let mut put = |tag, vr, value: PrimitiveValue| {
         o.put(DataElement::new(tag, vr, value));
@@ -460,6 +476,7 @@ fn short(v: &str, max: usize) -> String {
 /// The preview: the image shrunk to at most `max_side` pixels on its long side, windowed
 /// to 8 bits, as PNG.
 pub fn preview(image: &Presentation, max_side: u16) -> Result<Vec<u8>, ImagingError> {
+    image.check_size()?;
     let (c, r) = (usize::from(image.columns), usize::from(image.rows));
     let step = c.max(r).div_ceil(usize::from(max_side.max(1))).max(1);
     let (pc, pr) = (c / step, r / step);
