@@ -231,10 +231,10 @@ pub enum Cause {
     #[error("an interlock opened: {0}")]
     Interlock(String),
     /// The generator reported an error.
-    #[error("the generator reported {0:?}")]
+    #[error("the generator reported {0}")]
     Generator(GenError),
     /// The generator stopped the exposure itself.
-    #[error("the generator stopped the exposure ({0:?})")]
+    #[error("the generator stopped the exposure: {0}")]
     GeneratorAborted(AbortReason),
     /// The generator did something the host had not asked for.
     #[error("{0}")]

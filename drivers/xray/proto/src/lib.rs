@@ -8,8 +8,10 @@
 //! - [`technique`]: kV, mAs and time, checked against the unit's limits.
 //! - [`controller`]: the host's safety controller (exposure is a dead-man control).
 //! - [`generator`]: the generator's side, for the simulator and tests.
+//! - [`detector`]: the detector's USB commands and frame stream (header, pixels, CRC-32 trailer).
 
 pub mod controller;
+pub mod detector;
 pub mod frame;
 pub mod generator;
 pub mod message;

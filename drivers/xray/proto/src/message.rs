@@ -152,6 +152,32 @@ pub enum GenError {
     Other(u8),
 }
 
+impl std::fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AbortReason::Host => f.write_str("the host asked"),
+            AbortReason::Heartbeat => f.write_str("its watchdog fired: the host fell silent"),
+            AbortReason::Interlock => f.write_str("an interlock opened (door, collimator or detector)"),
+            AbortReason::OverTemperature => f.write_str("the tube overheated; let it cool before the next exposure"),
+            AbortReason::Internal => f.write_str("an internal fault; have the unit serviced"),
+            AbortReason::Other(c) => write!(f, "reason code {c}"),
+        }
+    }
+}
+
+impl std::fmt::Display for GenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GenError::OverTemperature => f.write_str("over-temperature: let the tube cool"),
+            GenError::DoorOpen => f.write_str("the door is open: close it"),
+            GenError::TubeArc => f.write_str("a tube arc: have the unit serviced"),
+            GenError::HeartbeatLost => f.write_str("its watchdog fired: the host fell silent"),
+            GenError::Internal => f.write_str("an internal fault: have the unit serviced"),
+            GenError::Other(c) => write!(f, "error code {c}"),
+        }
+    }
+}
+
 /// Generator to host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {

@@ -52,6 +52,11 @@ impl GeneratorLink {
         let _ = self.operator.send(op);
     }
 
+    /// A handle that passes on what the operator does, for other threads.
+    pub fn operator_handle(&self) -> OperatorHandle {
+        OperatorHandle(self.operator.clone())
+    }
+
     /// What happened, in order.
     pub fn events(&self) -> &mpsc::Receiver<Event> {
         &self.events
@@ -69,6 +74,18 @@ impl GeneratorLink {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Passes operator inputs to a [`GeneratorLink`]'s controller from any thread. Once the
+/// link is gone, inputs go nowhere (and nothing can fire).
+#[derive(Debug, Clone)]
+pub struct OperatorHandle(mpsc::Sender<Operator>);
+
+impl OperatorHandle {
+    /// Passes on what the operator did.
+    pub fn send(&self, op: Operator) {
+        let _ = self.0.send(op);
     }
 }
 

@@ -2,8 +2,10 @@
 //! serial protocol (`xray_proto::generator`) on a pseudo-terminal, with the unit's timings
 //! and faults switched on and off while it runs (over-temperature, door open, no answer,
 //! dropped or corrupted frames). The host side opens [`Simulator::path`] as it would the
-//! real unit's serial port.
+//! real unit's serial port. [`detector::SimDetector`] is the flat panel's side of its USB
+//! protocol, showing a hand phantom ([`phantom`]).
 
+pub mod detector;
 pub mod phantom;
 
 use std::io::{Read, Write};

@@ -18,6 +18,14 @@ struct Args {
     /// Seed for line faults (dropped and corrupted frames).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Also make this path a symbolic link to the serial port, so a config can name a
+    /// fixed path (as udev names the real unit's /dev/ttyXRAY0). An existing link there is
+    /// replaced; any other file is left alone and is an error.
+    #[arg(long)]
+    link: Option<std::path::PathBuf>,
+    /// Take no commands on standard input; run until stopped (for scripts and services).
+    #[arg(long)]
+    no_console: bool,
 }
 
 const HELP: &str = "commands: over-temperature on|off, door on|off (open|closed), mute on|off, \
@@ -27,7 +35,24 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = GenConfig { prepare: Duration::from_millis(args.prepare_ms), ..GenConfig::default() };
     let sim = Simulator::start(config, args.seed)?;
+    if let Some(link) = &args.link {
+        match std::fs::symlink_metadata(link) {
+            Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(link)?,
+            Ok(_) => anyhow::bail!("{} exists and is not a symbolic link; choose another --link path", link.display()),
+            Err(_) => {}
+        }
+        std::os::unix::fs::symlink(sim.path(), link)
+            .map_err(|e| anyhow::anyhow!("Failed to link {} to the serial port: {e}", link.display()))?;
+    }
     println!("serial port: {}", sim.path());
+    if args.no_console {
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        // The simulator runs on its own thread; this one only waits to be stopped.
+        loop {
+            std::thread::park();
+        }
+    }
     println!("{HELP}");
     let mut faults = Faults::default();
     let mut line = LineFaults::default();
