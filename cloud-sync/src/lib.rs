@@ -224,6 +224,12 @@ async fn edit_case(
     if req.edits.is_empty() || req.edits.len() > 200 {
         return Err(ApiError(StatusCode::BAD_REQUEST, "send between 1 and 200 edits in one request".into()));
     }
+    if req.edits.iter().any(|e| matches!(e, Edit::RecordExposure(_))) {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "exposures are recorded by the van's X-ray service, not through the case API".into(),
+        ));
+    }
     let hub = case_hub(&state)?;
     let ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);

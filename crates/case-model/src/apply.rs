@@ -9,8 +9,8 @@ use automerge::{ObjId, ObjType, ReadDoc, ScalarValue};
 use crate::codes::{AllergyStatus, CaseStatus};
 use crate::conflict;
 use crate::edit::{
-    AllergyInput, AttachmentInput, CurrentMedicationInput, Edit, EditContext, Glucose, HistoryInput, MedicationInput,
-    PrescriptionInput, ProcedureInput, TextSplice, VitalsInput,
+    AllergyInput, AttachmentInput, CurrentMedicationInput, Edit, EditContext, ExposureInput, ExposureOutcome, Glucose,
+    HistoryInput, MedicationInput, PrescriptionInput, ProcedureInput, TextSplice, VitalsInput,
 };
 use crate::error::EditError;
 use crate::fields::{FUTURE_TOLERANCE_MS, FieldName, FieldValue, is_icd10};
@@ -74,6 +74,7 @@ pub(crate) fn apply(tx: &mut Transaction<'_>, ctx: &EditContext, edit: &Edit, cl
         Edit::EditNarrative(s) => splice(tx, layout::NARRATIVE, "narrative", s)?,
         Edit::EditAssessment(s) => splice(tx, layout::ASSESSMENT, "assessment", s)?,
         Edit::AddAttachment(a) => add_attachment(tx, ctx, a)?,
+        Edit::RecordExposure(e) => record_exposure(tx, ctx, e)?,
         Edit::RequestConsult { reason, urgency } => {
             let reason = text("consult.reason", "", reason, 1, 2000)?;
             let item = new_item(tx, &["consults"], ctx)?;
@@ -398,6 +399,102 @@ fn add_procedure(tx: &mut Transaction<'_>, ctx: &EditContext, p: &ProcedureInput
     put(tx, &item, "performer", p.performer.as_ref().unwrap_or(&ctx.user).as_str())?;
     if let Some(l) = p.performer_level {
         put(tx, &item, "performer_level", l.as_str())?;
+    }
+    Ok(())
+}
+
+/// SNOMED CT 168537006 Plain radiography (procedure), for eProcedures.03.
+const PLAIN_RADIOGRAPHY: i64 = 168_537_006;
+
+fn record_exposure(tx: &mut Transaction<'_>, ctx: &EditContext, e: &ExposureInput) -> Res {
+    let at = check_time(tx, "exposure.at", "eProcedures.01", e.at.unwrap_or(ctx.now), ctx)?;
+    let id = text("exposure.exposure_id", "", &e.exposure_id, 1, 64)?;
+    let procedures = layout::object(tx, &["procedures"]).ok_or_else(|| internal_msg("list missing"))?;
+    if layout::items(tx, &procedures)
+        .iter()
+        .any(|(_, item)| layout::get_str(tx, item, "exposure_id").as_deref() == Some(id.as_str()))
+    {
+        return Err(EditError::Invalid {
+            field: "exposure.exposure_id".into(),
+            element: "",
+            reason: format!("exposure {id} is already recorded"),
+        });
+    }
+    let words = |field: &str, s: &str| text(field, "", s, 1, 16);
+    let (body_part, view, laterality) = (
+        words("exposure.body_part", &e.body_part)?,
+        words("exposure.view", &e.view)?,
+        words("exposure.laterality", &e.laterality)?,
+    );
+    // Generous bounds: a refused technique is recorded as asked, however wrong it was.
+    let number = |field: &str, v: f64, max: f64| -> Res<f64> {
+        if v.is_finite() && (0.0..=max).contains(&v) {
+            Ok(v)
+        } else {
+            Err(EditError::OutOfRange { field: field.into(), element: "", min: 0.0, max, value: v })
+        }
+    };
+    number("exposure.kv", e.kv, 1000.0)?;
+    number("exposure.mas", e.mas, 100_000.0)?;
+    number("exposure.ms", e.ms as f64, 100_000.0)?;
+    for (field, v, max) in [
+        ("exposure.delivered_kv", e.delivered_kv, 1000.0),
+        ("exposure.delivered_mas", e.delivered_mas, 100_000.0),
+        ("exposure.delivered_ms", e.delivered_ms.map(|m| m as f64), 100_000.0),
+        ("exposure.dap_mgy_cm2", e.dap_mgy_cm2, 1_000_000.0),
+    ] {
+        if let Some(v) = v {
+            number(field, v, max)?;
+        }
+    }
+    let reason = e.reason.as_deref().map(|r| text("exposure.reason", "", r, 1, 500)).transpose()?;
+    let mut hashes = Vec::new();
+    for (field, sha) in [("exposure.dicom_sha256", &e.dicom_sha256), ("exposure.preview_sha256", &e.preview_sha256)] {
+        if let Some(sha) = sha {
+            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                return Err(EditError::Invalid {
+                    field: field.into(),
+                    element: "",
+                    reason: "must be 64 lower-case hex digits (the SHA-256 of the stored blob)".into(),
+                });
+            }
+            hashes.push((field.trim_start_matches("exposure."), sha.as_str()));
+        }
+    }
+    let uid = e.sop_instance_uid.as_deref().map(|u| text("exposure.sop_instance_uid", "", u, 1, 64)).transpose()?;
+    let item = new_item(tx, &["procedures"], ctx)?;
+    put(tx, &item, "performed_at", at.unix_millis())?;
+    put(tx, &item, "procedure", format!("X-ray {} {} {}", body_part, view, laterality).as_str())?;
+    put(tx, &item, "snomed", PLAIN_RADIOGRAPHY)?;
+    put(tx, &item, "attempts", 1i64)?;
+    put(tx, &item, "successful", e.outcome == ExposureOutcome::Exposed)?;
+    put(tx, &item, "performer", ctx.user.as_str())?;
+    put(tx, &item, "exposure_id", id.as_str())?;
+    put(tx, &item, "outcome", e.outcome.as_str())?;
+    put(tx, &item, "body_part", body_part.as_str())?;
+    put(tx, &item, "view", view.as_str())?;
+    put(tx, &item, "laterality", laterality.as_str())?;
+    put(tx, &item, "kv", e.kv)?;
+    put(tx, &item, "mas", e.mas)?;
+    put(tx, &item, "ms", e.ms)?;
+    for (key, v) in
+        [("delivered_kv", e.delivered_kv), ("delivered_mas", e.delivered_mas), ("dap_mgy_cm2", e.dap_mgy_cm2)]
+    {
+        if let Some(v) = v {
+            put(tx, &item, key, v)?;
+        }
+    }
+    if let Some(ms) = e.delivered_ms {
+        put(tx, &item, "delivered_ms", ms)?;
+    }
+    if let Some(r) = reason {
+        put(tx, &item, "reason", r.as_str())?;
+    }
+    for (key, sha) in hashes {
+        put(tx, &item, key, sha)?;
+    }
+    if let Some(u) = uid {
+        put(tx, &item, "sop_instance_uid", u.as_str())?;
     }
     Ok(())
 }

@@ -71,6 +71,10 @@ pub enum Edit {
     EditAssessment(TextSplice),
     /// Attach a stored blob (X-ray, video segment, photo).
     AddAttachment(AttachmentInput),
+    /// An X-ray exposure, or one refused or stopped: a procedure (eProcedures, SNOMED CT
+    /// 168537006 Plain radiography) with its technique and dose. Written by the agent's X-ray
+    /// service, never by hand.
+    RecordExposure(ExposureInput),
     /// Ask a doctor for a consult.
     RequestConsult {
         /// What the crew wants to know.
@@ -109,6 +113,25 @@ pub enum Edit {
 }
 
 impl Edit {
+    /// What the audit log says of the edit: its name, and for an exposure the technique,
+    /// outcome and dose (device values, not patient data).
+    pub fn audit_detail(&self) -> String {
+        match self {
+            Edit::RecordExposure(e) => {
+                let dap = e.dap_mgy_cm2.map_or_else(|| "unknown".to_owned(), |d| format!("{d:.2} mGy·cm²"));
+                format!(
+                    "record_exposure {} {} {:.1} kV {:.2} mAs {} ms DAP {dap}",
+                    e.exposure_id,
+                    e.outcome.as_str(),
+                    e.kv,
+                    e.mas,
+                    e.ms
+                )
+            }
+            other => other.name().to_owned(),
+        }
+    }
+
     /// Short name of the edit, recorded with each change.
     pub fn name(&self) -> &'static str {
         match self {
@@ -125,6 +148,7 @@ impl Edit {
             Edit::EditNarrative(_) => "edit_narrative",
             Edit::EditAssessment(_) => "edit_assessment",
             Edit::AddAttachment(_) => "add_attachment",
+            Edit::RecordExposure(_) => "record_exposure",
             Edit::RequestConsult { .. } => "request_consult",
             Edit::AddNote { .. } => "add_note",
             Edit::AddPrescription(_) => "add_prescription",
@@ -334,6 +358,78 @@ pub struct AttachmentInput {
     /// A label for people.
     #[serde(default)]
     pub label: Option<String>,
+}
+
+/// How an exposure attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExposureOutcome {
+    /// The exposure ran to its end.
+    Exposed,
+    /// It started (or may have started) and was stopped early.
+    Aborted,
+    /// It was refused before anything was sent to the generator.
+    Refused,
+}
+
+impl ExposureOutcome {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExposureOutcome::Exposed => "exposed",
+            ExposureOutcome::Aborted => "aborted",
+            ExposureOutcome::Refused => "refused",
+        }
+    }
+}
+
+/// An exposure attempt as the X-ray service records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExposureInput {
+    /// The attempt's id (unique; recording the same id twice is refused).
+    pub exposure_id: String,
+    /// When; defaults to now (eProcedures.01).
+    #[serde(default)]
+    pub at: Option<Timestamp>,
+    /// How it ended.
+    pub outcome: ExposureOutcome,
+    /// Body part examined (DICOM Body Part Examined term, e.g. `HAND`).
+    pub body_part: String,
+    /// View (`PA`, `AP`, `LAT`...).
+    pub view: String,
+    /// `L`, `R` or `U` (unpaired).
+    pub laterality: String,
+    /// Technique asked: kV.
+    pub kv: f64,
+    /// Technique asked: mAs.
+    pub mas: f64,
+    /// Technique asked: exposure time, ms.
+    pub ms: i64,
+    /// Delivered kV, as the generator reported it.
+    #[serde(default)]
+    pub delivered_kv: Option<f64>,
+    /// Delivered mAs.
+    #[serde(default)]
+    pub delivered_mas: Option<f64>,
+    /// Delivered time, ms.
+    #[serde(default)]
+    pub delivered_ms: Option<i64>,
+    /// Dose-area product delivered, mGy·cm² (0 for a refusal; absent when unknown).
+    #[serde(default)]
+    pub dap_mgy_cm2: Option<f64>,
+    /// Why it was refused or stopped, or what else the operator must know.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The DICOM object's blob, when an image was stored.
+    #[serde(default)]
+    pub dicom_sha256: Option<String>,
+    /// The preview's blob.
+    #[serde(default)]
+    pub preview_sha256: Option<String>,
+    /// The image's SOP Instance UID.
+    #[serde(default)]
+    pub sop_instance_uid: Option<String>,
 }
 
 /// Consult urgency.

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use case_model::edit::{AllergyInput, TextSplice, VitalsInput};
+use case_model::edit::{AllergyInput, ExposureInput, ExposureOutcome, TextSplice, VitalsInput};
 use case_model::{
     ActorId, CaseDoc, CaseId, ConflictKind, Edit, EditContext, FieldName, FieldValue, NewCase, OrgId, Timestamp,
     UserId, VanId, session_actor,
@@ -67,6 +67,57 @@ fn out_of_range_vitals_are_refused_naming_field_and_range_and_nothing_is_applied
     assert!(err.to_string().contains("diastolic 120 must be lower than systolic 80"), "{err}");
     let err = doc.apply(&ctx("ana", 1), &[set(FieldName::Sex, "woman")]).unwrap_err();
     assert!(err.to_string().contains("patient.sex (ePatient.25)"), "{err}");
+}
+
+fn exposure(id: &str, outcome: ExposureOutcome) -> Edit {
+    Edit::RecordExposure(ExposureInput {
+        exposure_id: id.into(),
+        at: None,
+        outcome,
+        body_part: "HAND".into(),
+        view: "PA".into(),
+        laterality: "L".into(),
+        kv: 55.0,
+        mas: 2.5,
+        ms: 25,
+        delivered_kv: Some(55.0),
+        delivered_mas: Some(1.2),
+        delivered_ms: Some(12),
+        dap_mgy_cm2: Some(0.31),
+        reason: Some("the confirm was released during the exposure".into()),
+        dicom_sha256: None,
+        preview_sha256: None,
+        sop_instance_uid: None,
+    })
+}
+
+#[test]
+fn an_exposure_is_a_procedure_with_technique_and_dose_recorded_once() {
+    let mut doc = new_case();
+    doc.apply(&ctx("ana", 1), &[exposure("x-1", ExposureOutcome::Aborted)]).unwrap();
+    let view = doc.view();
+    let p = &view.procedures[0];
+    assert_eq!(p["snomed"], 168_537_006);
+    assert_eq!(p["successful"], false);
+    assert_eq!(p["outcome"], "aborted");
+    assert_eq!(p["kv"], 55.0);
+    assert_eq!(p["dap_mgy_cm2"], 0.31);
+    assert_eq!(p["delivered_ms"], 12);
+    assert_eq!(p["performer"], "ana");
+    // The same attempt twice (a replayed journal) is refused, and nothing is added.
+    let err = doc.apply(&ctx("ana", 2), &[exposure("x-1", ExposureOutcome::Aborted)]).unwrap_err();
+    assert!(err.to_string().contains("already recorded"), "{err}");
+    assert_eq!(doc.view().procedures.len(), 1);
+    // A refused technique is recorded as asked; a nonsense number is not.
+    let Edit::RecordExposure(mut bad) = exposure("x-2", ExposureOutcome::Refused) else { unreachable!() };
+    bad.kv = f64::NAN;
+    let err = doc.apply(&ctx("ana", 3), &[Edit::RecordExposure(bad)]).unwrap_err();
+    assert!(err.to_string().contains("exposure.kv"), "{err}");
+    assert!(
+        exposure("x-3", ExposureOutcome::Exposed)
+            .audit_detail()
+            .contains("x-3 exposed 55.0 kV 2.50 mAs 25 ms DAP 0.31")
+    );
 }
 
 #[test]

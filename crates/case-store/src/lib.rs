@@ -265,7 +265,7 @@ impl Store {
         };
         let mut guard = lock(&slot);
         let doc = self.loaded(&mut guard, id)?;
-        let ops: Vec<&str> = edits.iter().map(Edit::name).collect();
+        let ops: Vec<String> = edits.iter().map(Edit::audit_detail).collect();
         let applied = match doc.apply(ctx, &edits) {
             Ok(a) => a,
             Err(e) => {
