@@ -13,6 +13,8 @@ packages=(
   cmake             # builds CharLS (JPEG-LS) for DICOM pixel data (imaging)
   dcmtk             # dcmdump, dcm2pnm, dcmcjpls: independent readers of our DICOM files
   dicom3tools       # dciodvfy: the DICOM object validator the imaging tests run
+  libusb-1.0-0-dev  # the detector's USB shell (rusb over the system libusb)
+  umockdev          # a virtual USB detector for the USB shell's tests
 )
 
 missing=()
