@@ -11,7 +11,7 @@ smoke=false
 
 scripts/setup-deps.sh
 echo "==> building (release)"
-cargo build --release --locked -p edge-agent -p cloud-sync
+cargo build --release --locked -p edge-agent -p cloud-sync -p xray-sim
 
 state=${MEDVAN_STATE:-$PWD/.medvan}
 mkdir -p "$state"
@@ -53,6 +53,12 @@ listen = "127.0.0.1:$agent_port"
 address = "127.0.0.1:$sync_port"
 server_name = "hub.medvan.local"
 identity_dir = "$state/van-12-identity"
+
+# The simulated X-ray unit: the generator on a pseudo-terminal (xray-sim, started below
+# and linked at this path), and a simulated flat panel.
+[xray]
+serial_port = "$state/ttyXRAY0"
+detector = "simulated"
 TOML
 
 hub() { target/release/medvan-hub --config "$state/hub.toml" "$@"; }
@@ -75,6 +81,8 @@ wait_for() {
   return 1
 }
 
+target/release/xray-sim --no-console --link "$state/ttyXRAY0" > "$state/xray-sim.log" &
+pids+=($!)
 # Started directly, not through the function, so that $! is the hub itself.
 target/release/medvan-hub --config "$state/hub.toml" run &
 pids+=($!)
@@ -96,6 +104,7 @@ Medvan is running: a hub and van-12 of org-north, enrolled and syncing over QUIC
   van:  http://127.0.0.1:$agent_port/health     (API description: /openapi.json)
         sync status: http://127.0.0.1:$agent_port/api/v1/sync
 
+The van drives a simulated X-ray unit (xray-sim on $state/ttyXRAY0): see /api/v1/xray.
 Try the van's case API (the acting user goes in X-Medvan-User until crew login lands):
   curl -s -X POST -H 'X-Medvan-User: ana' http://127.0.0.1:$agent_port/api/v1/cases
   curl -s -H 'X-Medvan-User: ana' http://127.0.0.1:$agent_port/api/v1/cases
@@ -112,6 +121,24 @@ if $smoke; then
   curl -fsS -H 'X-Medvan-User: ana' "$api/cases/$id" | grep -q '"heart_rate":92'
   curl -fsS -H 'X-Medvan-User: ana' "$api/audit/verify" | grep -q '"intact":true'
   echo "smoke: case $id created, edited, read back, audit chain intact"
+  # An X-ray of the left hand: set up, arm, hold the confirm until the exposure is recorded.
+  curl -fsS -X PUT -H 'X-Medvan-User: ana' -H 'Content-Type: application/json' \
+    -d "{\"case_id\":\"$id\",\"body_part\":\"HAND\",\"view\":\"PA\",\"laterality\":\"L\",\"kv\":55,\"mas\":2.5,\"ms\":100}" \
+    "$api/xray/session" >/dev/null
+  curl -fsS -X POST -H 'X-Medvan-User: ana' "$api/xray/arm" >/dev/null
+  for _ in $(seq 1 50); do
+    curl -fsS -H 'X-Medvan-User: ana' "$api/xray" | grep -q '"armed":true' && break
+    sleep 0.1
+  done
+  token=$(curl -fsS -X POST -H 'X-Medvan-User: ana' "$api/xray/confirm" | sed -E 's/.*"token":"([0-9a-f]+)".*/\1/')
+  for _ in $(seq 1 50); do
+    curl -fsS -X POST -H 'X-Medvan-User: ana' "$api/xray/confirm/$token/hold" >/dev/null
+    curl -fsS -H 'X-Medvan-User: ana' "$api/xray" | grep -q '"outcome":"exposed"' && break
+    sleep 0.1
+  done
+  curl -fsS -X POST -H 'X-Medvan-User: ana' "$api/xray/confirm/$token/release" >/dev/null
+  curl -fsS -H 'X-Medvan-User: ana' "$api/cases/$id" | grep -q '"media_type":"application/dicom"'
+  echo "smoke: an X-ray exposure was recorded with its dose, preview and DICOM object"
   # The case reaches the hub over QUIC without anyone pressing sync...
   hubapi="http://127.0.0.1:$hub_port/api/v1"
   auth="Authorization: Bearer $doctor_token"

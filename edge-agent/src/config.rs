@@ -16,6 +16,39 @@ pub struct Config {
     /// The hub this van syncs with (used once sync lands).
     #[serde(default)]
     pub hub: Option<HubConfig>,
+    /// The X-ray unit, if the van has one.
+    #[serde(default)]
+    pub xray: Option<XrayConfig>,
+}
+
+/// The `[xray]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XrayConfig {
+    /// The generator's serial port.
+    pub serial_port: String,
+    /// The flat panel: `usb` (the unit's own) or `simulated` (a hand phantom, for
+    /// demonstrations and tests with `xray-sim` on the serial side).
+    #[serde(default)]
+    pub detector: DetectorKind,
+    /// The simulated panel's size, columns by rows.
+    #[serde(default = "default_sim_size")]
+    pub simulated_size: [u16; 2],
+}
+
+/// Which flat panel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectorKind {
+    /// The unit's panel on USB.
+    #[default]
+    Usb,
+    /// A simulated panel.
+    Simulated,
+}
+
+fn default_sim_size() -> [u16; 2] {
+    [2500, 3000]
 }
 
 /// The `[agent]` table.
@@ -96,6 +129,13 @@ impl Config {
         if config.agent.max_attachment_mib == 0 || config.agent.max_attachment_mib > 1024 {
             bail!("agent.max_attachment_mib must be between 1 and 1024");
         }
+        if let Some(x) = &config.xray
+            && (x.simulated_size.contains(&0)
+                || usize::from(x.simulated_size[0]) * usize::from(x.simulated_size[1])
+                    > crate::xray::detector::MAX_PIXELS)
+        {
+            bail!("xray.simulated_size must be two numbers above 0, at most 4300 x 4300 pixels in all");
+        }
         Ok(config)
     }
 }
@@ -115,6 +155,11 @@ max_attachment_mib = 256
 address = "hub.example.org:4433"
 # Filled by `edge-agent enrol --token ...`; readable by the agent only.
 identity_dir = "/var/lib/medvan/identity"
+
+# The X-ray unit: the generator's serial port and the flat panel ("usb" or "simulated").
+[xray]
+serial_port = "/dev/ttyXRAY0"
+detector = "usb"
 "#;
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod identity;
 pub mod sync;
+pub mod xray;
 
 use std::future::Future;
 
@@ -93,6 +94,18 @@ pub async fn start_sync(config: &config::Config, store: &Store) -> anyhow::Resul
     }
 }
 
+/// Starts the X-ray service if the config names a unit.
+pub fn start_xray(config: &config::Config, store: &Store) -> anyhow::Result<xray::XrayHandle> {
+    let Some(x) = &config.xray else { return Ok(xray::XrayHandle::not_configured()) };
+    let detector: Box<dyn xray::detector::Detector> = match x.detector {
+        config::DetectorKind::Simulated => {
+            Box::new(xray::detector::Simulated::new(x.simulated_size[0], x.simulated_size[1], rand::random()))
+        }
+        config::DetectorKind::Usb => Box::new(xray::detector::Usb::new()),
+    };
+    xray::XrayHandle::start(store.clone(), &x.serial_port, detector).context("Failed to start the X-ray service")
+}
+
 /// Serves the API on `listener` until `shutdown` completes, then closes the store cleanly.
 pub async fn serve(
     config: config::Config,
@@ -102,9 +115,14 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let limit = usize::try_from(config.agent.max_attachment_mib * 1024 * 1024).unwrap_or(usize::MAX);
     let sync = start_sync(&config, &store).await?;
-    let state = api::AppState::new(store.clone(), config.agent.org_id.clone(), limit).with_sync(sync);
+    let xray = start_xray(&config, &store)?;
+    let state =
+        api::AppState::new(store.clone(), config.agent.org_id.clone(), limit).with_sync(sync).with_xray(xray.clone());
     let app = api::app(state);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("Failed to serve the local API")?;
+    // Disarm the unit before the store closes.
+    let x = xray.clone();
+    tokio::task::spawn_blocking(move || x.stop()).await.context("Failed to stop the X-ray service")?;
     // Finish queued writes before exiting; everything acknowledged is already durable.
     tokio::task::spawn_blocking(move || store.close()).await.context("Failed to close the store")?;
     Ok(())

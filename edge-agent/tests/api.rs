@@ -353,7 +353,7 @@ async fn every_operation_in_the_openapi_document_is_served() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 15);
+    assert_eq!(operations, 22);
 }
 
 #[tokio::test]

@@ -96,6 +96,23 @@ impl BodyPart {
         }
     }
 
+    /// Every body part, in the order a menu shows them.
+    pub const ALL: [BodyPart; 8] = [
+        BodyPart::Chest,
+        BodyPart::Hand,
+        BodyPart::Wrist,
+        BodyPart::Forearm,
+        BodyPart::Ankle,
+        BodyPart::Foot,
+        BodyPart::Knee,
+        BodyPart::Pelvis,
+    ];
+
+    /// The part by its Body Part Examined term (`HAND`), case-insensitive.
+    pub fn parse(s: &str) -> Option<BodyPart> {
+        BodyPart::ALL.into_iter().find(|b| b.codes().0.eq_ignore_ascii_case(s))
+    }
+
     /// Whether the part has a side.
     pub fn paired(self) -> bool {
         !matches!(self, BodyPart::Chest | BodyPart::Pelvis)
@@ -127,6 +144,29 @@ impl Projection {
     }
 }
 
+impl Projection {
+    /// The projection by its short name: `AP`, `PA`, `LAT` (or `LL`), `OBL`, case-insensitive.
+    pub fn parse(s: &str) -> Option<Projection> {
+        match s.to_ascii_uppercase().as_str() {
+            "AP" => Some(Projection::Ap),
+            "PA" => Some(Projection::Pa),
+            "LAT" | "LL" => Some(Projection::Lateral),
+            "OBL" => Some(Projection::Oblique),
+            _ => None,
+        }
+    }
+
+    /// The short name [`Projection::parse`] reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Projection::Ap => "AP",
+            Projection::Pa => "PA",
+            Projection::Lateral => "LAT",
+            Projection::Oblique => "OBL",
+        }
+    }
+}
+
 /// Image laterality.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Laterality {
@@ -136,6 +176,27 @@ pub enum Laterality {
     Right,
     /// Unpaired (chest, pelvis).
     Unpaired,
+}
+
+impl Laterality {
+    /// `L`, `R` or `U`, case-insensitive.
+    pub fn parse(s: &str) -> Option<Laterality> {
+        match s.to_ascii_uppercase().as_str() {
+            "L" => Some(Laterality::Left),
+            "R" => Some(Laterality::Right),
+            "U" => Some(Laterality::Unpaired),
+            _ => None,
+        }
+    }
+
+    /// Image Laterality (0020,0062).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Laterality::Left => "L",
+            Laterality::Right => "R",
+            Laterality::Unpaired => "U",
+        }
+    }
 }
 
 /// How the image was acquired.
@@ -398,15 +459,7 @@ pub fn dicom_with(
     let (body, part_code, part_meaning) = view.body_part.codes();
     let (position, view_code, view_meaning) = view.projection.codes();
     put(tags::BODY_PART_EXAMINED, VR::CS, s(body));
-    put(
-        tags::IMAGE_LATERALITY,
-        VR::CS,
-        s(match view.laterality {
-            Laterality::Left => "L",
-            Laterality::Right => "R",
-            Laterality::Unpaired => "U",
-        }),
-    );
+    put(tags::IMAGE_LATERALITY, VR::CS, s(view.laterality.as_str()));
     put(tags::VIEW_POSITION, VR::CS, s(position));
     // A portable unit: no positioner.
     put(tags::POSITIONER_TYPE, VR::CS, s("NONE"));

@@ -115,6 +115,12 @@ pub(crate) async fn edit(
     if body.edits.len() > 200 {
         return Err(ApiError::BadRequest("send at most 200 edits in one request".into()));
     }
+    if body.edits.iter().any(|e| matches!(e, Edit::RecordExposure(_))) {
+        return Err(ApiError::Unprocessable(
+            "invalid",
+            "exposures are recorded by the X-ray service (/api/v1/xray), not through the case API".into(),
+        ));
+    }
     let view = blocking(move || s.store.edit_case_view(&ctx, id, &body.edits)).await?;
     Ok(Json(view).into_response())
 }

@@ -20,6 +20,12 @@ pub(crate) enum ApiError {
     Internal(String),
     /// The store refused or failed.
     Store(StoreError),
+    /// The action conflicts with the state of things (code, message).
+    Conflict(&'static str, String),
+    /// Well-formed but not acceptable (code, message).
+    Unprocessable(&'static str, String),
+    /// Not available on this van (code, message).
+    Unavailable(&'static str, String),
 }
 
 impl From<StoreError> for ApiError {
@@ -47,6 +53,9 @@ impl IntoResponse for ApiError {
         let (status, code, message) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
             ApiError::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, "unauthenticated", m),
+            ApiError::Conflict(code, m) => (StatusCode::CONFLICT, code, m),
+            ApiError::Unprocessable(code, m) => (StatusCode::UNPROCESSABLE_ENTITY, code, m),
+            ApiError::Unavailable(code, m) => (StatusCode::SERVICE_UNAVAILABLE, code, m),
             ApiError::TooLarge(limit) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",

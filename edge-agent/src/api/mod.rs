@@ -6,6 +6,7 @@
 
 mod cases;
 mod error;
+mod xray;
 
 use std::sync::Arc;
 
@@ -30,12 +31,25 @@ pub struct AppState {
     pub(crate) sync: crate::sync::SyncHandle,
     pub(crate) org: OrgId,
     pub(crate) max_attachment_bytes: usize,
+    pub(crate) xray: crate::xray::XrayHandle,
 }
 
 impl AppState {
     /// State over an open store; new cases belong to `org`.
     pub fn new(store: Store, org: OrgId, max_attachment_bytes: usize) -> AppState {
-        AppState { store, org, max_attachment_bytes, sync: crate::sync::SyncHandle::not_configured() }
+        AppState {
+            store,
+            org,
+            max_attachment_bytes,
+            sync: crate::sync::SyncHandle::not_configured(),
+            xray: xray::none(),
+        }
+    }
+
+    /// Drives this X-ray unit at `/api/v1/xray`.
+    pub fn with_xray(mut self, xray: crate::xray::XrayHandle) -> AppState {
+        self.xray = xray;
+        self
     }
 
     /// Reports this sync service's status at `/api/v1/sync`.
@@ -61,7 +75,14 @@ pub fn app(state: AppState) -> Router {
         .route("/cases/{id}/history", get(cases::history))
         .route("/cases/{id}/audit", get(cases::audit))
         .route("/audit/verify", get(cases::verify_audit))
-        .route("/sync", get(sync_status));
+        .route("/sync", get(sync_status))
+        .route("/xray", get(xray::status))
+        .route("/xray/session", axum::routing::put(xray::set_session))
+        .route("/xray/arm", post(xray::arm))
+        .route("/xray/disarm", post(xray::disarm))
+        .route("/xray/confirm", post(xray::press))
+        .route("/xray/confirm/{token}/hold", post(xray::hold))
+        .route("/xray/confirm/{token}/release", post(xray::release));
     Router::new()
         .route("/health", get(health))
         .route("/openapi.json", get(openapi))
