@@ -35,6 +35,8 @@ sync_listen = "127.0.0.1:$sync_port"
 server_name = "hub.medvan.local"
 data_dir = "$state/hub"
 key_file = "$state/hub.key"
+# The links DICOMweb hands out (retrieve and bulk data URLs).
+public_url = "http://127.0.0.1:$hub_port"
 
 [[api_users]]
 user = "dr.osei"
@@ -110,6 +112,8 @@ Try the van's case API (the acting user goes in X-Medvan-User until crew login l
   curl -s -H 'X-Medvan-User: ana' http://127.0.0.1:$agent_port/api/v1/cases
 and the doctor's view of the same cases at the hub:
   curl -s -H "Authorization: Bearer \$(cat $doctor_token_file)" http://127.0.0.1:$hub_port/api/v1/cases
+and the X-rays over DICOMweb (QIDO-RS, WADO-RS, STOW-RS), for any DICOMweb viewer:
+  curl -s -H "Authorization: Bearer \$(cat $doctor_token_file)" http://127.0.0.1:$hub_port/dicomweb/studies
 State (keys, databases) is in $state. Ctrl-C stops both.
 TXT
 
@@ -148,6 +152,13 @@ if $smoke; then
   done
   curl -fsS -H "$auth" "$hubapi/cases/$id" | grep -q '"heart_rate":92'
   echo "smoke: the case reached the hub"
+  # ...with its X-ray, which the hub files for DICOMweb: a standard client finds the study.
+  for _ in $(seq 1 100); do
+    curl -fsS -H "$auth" "http://127.0.0.1:$hub_port/dicomweb/studies?ModalitiesInStudy=DX" | grep -q '"DX"' && break
+    sleep 0.1
+  done
+  curl -fsS -H "$auth" "http://127.0.0.1:$hub_port/dicomweb/studies?ModalitiesInStudy=DX" | grep -q '"DX"'
+  echo "smoke: the X-ray is searchable at the hub over DICOMweb (QIDO-RS)"
   # ...and the doctor's note comes back to the van.
   curl -fsS -X POST -H "$auth" -H 'Content-Type: application/json' \
     -d '{"edits":[{"op":"add_note","text":"splint and x-ray on arrival"}]}' "$hubapi/cases/$id/edits" >/dev/null

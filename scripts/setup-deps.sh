@@ -15,6 +15,7 @@ packages=(
   dicom3tools       # dciodvfy: the DICOM object validator the imaging tests run
   libusb-1.0-0-dev  # the detector's USB shell (rusb over the system libusb)
   umockdev          # a virtual USB detector for the USB shell's tests
+  python3-venv      # a venv for the Python clients the tests use (scripts/setup-pytools.sh)
 )
 
 missing=()

@@ -83,7 +83,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     let ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     Timestamp::from_unix_millis(ms)
@@ -118,6 +118,11 @@ impl CaseHub {
     /// The storage underneath.
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
+    }
+
+    /// What seals data before it reaches storage.
+    pub(crate) fn sealer(&self) -> &Sealer {
+        &self.sealer
     }
 
     /// Cases changed on this hub, as they change: connected vans' sessions listen here.
@@ -297,6 +302,37 @@ impl CaseHub {
         let result = self.with_case(org, case, |slot| Ok(slot.as_ref().expect("checked").doc.view()));
         self.audit_access(user, "case.read", doc, &result, String::new())?;
         result
+    }
+
+    /// An attachment's bytes and media type, when the case (of the caller's organisation)
+    /// lists it; audited.
+    pub fn read_attachment(
+        &self,
+        user: &UserId,
+        org: &OrgId,
+        case: CaseId,
+        sha256: &str,
+    ) -> Result<(Vec<u8>, String), CaseError> {
+        let doc = DocId(*case.as_bytes());
+        let result = self.with_case(org, case, |slot| {
+            let doc = &slot.as_ref().expect("checked").doc;
+            doc.attachments()
+                .into_iter()
+                .find(|a| a.get("sha256").and_then(|s| s.as_str()) == Some(sha256))
+                .map(|a| {
+                    let media = a.get("media_type").and_then(|m| m.as_str()).unwrap_or("application/octet-stream");
+                    let size = a.get("size").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                    (media.to_owned(), size)
+                })
+                .ok_or(CaseError::NotFound(case))
+        });
+        self.audit_access(user, "blob.read", doc, &result, sha256.chars().take(64).collect())?;
+        let (media, size) = result?;
+        let sha: [u8; 32] =
+            hex::decode(sha256).ok().and_then(|b| b.try_into().ok()).ok_or(CaseError::NotFound(case))?;
+        // Listed but not (yet) here: the van has not finished sending it.
+        let data = read_blob(self, org.as_str(), &sha, 0, size).map_err(|_| CaseError::NotFound(case))?;
+        Ok((data, media))
     }
 
     /// Writes edits into a case on behalf of a user of its organisation (a doctor's note),
@@ -734,9 +770,35 @@ impl Replica for HubReplica {
             Ok(()) => {
                 let rec = record(&self.peer, "blob.receive", None, audit::Outcome::Allowed, hex::encode(sha256));
                 let _ = self.hub.storage.audit(&rec);
+                blocking(|| self.index_if_dicom(sha256, size));
                 Ok(())
             }
             Err(e) => Err(refuse(RefusalReason::Malformed, e.to_string())),
+        }
+    }
+}
+
+impl HubReplica {
+    /// A van's X-ray arrives as a blob; a DICOM one is filed for DICOMweb under the van's
+    /// organisation (and linked to its case) as soon as it is whole.
+    fn index_if_dicom(&self, sha256: &[u8; 32], size: u64) {
+        if size > crate::dicom::MAX_OBJECT as u64 || size < 132 {
+            return;
+        }
+        let Ok(head) = read_blob(&self.hub, &self.device.org, sha256, 128, 4) else { return };
+        if head != b"DICM" {
+            return;
+        }
+        let Ok(org) = case_model::OrgId::parse(&self.device.org) else { return };
+        let filed = read_blob(&self.hub, &self.device.org, sha256, 0, size)
+            .map_err(CaseError::from)
+            .and_then(|bytes| self.hub.store_dicom(&self.peer, &org, &bytes, None));
+        match filed {
+            Ok(Ok(f)) => {
+                tracing::info!(study = %f.study, instance = %f.sop_instance, van = %self.peer, "filed a van's image for DICOMweb")
+            }
+            Ok(Err(r)) => tracing::warn!(van = %self.peer, reason = %r.message, "a van's DICOM object was not filed"),
+            Err(e) => tracing::error!(van = %self.peer, error = %e, "a van's DICOM object could not be filed"),
         }
     }
 }

@@ -35,6 +35,11 @@ pub struct HubConfig {
     pub server_name: String,
     /// Where the hub keeps its embedded store (SQLite and files).
     pub data_dir: PathBuf,
+    /// The hub's address as its users reach it (`https://hub.example.org`), for the links it
+    /// hands out (DICOMweb retrieve and bulk data URLs). Without it, links are built from
+    /// each request's Host header.
+    #[serde(default)]
+    pub public_url: Option<String>,
     /// The hub's key file (64 hex digits, mode 600): seals patient data and the CA key.
     pub key_file: Option<PathBuf>,
     /// How long device certificates last; vans renew them when a third is left.

@@ -8,6 +8,8 @@
 
 pub mod cases;
 pub mod config;
+pub mod dicom;
+mod dicomweb;
 pub mod fleet;
 pub mod storage;
 
@@ -32,9 +34,9 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// A caller of the case API, as the config names it.
 #[derive(Debug, Clone)]
-struct Caller {
-    user: UserId,
-    org: OrgId,
+pub(crate) struct Caller {
+    pub(crate) user: UserId,
+    pub(crate) org: OrgId,
     token_sha256: [u8; 32],
 }
 
@@ -42,6 +44,7 @@ struct Caller {
 #[derive(Debug, Clone)]
 pub struct HubState {
     data_dir: PathBuf,
+    public_url: Option<String>,
     cases: Option<Arc<CaseHub>>,
     callers: Vec<Caller>,
 }
@@ -65,7 +68,13 @@ impl HubState {
                 token_sha256,
             });
         }
-        Ok(HubState { data_dir: dir.clone(), cases: None, callers })
+        let public_url = config.hub.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned());
+        if let Some(u) = &public_url
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            anyhow::bail!("hub.public_url {u:?} must start with https:// (or http:// on a closed network)");
+        }
+        Ok(HubState { data_dir: dir.clone(), public_url, cases: None, callers })
     }
 
     /// Serves the case API over `cases`.
@@ -83,6 +92,8 @@ pub fn app(state: HubState) -> Router {
         .route("/api/v1/cases", get(list_cases))
         .route("/api/v1/cases/{id}", get(read_case))
         .route("/api/v1/cases/{id}/edits", post(edit_case))
+        .route("/api/v1/cases/{id}/attachments/{sha256}", get(read_attachment))
+        .merge(dicomweb::routes())
         .with_state(Arc::new(state))
 }
 
@@ -115,7 +126,7 @@ async fn openapi() -> impl IntoResponse {
 
 /// An API error: a status and a message saying what was wrong and what to do.
 #[derive(Debug)]
-struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -145,7 +156,7 @@ impl From<CaseError> for ApiError {
 }
 
 /// Who is calling, by bearer token.
-fn caller<'a>(state: &'a HubState, headers: &HeaderMap) -> Result<&'a Caller, ApiError> {
+pub(crate) fn caller<'a>(state: &'a HubState, headers: &HeaderMap) -> Result<&'a Caller, ApiError> {
     let unauthorised = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_owned());
     let value = headers
         .get(header::AUTHORIZATION)
@@ -164,7 +175,7 @@ fn caller<'a>(state: &'a HubState, headers: &HeaderMap) -> Result<&'a Caller, Ap
         .ok_or_else(|| unauthorised("this API token is not known to the hub"))
 }
 
-fn case_hub(state: &HubState) -> Result<Arc<CaseHub>, ApiError> {
+pub(crate) fn case_hub(state: &HubState) -> Result<Arc<CaseHub>, ApiError> {
     state
         .cases
         .clone()
@@ -175,7 +186,9 @@ fn case_id(s: &str) -> Result<CaseId, ApiError> {
     CaseId::parse(s).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{e}; case ids look like 0190a7c4-...")))
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, CaseError> + Send + 'static) -> Result<T, ApiError> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CaseError> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the request failed inside the hub".into()))?
@@ -199,6 +212,27 @@ async fn read_case(
     let hub = case_hub(&state)?;
     let view = blocking(move || hub.read_case(&c.user, &c.org, id)).await?;
     Ok(axum::Json(view).into_response())
+}
+
+/// An attachment of a case (an X-ray preview for the doctor's app, a DICOM object...).
+async fn read_attachment(
+    State(state): State<Arc<HubState>>,
+    headers: HeaderMap,
+    Path((id, sha)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let c = caller(&state, &headers)?.clone();
+    let id = case_id(&id)?;
+    let hub = case_hub(&state)?;
+    let (data, media) = blocking(move || hub.read_attachment(&c.user, &c.org, id, &sha)).await?;
+    let ct = HeaderValue::from_str(&media).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    // Never rendered as a page of the hub's origin.
+    let headers = [
+        (header::CONTENT_TYPE, ct),
+        (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; sandbox")),
+        (header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=86400, immutable")),
+    ];
+    Ok((headers, data).into_response())
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -89,6 +89,7 @@ on_both!(
     the_registry_persists_tokens_certificates_and_revocations,
     the_audit_chain_records_access_and_refusals_and_verifies,
     an_image_attached_on_a_van_reaches_the_hub_and_the_assigned_van,
+    a_vans_dicom_is_filed_for_its_organisation_and_linked_to_its_case,
 );
 
 fn ctx(user: &str) -> EditContext {
@@ -434,4 +435,84 @@ fn an_image_attached_on_a_van_reaches_the_hub_and_the_assigned_van(b: Backend) {
     );
     assert_eq!(vr.blob_state(&sha), BlobState::Complete);
     assert_eq!(b2.store.read_blob(&ctx("ben"), case, &hex::encode(sha)).unwrap().0, image);
+}
+
+/// A small DX object of `case`, as the van's X-ray service makes it.
+fn dx_of(case: CaseId, patient: &str) -> Vec<u8> {
+    let raw = xray_sim::phantom::hand(64, 80, 3);
+    let frame = imaging::Frame {
+        columns: raw.columns,
+        rows: raw.rows,
+        bits_stored: 14,
+        pixel_pitch_um: 140,
+        detector_id: "T".into(),
+        pixels: raw.pixels,
+    };
+    let image = imaging::present(&frame).unwrap();
+    let subject = imaging::Subject {
+        patient_id: patient.into(),
+        patient_name: String::new(),
+        birth_date: String::new(),
+        sex: String::new(),
+        accession: "A".into(),
+        institution: "org-north".into(),
+        station: "van-12".into(),
+        operator: "ana".into(),
+    };
+    let view = imaging::View {
+        body_part: imaging::BodyPart::Hand,
+        projection: imaging::Projection::Pa,
+        laterality: imaging::Laterality::Right,
+    };
+    let acq = imaging::Acquisition {
+        kv: 55.0,
+        mas: 2.5,
+        ms: 25,
+        dap_mgy_cm2: 0.2,
+        date: "20261127".into(),
+        time: "120000".into(),
+    };
+    let uids = imaging::Uids {
+        study: edge_agent::xray::study_uid(case),
+        series: imaging::uid_from_uuid(11),
+        instance: imaging::uid_from_uuid(12),
+    };
+    imaging::dicom(&image, &frame, &subject, view, &acq, &uids).unwrap()
+}
+
+fn a_vans_dicom_is_filed_for_its_organisation_and_linked_to_its_case(b: Backend) {
+    use case_model::codes::AttachmentKind;
+    let hub = setup(&b);
+    let v = van("org-north", "van-12");
+    let case = v.store.create_case(&ctx("ana"), &north()).unwrap().id;
+    let image = dx_of(case, "T-1");
+    v.store
+        .attach(&ctx("ana"), case, &mut image.as_slice(), "application/dicom", AttachmentKind::XrayStudy, None)
+        .unwrap();
+    sync(&v, &hub);
+    // Filed under the van's organisation, linked to the case its study UID names.
+    let found = hub.dicom_instances(&north(), None).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].row.case_id, Some(case.to_string()));
+    assert_eq!(found[0].row.study, edge_agent::xray::study_uid(case));
+    assert_eq!(found[0].meta["00100020"]["Value"][0], "T-1");
+    assert_eq!(hub.dicom_bytes(&found[0].row).unwrap(), image);
+    // Nothing of it for another organisation, even with the same study UID.
+    let south = OrgId::parse("org-south").unwrap();
+    assert!(hub.dicom_instances(&south, None).unwrap().is_empty());
+    let filed = hub.store_dicom("dr-sam", &south, &image, None).unwrap().unwrap();
+    assert_eq!(filed.case_id, None, "a study UID naming another organisation's case links to nothing");
+    assert!(!filed.already, "each organisation files its own copy");
+    // The same object again is already there; a different one under its SOP Instance UID is refused.
+    let again = hub.store_dicom("dr-osei", &north(), &image, None).unwrap().unwrap();
+    assert!(again.already);
+    let other = dx_of(case, "SOMEONE-ELSE");
+    let refused = hub.store_dicom("dr-osei", &north(), &other, None).unwrap().unwrap_err();
+    assert_eq!(refused.reason, cloud_sync::dicom::status::DUPLICATE_INSTANCE);
+    assert_eq!(hub.dicom_instances(&north(), None).unwrap().len(), 1);
+    // The attributes are sealed: the stored row holds no patient id in clear.
+    let row = &b.storage.dicom_instances("org-north", None).unwrap()[0];
+    assert!(!row.sealed_meta.windows(3).any(|w| w == b"T-1"));
+    let audit = b.storage.audit_of_case(&case.to_string()).unwrap();
+    assert!(audit.iter().any(|e| e.action == "dicom.store" && e.actor == "van:org-north/van-12"), "{audit:#?}");
 }

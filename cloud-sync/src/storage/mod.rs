@@ -126,6 +126,30 @@ pub struct Append<'a> {
     pub audit: &'a audit::Record,
 }
 
+/// A DICOM instance as filed: its identity in clear (UIDs and the case it belongs to, no
+/// clinical values), its attributes sealed, its bytes an organisation blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DicomRow {
+    /// The organisation it is filed under.
+    pub org: String,
+    /// Study Instance UID.
+    pub study: String,
+    /// Series Instance UID.
+    pub series: String,
+    /// SOP Instance UID.
+    pub sop: String,
+    /// The case it belongs to, when its identifiers name one of the organisation's cases.
+    pub case_id: Option<String>,
+    /// SHA-256 of its bytes (the organisation blob holding them).
+    pub sha256: [u8; 32],
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its attributes in the DICOM JSON model, sealed.
+    pub sealed_meta: Vec<u8>,
+    /// When it was filed (ms since the epoch).
+    pub stored_at: i64,
+}
+
 /// The storage interface the hub runs on.
 pub trait Storage: Registry {
     /// The fleet CA, if the hub has one.
@@ -181,6 +205,13 @@ pub trait Storage: Registry {
     fn drop_blob(&self, sha: &[u8; 32]) -> Result<(), StorageError>;
 
     /// Appends an audit record on its own.
+    /// Files a DICOM instance, with its audit record, unless the organisation holds that
+    /// SOP instance already: then nothing changes and the held copy's hash is returned.
+    fn put_dicom_instance(&self, row: &DicomRow, audit: &audit::Record) -> Result<Option<[u8; 32]>, StorageError>;
+
+    /// An organisation's DICOM instances: of one study, or all, in filing order.
+    fn dicom_instances(&self, org: &str, study: Option<&str>) -> Result<Vec<DicomRow>, StorageError>;
+
     fn audit(&self, record: &audit::Record) -> Result<(), StorageError>;
     /// Audit entries about a case, oldest first.
     fn audit_of_case(&self, case_id: &str) -> Result<Vec<audit::Entry>, StorageError>;

@@ -18,7 +18,7 @@ use sync_quic::registry::{Registry, RegistryError, Revocation, VOIDED, redeem};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
-use super::{Append, CaseMeta, Storage, StorageError, StoredCa, doc_from, doc_key};
+use super::{Append, CaseMeta, DicomRow, Storage, StorageError, StoredCa, doc_from, doc_key};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
@@ -42,6 +42,11 @@ CREATE TABLE IF NOT EXISTS certificates (
     fingerprint TEXT PRIMARY KEY, org TEXT NOT NULL, van TEXT NOT NULL, not_after BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS revocations (
     seq BIGSERIAL PRIMARY KEY, fingerprint TEXT NOT NULL UNIQUE, org TEXT NOT NULL, van TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dicom_instances (
+    org TEXT NOT NULL, sop_uid TEXT NOT NULL, study_uid TEXT NOT NULL, series_uid TEXT NOT NULL, case_id TEXT,
+    sha BYTEA NOT NULL, size BIGINT NOT NULL, meta BYTEA NOT NULL, stored_at BIGINT NOT NULL,
+    seq BIGSERIAL, PRIMARY KEY (org, sop_uid));
+CREATE INDEX IF NOT EXISTS dicom_by_study ON dicom_instances(org, study_uid);
 CREATE TABLE IF NOT EXISTS audit_log (
     seq BIGINT PRIMARY KEY, at BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, case_id TEXT,
     outcome TEXT NOT NULL, detail TEXT NOT NULL, prev BYTEA NOT NULL, hash BYTEA NOT NULL);
@@ -596,6 +601,73 @@ impl Storage for PgStorage {
             append_audit(&tx, record).await?;
             tx.commit().await?;
             Ok(())
+        })
+    }
+
+    fn put_dicom_instance(&self, row: &DicomRow, audit: &audit::Record) -> Result<Option<[u8; 32]>, StorageError> {
+        self.with(async |c| {
+            let tx = c.transaction().await?;
+            // Two hub processes filing the same instance at once: one inserts, the other
+            // finds it held.
+            let inserted = tx
+                .execute(
+                    "INSERT INTO dicom_instances (org, sop_uid, study_uid, series_uid, case_id, sha, size, meta, stored_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                    &[
+                        &row.org,
+                        &row.sop,
+                        &row.study,
+                        &row.series,
+                        &row.case_id,
+                        &row.sha256.as_slice(),
+                        &(row.size as i64),
+                        &row.sealed_meta,
+                        &row.stored_at,
+                    ],
+                )
+                .await?;
+            if inserted == 0 {
+                let held = tx
+                    .query_one("SELECT sha FROM dicom_instances WHERE org = $1 AND sop_uid = $2", &[&row.org, &row.sop])
+                    .await?;
+                let sha: Vec<u8> = held.get(0);
+                return Ok(Some(
+                    sha.try_into().map_err(|_| StorageError::Database("a stored hash is not 32 bytes".into()))?,
+                ));
+            }
+            append_audit(&tx, audit).await?;
+            tx.commit().await?;
+            Ok(None)
+        })
+    }
+
+    fn dicom_instances(&self, org: &str, study: Option<&str>) -> Result<Vec<DicomRow>, StorageError> {
+        self.with(async |c| {
+            let rows = c
+                .query(
+                    "SELECT study_uid, series_uid, sop_uid, case_id, sha, size, meta, stored_at FROM dicom_instances
+                     WHERE org = $1 AND ($2::TEXT IS NULL OR study_uid = $2) ORDER BY seq",
+                    &[&org, &study],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    let sha: Vec<u8> = r.get(4);
+                    Ok(DicomRow {
+                        org: org.to_owned(),
+                        study: r.get(0),
+                        series: r.get(1),
+                        sop: r.get(2),
+                        case_id: r.get(3),
+                        sha256: sha
+                            .try_into()
+                            .map_err(|_| StorageError::Database("a stored hash is not 32 bytes".into()))?,
+                        size: r.get::<_, i64>(5) as u64,
+                        sealed_meta: r.get(6),
+                        stored_at: r.get(7),
+                    })
+                })
+                .collect()
         })
     }
 

@@ -17,7 +17,7 @@ use sync_quic::identity::DeviceId;
 use sync_quic::registry::{Registry, RegistryError, Revocation, VOIDED, redeem};
 
 use super::crypto::Sealer;
-use super::{Append, CaseMeta, Storage, StorageError, StoredCa, doc_from, doc_key};
+use super::{Append, CaseMeta, DicomRow, Storage, StorageError, StoredCa, doc_from, doc_key};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -39,6 +39,11 @@ CREATE TABLE IF NOT EXISTS certificates (
     fingerprint TEXT PRIMARY KEY, org TEXT NOT NULL, van TEXT NOT NULL, not_after INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS revocations (
     seq INTEGER PRIMARY KEY, fingerprint TEXT NOT NULL UNIQUE, org TEXT NOT NULL, van TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dicom_instances (
+    org TEXT NOT NULL, sop_uid TEXT NOT NULL, study_uid TEXT NOT NULL, series_uid TEXT NOT NULL, case_id TEXT,
+    sha BLOB NOT NULL, size INTEGER NOT NULL, meta BLOB NOT NULL, stored_at INTEGER NOT NULL,
+    PRIMARY KEY (org, sop_uid));
+CREATE INDEX IF NOT EXISTS dicom_by_study ON dicom_instances(org, study_uid);
 ";
 
 /// The embedded backend.
@@ -456,6 +461,75 @@ impl Storage for SqliteStorage {
 
     fn audit(&self, record: &audit::Record) -> Result<(), StorageError> {
         in_tx(&mut self.conn(), |tx| append_audit(tx, record))
+    }
+
+    fn put_dicom_instance(&self, row: &DicomRow, audit: &audit::Record) -> Result<Option<[u8; 32]>, StorageError> {
+        in_tx(&mut self.conn(), |tx| {
+            let held: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT sha FROM dicom_instances WHERE org = ?1 AND sop_uid = ?2",
+                    params![row.org, row.sop],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(sha) = held {
+                return Ok(Some(
+                    sha.try_into().map_err(|_| StorageError::Database("a stored hash is not 32 bytes".into()))?,
+                ));
+            }
+            tx.execute(
+                "INSERT INTO dicom_instances (org, sop_uid, study_uid, series_uid, case_id, sha, size, meta, stored_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    row.org,
+                    row.sop,
+                    row.study,
+                    row.series,
+                    row.case_id,
+                    row.sha256.as_slice(),
+                    row.size as i64,
+                    row.sealed_meta,
+                    row.stored_at
+                ],
+            )?;
+            append_audit(tx, audit)?;
+            Ok(None)
+        })
+    }
+
+    fn dicom_instances(&self, org: &str, study: Option<&str>) -> Result<Vec<DicomRow>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT study_uid, series_uid, sop_uid, case_id, sha, size, meta, stored_at FROM dicom_instances
+             WHERE org = ?1 AND (?2 IS NULL OR study_uid = ?2) ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map(params![org, study], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Vec<u8>>(6)?,
+                r.get::<_, i64>(7)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (study, series, sop, case_id, sha, size, sealed_meta, stored_at) = r?;
+            Ok(DicomRow {
+                org: org.to_owned(),
+                study,
+                series,
+                sop,
+                case_id,
+                sha256: sha.try_into().map_err(|_| StorageError::Database("a stored hash is not 32 bytes".into()))?,
+                size: size as u64,
+                sealed_meta,
+                stored_at,
+            })
+        })
+        .collect()
     }
 
     fn audit_of_case(&self, case_id: &str) -> Result<Vec<audit::Entry>, StorageError> {

@@ -5,6 +5,8 @@
 //! Pure functions over bytes: no files, no clock. The caller supplies the identities, the
 //! time and the UIDs (see [`uid_from_uuid`]).
 
+pub mod read;
+
 use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
