@@ -64,48 +64,9 @@ fn ctx() -> EditContext {
     EditContext { user: UserId::parse("ana").unwrap(), now: Timestamp::from_unix_millis(1_800_000_000_000) }
 }
 
-/// The DX object a van makes for `case` (study UID from the case id), JPEG-LS and native.
+/// The DX object a van makes for `case`, JPEG-LS and native.
 fn dx(case: CaseId, patient_id: &str) -> (Vec<u8>, Vec<u8>) {
-    let raw = xray_sim::phantom::hand(256, 320, 9);
-    let frame = imaging::Frame {
-        columns: raw.columns,
-        rows: raw.rows,
-        bits_stored: 14,
-        pixel_pitch_um: 140,
-        detector_id: "MVD-TEST".into(),
-        pixels: raw.pixels,
-    };
-    let image = imaging::present(&frame).unwrap();
-    let subject = imaging::Subject {
-        patient_id: patient_id.into(),
-        patient_name: "Okafor^Ada".into(),
-        birth_date: "19610409".into(),
-        sex: "F".into(),
-        accession: "A1".into(),
-        institution: "org-north".into(),
-        station: "van-1".into(),
-        operator: "ana".into(),
-    };
-    let view = imaging::View {
-        body_part: imaging::BodyPart::Hand,
-        projection: imaging::Projection::Pa,
-        laterality: imaging::Laterality::Left,
-    };
-    let acq = imaging::Acquisition {
-        kv: 55.0,
-        mas: 2.5,
-        ms: 25,
-        dap_mgy_cm2: 0.3,
-        date: "20261127".into(),
-        time: "101500".into(),
-    };
-    let uids = imaging::Uids {
-        study: edge_agent::xray::study_uid(case),
-        series: imaging::uid_from_uuid(7),
-        instance: imaging::uid_from_uuid(8),
-    };
-    let make = |enc| imaging::dicom_with(&image, &frame, &subject, view, &acq, &uids, enc).unwrap();
-    (make(imaging::PixelEncoding::JpegLsLossless), make(imaging::PixelEncoding::Native))
+    common::dx_object(case, patient_id, 256, 320)
 }
 
 fn python() -> std::path::PathBuf {

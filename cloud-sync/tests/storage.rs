@@ -439,45 +439,7 @@ fn an_image_attached_on_a_van_reaches_the_hub_and_the_assigned_van(b: Backend) {
 
 /// A small DX object of `case`, as the van's X-ray service makes it.
 fn dx_of(case: CaseId, patient: &str) -> Vec<u8> {
-    let raw = xray_sim::phantom::hand(64, 80, 3);
-    let frame = imaging::Frame {
-        columns: raw.columns,
-        rows: raw.rows,
-        bits_stored: 14,
-        pixel_pitch_um: 140,
-        detector_id: "T".into(),
-        pixels: raw.pixels,
-    };
-    let image = imaging::present(&frame).unwrap();
-    let subject = imaging::Subject {
-        patient_id: patient.into(),
-        patient_name: String::new(),
-        birth_date: String::new(),
-        sex: String::new(),
-        accession: "A".into(),
-        institution: "org-north".into(),
-        station: "van-12".into(),
-        operator: "ana".into(),
-    };
-    let view = imaging::View {
-        body_part: imaging::BodyPart::Hand,
-        projection: imaging::Projection::Pa,
-        laterality: imaging::Laterality::Right,
-    };
-    let acq = imaging::Acquisition {
-        kv: 55.0,
-        mas: 2.5,
-        ms: 25,
-        dap_mgy_cm2: 0.2,
-        date: "20261127".into(),
-        time: "120000".into(),
-    };
-    let uids = imaging::Uids {
-        study: edge_agent::xray::study_uid(case),
-        series: imaging::uid_from_uuid(11),
-        instance: imaging::uid_from_uuid(12),
-    };
-    imaging::dicom(&image, &frame, &subject, view, &acq, &uids).unwrap()
+    common::dx_object(case, patient, 64, 80).0
 }
 
 fn a_vans_dicom_is_filed_for_its_organisation_and_linked_to_its_case(b: Backend) {

@@ -84,3 +84,49 @@ pub(crate) fn pump_until(vr: &mut impl Replica, hr: &mut impl Replica, cut: impl
 pub(crate) fn all_changes(store: &case_store::Store, case: case_model::CaseId) -> Vec<Vec<u8>> {
     store.load_from_disk(case).unwrap().automerge().get_changes(&[]).iter().map(|c| c.raw_bytes().to_vec()).collect()
 }
+
+/// A DX object of `case` as the van's X-ray service makes it (the study UID carries the case
+/// id), `columns` x `rows`, JPEG-LS and native.
+#[allow(dead_code)]
+pub(crate) fn dx_object(case: case_model::CaseId, patient_id: &str, columns: u16, rows: u16) -> (Vec<u8>, Vec<u8>) {
+    let raw = xray_sim::phantom::hand(columns, rows, 9);
+    let frame = imaging::Frame {
+        columns: raw.columns,
+        rows: raw.rows,
+        bits_stored: 14,
+        pixel_pitch_um: 140,
+        detector_id: "MVD-TEST".into(),
+        pixels: raw.pixels,
+    };
+    let image = imaging::present(&frame).unwrap();
+    let subject = imaging::Subject {
+        patient_id: patient_id.into(),
+        patient_name: "Okafor^Ada".into(),
+        birth_date: "19610409".into(),
+        sex: "F".into(),
+        accession: "A1".into(),
+        institution: "org-north".into(),
+        station: "van-1".into(),
+        operator: "ana".into(),
+    };
+    let view = imaging::View {
+        body_part: imaging::BodyPart::Hand,
+        projection: imaging::Projection::Pa,
+        laterality: imaging::Laterality::Left,
+    };
+    let acq = imaging::Acquisition {
+        kv: 55.0,
+        mas: 2.5,
+        ms: 25,
+        dap_mgy_cm2: 0.3,
+        date: "20261127".into(),
+        time: "101500".into(),
+    };
+    let uids = imaging::Uids {
+        study: edge_agent::xray::study_uid(case),
+        series: imaging::uid_from_uuid(7),
+        instance: imaging::uid_from_uuid(8),
+    };
+    let make = |enc| imaging::dicom_with(&image, &frame, &subject, view, &acq, &uids, enc).unwrap();
+    (make(imaging::PixelEncoding::JpegLsLossless), make(imaging::PixelEncoding::Native))
+}
