@@ -117,8 +117,13 @@ impl Van {
     /// Presses and holds the confirm (as the touchscreen does, every 100 ms) until the
     /// attempt is recorded, calling `fault` once when the beam is on. Returns the record.
     async fn expose(&self, release_after: Option<Duration>, fault: impl FnOnce(&Simulator)) -> Value {
+        let pressed = Instant::now();
         let (s, press) = self.call(Method::POST, "/api/v1/xray/confirm", None).await;
         assert_eq!(s, StatusCode::CREATED, "{press}");
+        assert!(
+            pressed.elapsed() < Duration::from_millis(450),
+            "the press's token came back too late for the first hold"
+        );
         let token = press["token"].as_str().unwrap().to_owned();
         let id = press["exposure_id"].as_str().unwrap().to_owned();
         let start = Instant::now();
@@ -284,6 +289,57 @@ async fn refusals_are_answered_at_once_and_recorded_with_the_technique_asked() {
     assert_eq!(van.case(&case).procedures.len(), 3);
     assert!(record.attachments.is_empty());
     assert_eq!(van.sim.records(), vec![], "nothing reached the beam");
+    van.xray.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_arm_is_never_taken_for_a_press_and_the_session_only_changes_disarmed() {
+    let van = van();
+    let case = van.new_case().await;
+    let other = van.new_case().await;
+    van.ready(&case, 100).await;
+    // Arm again: refused (busy), and that refusal belongs to the arm, not to what follows.
+    let (s, body) = van.call(Method::POST, "/api/v1/xray/arm", None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    // The case or technique cannot change under an armed unit.
+    let (s, body) = van
+        .call(
+            Method::PUT,
+            "/api/v1/xray/session",
+            Some(json!({"case_id": other, "body_part": "CHEST", "view": "PA", "kv": 110, "mas": 4, "ms": 20})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("disarm"), "{body}");
+    let last = van.expose(None, |_| {}).await;
+    assert_eq!(last["outcome"], "exposed", "{last}");
+    assert_eq!(last["case_id"], case.as_str());
+    assert_eq!(van.case(&case).procedures.len(), 1);
+    assert!(van.case(&other).procedures.is_empty());
+    van.xray.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_press_held_through_preparation_gets_its_token_at_once_and_fires_when_ready() {
+    let van = van();
+    let case = van.new_case().await;
+    van.wait(Duration::from_secs(5), |s| s["generator"] != "unknown").await;
+    let (s, _) = van
+        .call(
+            Method::PUT,
+            "/api/v1/xray/session",
+            Some(json!({"case_id": case, "body_part": "CHEST", "view": "PA", "kv": 110, "mas": 4, "ms": 20})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = van.call(Method::POST, "/api/v1/xray/arm", None).await;
+    assert_eq!(s, StatusCode::OK);
+    // The tube takes about 600 ms to prepare; the press answers well before that, so the
+    // first hold can follow within the controller's 500 ms.
+    let start = Instant::now();
+    let last = van.expose(None, |_| {}).await;
+    assert_eq!(last["outcome"], "exposed", "{last}");
+    assert!(start.elapsed() > Duration::from_millis(300), "it fired only once the tube was ready");
     van.xray.stop();
 }
 

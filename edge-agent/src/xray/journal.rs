@@ -2,7 +2,8 @@
 //!
 //! The intent is written (and fsynced) before the operator's confirm reaches the safety
 //! controller, so before an `EXPOSE` can be sent; the delivered dose is added as soon as
-//! the generator reports it; the entry goes once the attempt is in the case record. An
+//! the generator reports it; the entry goes once the attempt is in the case record, and
+//! only that attempt's entry (the service starts no new attempt while one is unrecorded). An
 //! agent killed anywhere in between finds the entry when it starts again and records what
 //! it knows: an exposure that may have started and was stopped by the generator's
 //! watchdog, or one that was delivered but whose image was never stored.
@@ -36,6 +37,12 @@ pub(crate) struct Entry {
     pub(crate) ms: u16,
     /// When the confirm was pressed (ms since the epoch).
     pub(crate) pressed_at: i64,
+    /// The press's token: the controller's reports of the exposure carry it.
+    #[serde(default)]
+    pub(crate) token: u64,
+    /// The detector frame the exposure goes into.
+    #[serde(default)]
+    pub(crate) frame_id: u32,
     /// What the generator reported delivering, once it has.
     #[serde(default)]
     pub(crate) delivered: Option<Delivered>,
@@ -123,6 +130,8 @@ mod tests {
             mas_x100: 250,
             ms: 25,
             pressed_at: 1,
+            token: 7,
+            frame_id: 1,
             delivered: None,
         };
         j.write(&e).unwrap();

@@ -11,6 +11,7 @@
 //! controller, so an agent killed mid-exposure records the abort when it starts again.
 
 pub mod detector;
+pub mod images;
 mod journal;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +24,7 @@ use case_model::{CaseId, CaseView, Edit, EditContext, Timestamp, UserId};
 use case_store::Store;
 use imaging::{BodyPart, Laterality, Projection};
 use serde::Serialize;
-use xray_proto::controller::{Cause, Config as ControllerConfig, Event, Operator, Refusal};
+use xray_proto::controller::{Action, Cause, Config as ControllerConfig, Event, Operator, Refusal};
 use xray_proto::message::{Delivered, GenState, Status};
 use xray_proto::technique::{Limits, Technique};
 use xray_serial::{GeneratorLink, OperatorHandle};
@@ -146,7 +147,7 @@ pub enum XrayError {
     Store(#[from] case_store::StoreError),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Session {
     case_id: CaseId,
     user: UserId,
@@ -159,8 +160,9 @@ struct Session {
 }
 
 impl Session {
-    /// A new attempt with this session, by `user` at `at`.
-    fn attempt(&self, user: &UserId, at: Timestamp) -> journal::Entry {
+    /// A new attempt with this session, by `user` at `at`, fired by the press `token` into
+    /// detector frame `frame_id`.
+    fn attempt(&self, user: &UserId, at: Timestamp, token: u64, frame_id: u32) -> journal::Entry {
         journal::Entry {
             exposure_id: random_uuid().to_string(),
             case_id: self.case_id.to_string(),
@@ -172,8 +174,14 @@ impl Session {
             mas_x100: self.mas_x100,
             ms: self.ms,
             pressed_at: at.unix_millis(),
+            token,
+            frame_id,
             delivered: None,
         }
+    }
+
+    fn technique(&self) -> Technique {
+        Technique { kv_x10: self.kv_x10, mas_x100: self.mas_x100, ms: self.ms }
     }
 
     fn view(&self) -> SessionView {
@@ -197,6 +205,14 @@ enum Awaiting {
     Press,
 }
 
+/// An attempt in flight: in the journal, not yet in its case.
+#[derive(Debug, Clone)]
+struct Pending {
+    entry: journal::Entry,
+    started: bool,
+    since: Instant,
+}
+
 struct Inner {
     ops: OperatorHandle,
     limits: Limits,
@@ -211,12 +227,17 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct State {
+    /// The session whose technique the generator took: a press exposes with it.
     session: Option<Session>,
+    /// A session asked for, until the generator takes (or refuses) its technique.
+    proposed: Option<Session>,
     awaiting: Option<Awaiting>,
     /// The controller's answer to `awaiting`: taken, or refused with a message.
     answer: Option<Result<(), String>>,
-    /// The attempt in flight (also in the journal), and whether its beam started.
-    pending: Option<(journal::Entry, bool, Instant)>,
+    /// The attempt in flight. It stays until its outcome is in the case: no new press, arm
+    /// or session meanwhile.
+    pending: Option<Pending>,
+    /// The detector frame armed last.
     frame_id: u32,
 }
 
@@ -241,8 +262,11 @@ fn now_ts() -> Timestamp {
     crate::api::now()
 }
 
-/// How long an action waits for the controller's first answer.
+/// How long setting a technique or arming waits for the controller's first answer.
 const ANSWER_WAIT: Duration = Duration::from_millis(1500);
+/// How long a press waits before its token goes back: refusals come at once, and the
+/// first hold must follow within the controller's hold timeout (500 ms).
+const PRESS_WAIT: Duration = Duration::from_millis(150);
 /// An attempt with no outcome after this long is recorded as stopped with its dose unknown
 /// (the controller always reports one; this is the belt to its braces).
 const OUTCOME_DEADLINE: Duration = Duration::from_secs(10);
@@ -299,7 +323,9 @@ impl XrayHandle {
     }
 
     /// Sets the case, view and technique for the next exposure. A technique outside the
-    /// unit's limits is refused before anything is sent, and the refusal is recorded.
+    /// unit's limits is refused before anything is sent, and the refusal is recorded. The
+    /// session takes effect when the generator takes its technique; until then, and after
+    /// a refusal, no press exposes.
     pub fn set_session(&self, ctx: &EditContext, req: SessionRequest) -> Result<XrayStatus, XrayError> {
         let inner = self.inner()?;
         let body_part = BodyPart::parse(&req.body_part).ok_or_else(|| {
@@ -311,20 +337,16 @@ impl XrayHandle {
         })?;
         let projection = Projection::parse(&req.view)
             .ok_or_else(|| XrayError::Invalid(format!("view {:?} is not one of: AP, PA, LAT, OBL", req.view)))?;
+        let which = || format!("say which {} (laterality L or R)", body_part.codes().2.to_lowercase());
         let laterality = match (&req.laterality, body_part.paired()) {
             (Some(l), _) => Laterality::parse(l)
                 .ok_or_else(|| XrayError::Invalid(format!("laterality {l:?} is not one of: L, R, U")))?,
             (None, false) => Laterality::Unpaired,
-            (None, true) => {
-                return Err(XrayError::Invalid(format!(
-                    "say which {} (laterality L or R)",
-                    body_part.codes().2.to_lowercase()
-                )));
-            }
+            (None, true) => return Err(XrayError::Invalid(which())),
         };
         if body_part.paired() == (laterality == Laterality::Unpaired) {
             return Err(XrayError::Invalid(if body_part.paired() {
-                format!("say which {} (laterality L or R)", body_part.codes().2.to_lowercase())
+                which()
             } else {
                 format!("the {} has no side: laterality must be U", body_part.codes().2.to_lowercase())
             }));
@@ -354,22 +376,29 @@ impl XrayHandle {
         };
         {
             let mut st = lock(&inner.state);
-            if st.pending.is_some() {
+            let status = inner.status.borrow().clone();
+            if st.pending.is_some() || status.exposing {
                 return Err(XrayError::Refused("not now: an exposure is in progress".into()));
             }
-            st.session = Some(session.clone());
+            if status.armed || status.generator == "preparing" || status.generator == "ready" {
+                return Err(XrayError::Refused("disarm the unit before changing the case, view or technique".into()));
+            }
+            // The old session ends now: nothing exposes until the new one is taken.
+            st.session = None;
+            st.proposed = Some(session.clone());
         }
-        inner.status.send_modify(|s| {
+        inner.update(|s| {
             s.session = Some(session.view());
             s.technique_set = false;
             s.message = None;
-            s.generation += 1;
         });
         // Checked here first so the refusal has a message at once and is recorded with
         // the technique asked; the controller checks again and is what decides.
         if let Err(e) = Technique::parse(session.kv_x10, session.mas_x100, session.ms, &inner.limits) {
             let message = e.to_string();
+            lock(&inner.state).proposed = None;
             inner.record_refusal(&session, &message);
+            inner.update(|s| s.message = Some(message.clone()));
             return Err(XrayError::Invalid(format!(
                 "{message}; nothing was sent to the unit, and the refusal is in the case record"
             )));
@@ -377,6 +406,7 @@ impl XrayHandle {
         inner.act(
             Awaiting::Technique,
             Operator::SetTechnique { kv_x10: session.kv_x10, mas_x100: session.mas_x100, ms: session.ms },
+            ANSWER_WAIT,
         )
     }
 
@@ -385,14 +415,19 @@ impl XrayHandle {
         let inner = self.inner()?;
         let id = {
             let mut st = lock(&inner.state);
+            if st.pending.is_some() || inner.status.borrow().exposing {
+                return Err(XrayError::Refused("not now: an exposure is in progress".into()));
+            }
             if st.session.is_none() {
-                return Err(XrayError::Refused("choose the case, view and technique before arming".into()));
+                return Err(XrayError::Refused(
+                    "choose the case, view and technique (and let the unit take them) before arming".into(),
+                ));
             }
             st.frame_id = st.frame_id.wrapping_add(1);
             st.frame_id
         };
         lock(&inner.detector).arm(id).map_err(|e| XrayError::Refused(format!("the detector cannot be armed: {e}")))?;
-        inner.act(Awaiting::Arm, Operator::Arm)
+        inner.act(Awaiting::Arm, Operator::Arm, ANSWER_WAIT)
     }
 
     /// Disarms the unit.
@@ -402,34 +437,50 @@ impl XrayHandle {
         Ok(inner.status.borrow().clone())
     }
 
-    /// Presses the confirm. Returns the press's token, to send with each hold and the
-    /// release. The attempt is journalled before the press reaches the controller.
+    /// Presses the confirm. Returns the press's token (send it with each hold and the
+    /// release) at once, with the attempt's id. The attempt is journalled before the press
+    /// reaches the controller.
     pub fn press(&self, ctx: &EditContext) -> Result<(u64, String, XrayStatus), XrayError> {
         let inner = self.inner()?;
-        let mut st = lock(&inner.state);
-        if st.pending.is_some() {
-            return Err(XrayError::Refused("not now: an exposure is in progress".into()));
+        // An attempt a previous run could not record goes into its case first; while it
+        // cannot, nothing new is journalled over it.
+        if lock(&inner.state).pending.is_none()
+            && let Ok(Some(left)) = inner.journal.read()
+        {
+            inner.recover();
+            if inner.journal.read().ok().flatten().is_some() {
+                return Err(XrayError::Refused(format!(
+                    "the previous exposure ({}) is not yet in its case record, so nothing was sent; \
+                     see the agent's log, and try again",
+                    left.exposure_id
+                )));
+            }
         }
-        let session = st
-            .session
-            .clone()
-            .ok_or_else(|| XrayError::Refused("choose the case, view and technique before exposing".into()))?;
         let token = loop {
             let t: u64 = rand::random();
             if t != 0 {
                 break t;
             }
         };
-        let entry = session.attempt(&ctx.user, ctx.now);
-        let exposure_id = entry.exposure_id.clone();
-        inner
-            .journal
-            .write(&entry)
-            .map_err(|e| XrayError::Refused(format!("the exposure could not be journalled ({e}); nothing was sent")))?;
-        st.pending = Some((entry, false, Instant::now()));
-        drop(st);
-        let status = inner.act(Awaiting::Press, Operator::ConfirmPress { token })?;
-        Ok((token, exposure_id, status))
+        let entry = {
+            let mut st = lock(&inner.state);
+            if st.pending.is_some() {
+                return Err(XrayError::Refused("not now: an exposure is in progress".into()));
+            }
+            let session = st.session.clone().ok_or_else(|| {
+                XrayError::Refused(
+                    "choose the case, view and technique (and let the unit take them) before exposing".into(),
+                )
+            })?;
+            let entry = session.attempt(&ctx.user, ctx.now, token, st.frame_id);
+            inner.journal.write(&entry).map_err(|e| {
+                XrayError::Refused(format!("the exposure could not be journalled ({e}); nothing was sent"))
+            })?;
+            st.pending = Some(Pending { entry: entry.clone(), started: false, since: Instant::now() });
+            entry
+        };
+        let status = inner.act(Awaiting::Press, Operator::ConfirmPress { token }, PRESS_WAIT)?;
+        Ok((token, entry.exposure_id, status))
     }
 
     /// The confirm is still held.
@@ -444,7 +495,8 @@ impl XrayHandle {
         Ok(())
     }
 
-    /// Stops driving the unit (disarming it first). Waits for the service's thread.
+    /// Stops driving the unit: disarms it, records what is still coming, and waits for the
+    /// service's thread.
     pub fn stop(&self) {
         if let (Some(inner), Some(thread)) = (&self.inner, &self.thread) {
             inner.stop.store(true, Ordering::Relaxed);
@@ -465,15 +517,15 @@ impl XrayHandle {
 }
 
 impl Inner {
-    /// Sends an operator action and waits (briefly) for the controller's first answer.
-    fn act(&self, what: Awaiting, op: Operator) -> Result<XrayStatus, XrayError> {
+    /// Sends an operator action and waits up to `wait` for the controller's first answer.
+    fn act(&self, what: Awaiting, op: Operator, wait: Duration) -> Result<XrayStatus, XrayError> {
         {
             let mut st = lock(&self.state);
             st.awaiting = Some(what);
             st.answer = None;
         }
         self.ops.send(op);
-        let deadline = Instant::now() + ANSWER_WAIT;
+        let deadline = Instant::now() + wait;
         loop {
             if let Some(answer) = lock(&self.state).answer.take() {
                 return match answer {
@@ -482,7 +534,8 @@ impl Inner {
                 };
             }
             if Instant::now() >= deadline {
-                // No answer yet (a slow generator): the status tells the rest.
+                // No answer yet (the tube still preparing, a slow generator): the status
+                // tells the rest.
                 return Ok(self.status.borrow().clone());
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -496,6 +549,7 @@ impl Inner {
                 if self.crash.load(Ordering::Relaxed) {
                     link.crash();
                 } else {
+                    self.drain(&link);
                     drop(link);
                 }
                 return;
@@ -508,21 +562,34 @@ impl Inner {
         }
     }
 
+    /// A clean stop: disarm, and record the outcome of an attempt still in flight.
+    fn drain(&self, link: &GeneratorLink) {
+        link.operator(Operator::Disarm);
+        let end = Instant::now() + Duration::from_secs(3);
+        let mut quiet_since = Instant::now();
+        while Instant::now() < end {
+            match link.events().recv_timeout(Duration::from_millis(50)) {
+                Ok(event) => {
+                    self.on_event(event);
+                    quiet_since = Instant::now();
+                }
+                Err(_) if lock(&self.state).pending.is_none() && quiet_since.elapsed() > Duration::from_millis(200) => {
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
     fn on_event(&self, event: Event) {
         match event {
             Event::Status(s) => {
                 self.status.send_if_modified(|st| apply_status(st, &s));
             }
-            Event::TechniqueSet(_) => {
-                self.answered(Awaiting::Technique);
-                self.update(|s| {
-                    s.technique_set = true;
-                    s.message = None;
-                });
-            }
-            Event::Refused(refusal) => self.on_refusal(&refusal),
+            Event::TechniqueSet(t) => self.on_technique_set(t),
+            Event::Refused { action, refusal } => self.on_refusal(action, &refusal),
             Event::Preparing => {
-                self.answered(Awaiting::Arm);
+                self.answer(Awaiting::Arm, Ok(()));
                 self.update(|s| {
                     s.generator = "preparing";
                     s.message = None;
@@ -530,10 +597,16 @@ impl Inner {
             }
             Event::Armed => self.update(|s| s.armed = true),
             Event::Disarmed => self.update(|s| s.armed = false),
-            Event::ExposureStarted { .. } => {
-                self.answered(Awaiting::Press);
-                if let Some(p) = lock(&self.state).pending.as_mut() {
-                    p.1 = true;
+            Event::ExposureStarted { token, .. } => {
+                let ours = match lock(&self.state).pending.as_mut() {
+                    Some(p) if p.entry.token == token => {
+                        p.started = true;
+                        true
+                    }
+                    _ => false,
+                };
+                if ours {
+                    self.answer(Awaiting::Press, Ok(()));
                 }
                 lock(&self.detector).exposed();
                 self.update(|s| {
@@ -541,17 +614,17 @@ impl Inner {
                     s.message = None;
                 });
             }
-            Event::ExposureDone { delivered, .. } => {
+            Event::ExposureDone { token, delivered, .. } => {
                 self.update(|s| s.exposing = false);
-                self.on_done(delivered);
+                self.on_done(token, delivered);
             }
-            Event::Aborted { delivered, cause, .. } => {
+            Event::Aborted { token, delivered, cause, .. } => {
                 let message = cause.to_string();
                 self.update(|s| {
                     s.exposing = false;
                     s.message = Some(message.clone());
                 });
-                self.on_aborted(delivered, &cause);
+                self.on_aborted(token, delivered, &cause);
                 self.answer(Awaiting::Press, Err(message));
             }
             Event::Fault(cause) => {
@@ -569,11 +642,7 @@ impl Inner {
         });
     }
 
-    /// The controller took `what` (so a waiting request can return).
-    fn answered(&self, what: Awaiting) {
-        self.answer(what, Ok(()));
-    }
-
+    /// Answers the request waiting for `what`, if one is.
     fn answer(&self, what: Awaiting, answer: Result<(), String>) {
         let mut st = lock(&self.state);
         if st.awaiting == Some(what) {
@@ -582,91 +651,144 @@ impl Inner {
         }
     }
 
-    fn on_refusal(&self, refusal: &Refusal) {
-        let message = refusal.to_string();
-        let (awaiting, pending, session) = {
+    /// The generator took a technique: the proposed session with that technique starts.
+    fn on_technique_set(&self, t: Technique) {
+        let taken = {
             let mut st = lock(&self.state);
-            let awaiting = st.awaiting;
-            let pending = if awaiting == Some(Awaiting::Press) { st.pending.take() } else { None };
-            (awaiting, pending, st.session.clone())
-        };
-        self.update(|s| s.message = Some(message.clone()));
-        // Recorded before the operator's request is answered, so what they see next
-        // already includes it.
-        match (awaiting, pending, session) {
-            (Some(Awaiting::Press), Some((entry, _, _)), _) => {
-                self.record(&entry, ExposureOutcome::Refused, Some(Delivered::default()), Some(&message), None);
+            match st.proposed.take() {
+                Some(p) if p.technique() == t => {
+                    st.session = Some(p);
+                    true
+                }
+                other => {
+                    // Not the technique asked for: no session exposes with it.
+                    st.proposed = other;
+                    st.session = None;
+                    false
+                }
             }
-            (Some(Awaiting::Technique), _, Some(session)) => self.record_refusal(&session, &message),
-            _ => {}
-        }
-        if let Some(what) = awaiting {
-            self.answer(what, Err(message));
-        }
-    }
-
-    /// A technique refused before anything was sent.
-    fn record_refusal(&self, session: &Session, message: &str) {
-        let entry = session.attempt(&session.user, now_ts());
-        self.record(&entry, ExposureOutcome::Refused, Some(Delivered::default()), Some(message), None);
-    }
-
-    fn on_done(&self, delivered: Delivered) {
-        let (entry, frame_id) = {
-            let mut st = lock(&self.state);
-            let Some((mut entry, _, _)) = st.pending.take() else {
-                tracing::error!("the generator reported an exposure the service did not start");
-                return;
-            };
-            entry.delivered = Some(journal::Delivered {
-                kv_x10: delivered.kv_x10,
-                mas_x100: delivered.mas_x100,
-                ms: delivered.ms,
-                dap_x100: delivered.dap_x100,
-            });
-            (entry, st.frame_id)
         };
+        self.update(|s| {
+            s.technique_set = taken;
+            if taken {
+                s.message = None;
+            }
+        });
+        self.answer(Awaiting::Technique, Ok(()));
+    }
+
+    fn on_refusal(&self, action: Action, refusal: &Refusal) {
+        let message = refusal.to_string();
+        self.update(|s| s.message = Some(message.clone()));
+        match action {
+            Action::SetTechnique(t) => {
+                let proposed = {
+                    let mut st = lock(&self.state);
+                    // The controller may have dropped its technique: no session stands.
+                    st.session = None;
+                    st.proposed.take()
+                };
+                self.update(|s| s.technique_set = false);
+                if let Some(p) = proposed.filter(|p| p.technique() == t) {
+                    self.record_refusal(&p, &message);
+                }
+                self.answer(Awaiting::Technique, Err(message));
+            }
+            Action::Arm => self.answer(Awaiting::Arm, Err(message)),
+            Action::Confirm { token } => {
+                let pending = lock(&self.state).pending.clone().filter(|p| p.entry.token == token && !p.started);
+                if let Some(p) = pending {
+                    // Recorded before the operator's request is answered, so what they see
+                    // next already includes it; the attempt stays pending until then.
+                    self.record(
+                        &p.entry,
+                        ExposureOutcome::Refused,
+                        Some(Delivered::default()),
+                        Some(&message),
+                        None,
+                        true,
+                    );
+                    self.finish(&p.entry);
+                    self.answer(Awaiting::Press, Err(message));
+                }
+            }
+        }
+    }
+
+    /// A technique refused before anything was sent (not journalled: no beam was possible).
+    fn record_refusal(&self, session: &Session, message: &str) {
+        let entry = session.attempt(&session.user, now_ts(), 0, 0);
+        self.record(&entry, ExposureOutcome::Refused, Some(Delivered::default()), Some(message), None, false);
+    }
+
+    /// The attempt in flight, if `token` is its press.
+    fn pending_for(&self, token: u64) -> Option<Pending> {
+        lock(&self.state).pending.clone().filter(|p| p.entry.token == token)
+    }
+
+    /// The attempt is in its case (or given up): the next one may start.
+    fn finish(&self, entry: &journal::Entry) {
+        let mut st = lock(&self.state);
+        if st.pending.as_ref().is_some_and(|p| p.entry.exposure_id == entry.exposure_id) {
+            st.pending = None;
+        }
+    }
+
+    fn on_done(&self, token: u64, delivered: Delivered) {
+        let Some(p) = self.pending_for(token) else {
+            let dap = f64::from(delivered.dap_x100) / 100.0;
+            tracing::error!(dap_mgy_cm2 = dap, "the generator reported an exposure this agent did not start");
+            self.update(|s| {
+                s.message = Some(format!(
+                    "the unit reported an exposure this agent did not start ({dap:.2} mGy·cm²); have the unit checked"
+                ))
+            });
+            return;
+        };
+        let mut entry = p.entry;
+        entry.delivered = Some(journal::Delivered {
+            kv_x10: delivered.kv_x10,
+            mas_x100: delivered.mas_x100,
+            ms: delivered.ms,
+            dap_x100: delivered.dap_x100,
+        });
         // The dose is on disk before the slow part: a crash while the image is made still
         // records it.
         if let Err(e) = self.journal.write(&entry) {
             tracing::error!(error = %e, "the delivered dose could not be journalled");
         }
-        let images = self.make_images(&entry, delivered, frame_id);
-        let (images, reason) = match images {
+        let (images, reason) = match self.make_images(&entry, delivered) {
             Ok(i) => (Some(i), None),
             Err(e) => {
                 tracing::error!(error = %e, "the exposure's image could not be stored");
                 (None, Some(format!("the image was not stored: {e}; retake if it is needed")))
             }
         };
-        self.record(&entry, ExposureOutcome::Exposed, Some(delivered), reason.as_deref(), images);
+        self.record(&entry, ExposureOutcome::Exposed, Some(delivered), reason.as_deref(), images, true);
+        self.finish(&entry);
     }
 
-    fn on_aborted(&self, delivered: Option<Delivered>, cause: &Cause) {
-        let Some((entry, _, _)) = lock(&self.state).pending.take() else {
-            tracing::warn!(cause = %cause, "an exposure was stopped that the service had not started");
+    fn on_aborted(&self, token: u64, delivered: Option<Delivered>, cause: &Cause) {
+        let Some(p) = self.pending_for(token) else {
+            tracing::warn!(cause = %cause, "an exposure was stopped that this agent had not started");
             return;
         };
-        self.record(&entry, ExposureOutcome::Aborted, delivered, Some(&cause.to_string()), None);
+        self.record(&p.entry, ExposureOutcome::Aborted, delivered, Some(&cause.to_string()), None, true);
+        self.finish(&p.entry);
     }
 
     /// An attempt the controller never reported on is recorded rather than left open.
     fn check_deadline(&self) {
-        let stale = {
-            let mut st = lock(&self.state);
-            match &st.pending {
-                Some((_, _, since)) if since.elapsed() > OUTCOME_DEADLINE => st.pending.take(),
-                _ => None,
-            }
-        };
-        if let Some((entry, started, _)) = stale {
-            let reason = if started {
+        let stale = lock(&self.state).pending.clone().filter(|p| p.since.elapsed() > OUTCOME_DEADLINE);
+        if let Some(p) = stale {
+            let reason = if p.started {
                 "the generator did not report how the exposure ended; the dose delivered is unknown"
             } else {
                 "the exposure was asked for but never reported as started or refused; the dose delivered is unknown"
             };
             self.update(|s| s.message = Some(reason.into()));
-            self.record(&entry, ExposureOutcome::Aborted, None, Some(reason), None);
+            self.record(&p.entry, ExposureOutcome::Aborted, None, Some(reason), None, true);
+            self.finish(&p.entry);
         }
     }
 
@@ -691,6 +813,7 @@ impl Inner {
                     Some(delivered),
                     Some("the agent stopped before the image was stored; the dose was delivered; retake if the image is needed"),
                     None,
+                    true,
                 );
             }
             None => self.record(
@@ -699,19 +822,21 @@ impl Inner {
                 None,
                 Some("the agent stopped during this exposure; the generator's watchdog ended it within a second; the dose delivered is unknown"),
                 None,
+                true,
             ),
         }
     }
 
-    /// Writes the attempt into its case (one change: the exposure and its images), then
-    /// clears the journal.
+    /// Writes the attempt into its case (one change: the exposure and its images); then,
+    /// for a journalled attempt, removes its journal entry (and no other).
     fn record(
         &self,
         entry: &journal::Entry,
         outcome: ExposureOutcome,
         delivered: Option<Delivered>,
         reason: Option<&str>,
-        images: Option<Images>,
+        images: Option<images::Stored>,
+        journalled: bool,
     ) {
         let result = self.write_record(entry, outcome, delivered, reason, images.as_ref());
         let last = LastExposure {
@@ -725,13 +850,20 @@ impl Inner {
         };
         match result {
             Ok(()) => {
-                if let Err(e) = self.journal.clear() {
-                    tracing::error!(error = %e, "the X-ray journal could not be cleared");
+                if journalled {
+                    match self.journal.read() {
+                        Ok(Some(held)) if held.exposure_id == entry.exposure_id => {
+                            if let Err(e) = self.journal.clear() {
+                                tracing::error!(error = %e, "the X-ray journal could not be cleared");
+                            }
+                        }
+                        _ => {}
+                    }
                 }
                 self.update(|s| s.last_exposure = Some(last));
             }
             Err(e) => {
-                // The journal stays: the next start tries again.
+                // The journal stays: the next press, or the next start, tries again.
                 tracing::error!(error = %e, exposure = %entry.exposure_id, "the exposure could not be recorded in its case");
                 self.update(|s| s.message = Some(format!("the exposure could not be recorded in the case: {e}")));
             }
@@ -744,7 +876,7 @@ impl Inner {
         outcome: ExposureOutcome,
         delivered: Option<Delivered>,
         reason: Option<&str>,
-        images: Option<&Images>,
+        images: Option<&images::Stored>,
     ) -> Result<(), XrayError> {
         let case_id = CaseId::parse(&entry.case_id).map_err(|e| XrayError::Invalid(e.to_string()))?;
         let user = UserId::parse(&entry.user).map_err(|e| XrayError::Invalid(e.to_string()))?;
@@ -797,13 +929,13 @@ impl Inner {
     }
 
     /// Reads the frame and stores its preview, then its DICOM object, as blobs of the case.
-    fn make_images(&self, entry: &journal::Entry, delivered: Delivered, frame_id: u32) -> Result<Images, String> {
+    fn make_images(&self, entry: &journal::Entry, delivered: Delivered) -> Result<images::Stored, String> {
         let case_id = CaseId::parse(&entry.case_id).map_err(|e| e.to_string())?;
         let user = UserId::parse(&entry.user).map_err(|e| e.to_string())?;
         let ctx = EditContext { user, now: now_ts() };
         let (raw, detector_id) = {
             let mut d = lock(&self.detector);
-            (d.read(frame_id).map_err(|e| format!("the detector frame could not be read: {e}"))?, d.describe())
+            (d.read(entry.frame_id).map_err(|e| format!("the detector frame could not be read: {e}"))?, d.describe())
         };
         let frame = imaging::Frame {
             columns: raw.header.columns,
@@ -813,47 +945,35 @@ impl Inner {
             detector_id,
             pixels: raw.pixels,
         };
-        let image = imaging::present(&frame).map_err(|e| e.to_string())?;
-        let preview = imaging::preview(&image, 1024).map_err(|e| e.to_string())?;
-        let p = self
-            .store
-            .put_blob(&ctx, case_id, &mut preview.as_slice(), "image/png")
-            .map_err(|e| format!("the preview could not be stored: {e}"))?;
         let case = self.store.read_case(&ctx, case_id).map_err(|e| e.to_string())?;
-        let view = imaging::View {
-            body_part: BodyPart::parse(&entry.body_part).unwrap_or(BodyPart::Hand),
-            projection: Projection::parse(&entry.view).unwrap_or(Projection::Pa),
-            laterality: Laterality::parse(&entry.laterality).unwrap_or(Laterality::Unpaired),
+        let (date, time) = time_parts(entry.pressed_at);
+        let exposure = images::Exposure {
+            case: &case,
+            operator: &entry.user,
+            view: imaging::View {
+                body_part: BodyPart::parse(&entry.body_part).unwrap_or(BodyPart::Hand),
+                projection: Projection::parse(&entry.view).unwrap_or(Projection::Pa),
+                laterality: Laterality::parse(&entry.laterality).unwrap_or(Laterality::Unpaired),
+            },
+            acquisition: imaging::Acquisition {
+                kv: f64::from(delivered.kv_x10) / 10.0,
+                mas: f64::from(delivered.mas_x100) / 100.0,
+                ms: u32::from(delivered.ms),
+                dap_mgy_cm2: f64::from(delivered.dap_x100) / 100.0,
+                date,
+                time,
+            },
+            series_uuid: uuid::Uuid::parse_str(&entry.exposure_id).map_err(|e| e.to_string())?.as_u128(),
+            instance_uuid: random_uuid().as_u128(),
         };
-        let when = time_parts(entry.pressed_at);
-        let acq = imaging::Acquisition {
-            kv: f64::from(delivered.kv_x10) / 10.0,
-            mas: f64::from(delivered.mas_x100) / 100.0,
-            ms: u32::from(delivered.ms),
-            dap_mgy_cm2: f64::from(delivered.dap_x100) / 100.0,
-            date: when.0,
-            time: when.1,
-        };
-        let exposure_uuid = uuid::Uuid::parse_str(&entry.exposure_id).map_err(|e| e.to_string())?;
-        let uids = imaging::Uids {
-            study: study_uid(case_id),
-            series: imaging::uid_from_uuid(exposure_uuid.as_u128()),
-            instance: imaging::uid_from_uuid(random_uuid().as_u128()),
-        };
-        let subject = subject(&case, &entry.user);
-        let dicom = imaging::dicom(&image, &frame, &subject, view, &acq, &uids).map_err(|e| e.to_string())?;
-        let d = self
-            .store
-            .put_blob(&ctx, case_id, &mut dicom.as_slice(), "application/dicom")
-            .map_err(|e| format!("the DICOM object could not be stored: {e}"))?;
-        Ok(Images { preview: (p.sha256, p.size), dicom: (d.sha256, d.size), sop_instance_uid: uids.instance })
+        let stored = images::store(&self.store, &ctx, &frame, &exposure)?;
+        tracing::info!(
+            preview_ms = stored.preview_after.as_millis() as u64,
+            dicom_ms = stored.dicom_after.as_millis() as u64,
+            "the exposure's preview and DICOM object are stored"
+        );
+        Ok(stored)
     }
-}
-
-struct Images {
-    preview: (String, u64),
-    dicom: (String, u64),
-    sop_instance_uid: String,
 }
 
 /// A random (version 4) UUID.
@@ -868,7 +988,7 @@ pub fn study_uid(case: CaseId) -> String {
 }
 
 /// The case's identity as DICOM wants it.
-fn subject(case: &CaseView, operator: &str) -> imaging::Subject {
+pub(crate) fn subject(case: &CaseView, operator: &str) -> imaging::Subject {
     let field = |path: &str| {
         case.fields.get(path).and_then(|f| f.get("value")).and_then(|v| v.as_str()).unwrap_or("").to_owned()
     };

@@ -124,7 +124,12 @@ pub enum Event {
     /// The generator took the technique.
     TechniqueSet(Technique),
     /// An operator action was refused; nothing was sent for it.
-    Refused(Refusal),
+    Refused {
+        /// The action refused.
+        action: Action,
+        /// Why.
+        refusal: Refusal,
+    },
     /// The tube is preparing.
     Preparing,
     /// Prepared with every interlock closed: a held confirm exposes.
@@ -140,6 +145,8 @@ pub enum Event {
     },
     /// An exposure ended as planned.
     ExposureDone {
+        /// The token of the press that started it.
+        token: u64,
         /// What was asked.
         technique: Technique,
         /// What the generator delivered.
@@ -147,6 +154,8 @@ pub enum Event {
     },
     /// An exposure was stopped early.
     Aborted {
+        /// The token of the press that started it.
+        token: u64,
         /// What was asked.
         technique: Technique,
         /// What the generator reported delivering, if it could say.
@@ -158,6 +167,21 @@ pub enum Event {
     Fault(Cause),
     /// The generator's latest status.
     Status(Status),
+}
+
+/// The operator action a refusal answers, so a caller can tell which of its requests it
+/// concerns (a refusal of a technique or an arm is never taken for a refused exposure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Setting this technique.
+    SetTechnique(Technique),
+    /// Arming.
+    Arm,
+    /// The press with this token.
+    Confirm {
+        /// The press's token.
+        token: u64,
+    },
 }
 
 /// Why an action was refused.
@@ -277,7 +301,7 @@ enum State {
     Exposing { token: u64, technique: Technique, sent: Instant },
     /// `ABORT` sent; waiting for the generator to say the exposure ended (or, once an
     /// `ABORT` is acknowledged, for a status that is not exposing).
-    Aborting { technique: Technique, since: Instant, last_sent: Instant, acked: bool },
+    Aborting { token: u64, technique: Technique, since: Instant, last_sent: Instant, acked: bool },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -460,8 +484,8 @@ impl Controller {
         self.out.push_back(Output::Event(e));
     }
 
-    fn refuse(&mut self, r: Refusal) {
-        self.event(Event::Refused(r));
+    fn refuse(&mut self, action: Action, refusal: Refusal) {
+        self.event(Event::Refused { action, refusal });
     }
 
     fn heartbeat_live(&self, now: Instant) -> bool {
@@ -481,18 +505,19 @@ impl Controller {
     fn operator(&mut self, now: Instant, op: Operator) {
         match op {
             Operator::SetTechnique { kv_x10, mas_x100, ms } => {
+                let t = Technique { kv_x10, mas_x100, ms };
+                let action = Action::SetTechnique(t);
                 if self.state != State::Standby {
                     let busy = self.state_name();
-                    return self.refuse(Refusal::Busy(busy));
+                    return self.refuse(action, Refusal::Busy(busy));
                 }
-                let t = Technique { kv_x10, mas_x100, ms };
                 if self.guards.limits
                     && let Err(e) = t.check(&self.config.limits)
                 {
-                    return self.refuse(Refusal::Technique(e));
+                    return self.refuse(action, Refusal::Technique(e));
                 }
                 if !self.heartbeat_live(now) {
-                    return self.refuse(Refusal::NoHeartbeat);
+                    return self.refuse(action, Refusal::NoHeartbeat);
                 }
                 self.technique = Some((t, false));
                 self.technique_seq = Some(self.seq);
@@ -501,18 +526,18 @@ impl Controller {
             Operator::Arm => {
                 if self.state != State::Standby {
                     let busy = self.state_name();
-                    return self.refuse(Refusal::Busy(busy));
+                    return self.refuse(Action::Arm, Refusal::Busy(busy));
                 }
                 if !matches!(self.technique, Some((_, true))) {
-                    return self.refuse(Refusal::NoTechnique);
+                    return self.refuse(Action::Arm, Refusal::NoTechnique);
                 }
                 if !self.heartbeat_live(now) {
-                    return self.refuse(Refusal::NoHeartbeat);
+                    return self.refuse(Action::Arm, Refusal::NoHeartbeat);
                 }
                 if let Some((_, s)) = self.last_status
                     && !s.interlocks.all_closed()
                 {
-                    return self.refuse(Refusal::Interlock(s.interlocks.open().join(", ")));
+                    return self.refuse(Action::Arm, Refusal::Interlock(s.interlocks.open().join(", ")));
                 }
                 let seq = self.seq;
                 self.send(now, Command::Prepare);
@@ -533,7 +558,7 @@ impl Controller {
                     // stops it); another press is spent and refused.
                     self.mark_used(token);
                     let busy = self.state_name();
-                    return self.refuse(Refusal::Busy(busy));
+                    return self.refuse(Action::Confirm { token }, Refusal::Busy(busy));
                 }
                 // A new press replaces any earlier one.
                 self.confirm = Some(Confirm { token, pressed: now, last_hold: now, released: false });
@@ -584,7 +609,7 @@ impl Controller {
                 if report {
                     self.mark_used(c.token);
                     self.confirm = None;
-                    self.refuse(r);
+                    self.refuse(Action::Confirm { token: c.token }, r);
                 }
             }
         }
@@ -644,25 +669,30 @@ impl Controller {
                     self.event(Event::TechniqueSet(t));
                 }
                 if acked == Some(Command::Abort)
-                    && let State::Aborting { technique, since, last_sent, .. } = self.state
+                    && let State::Aborting { token, technique, since, last_sent, .. } = self.state
                 {
-                    self.state = State::Aborting { technique, since, last_sent, acked: true };
+                    self.state = State::Aborting { token, technique, since, last_sent, acked: true };
                 }
             }
             Reply::Nak(seq, reason) => {
                 let Some((cmd, _)) = self.unacked.remove(&seq) else { return };
                 let why = nak_text(reason);
                 match cmd {
-                    Command::SetTechnique(_) => {
+                    Command::SetTechnique(t) => {
                         self.technique = None;
                         self.technique_seq = None;
-                        self.refuse(Refusal::Generator(why));
+                        self.refuse(Action::SetTechnique(t), Refusal::Generator(why));
                     }
                     Command::Expose { .. } => {
-                        if let State::Exposing { technique, .. } = self.state {
+                        if let State::Exposing { token, technique, .. } = self.state {
                             // Refused: no beam. Recorded with its technique and no dose.
                             let none = Delivered { kv_x10: technique.kv_x10, ..Delivered::default() };
-                            self.event(Event::Aborted { technique, delivered: Some(none), cause: Cause::Nak(why) });
+                            self.event(Event::Aborted {
+                                token,
+                                technique,
+                                delivered: Some(none),
+                                cause: Cause::Nak(why),
+                            });
                             self.send(now, Command::Standby);
                             self.enter_standby();
                         }
@@ -713,30 +743,31 @@ impl Controller {
                 }
             }
             Reply::ExposureDone(delivered) => match self.state {
-                State::Exposing { technique, .. } => {
-                    self.event(Event::ExposureDone { technique, delivered });
+                State::Exposing { token, technique, .. } => {
+                    self.event(Event::ExposureDone { token, technique, delivered });
                     self.enter_standby();
                 }
-                State::Aborting { technique, .. } => {
+                State::Aborting { token, technique, .. } => {
                     // It ended before the abort reached it: still recorded as stopped.
                     let cause = self.abort_cause.take().unwrap_or(Cause::Disarmed);
-                    self.event(Event::Aborted { technique, delivered: Some(delivered), cause });
+                    self.event(Event::Aborted { token, technique, delivered: Some(delivered), cause });
                     self.enter_standby();
                 }
                 _ => {}
             },
             Reply::ExposureAborted(delivered, reason) => match self.state {
-                State::Exposing { technique, .. } => {
+                State::Exposing { token, technique, .. } => {
                     self.event(Event::Aborted {
+                        token,
                         technique,
                         delivered: Some(delivered),
                         cause: Cause::GeneratorAborted(reason),
                     });
                     self.enter_standby();
                 }
-                State::Aborting { technique, .. } => {
+                State::Aborting { token, technique, .. } => {
                     let cause = self.abort_cause.take().unwrap_or(Cause::GeneratorAborted(reason));
-                    self.event(Event::Aborted { technique, delivered: Some(delivered), cause });
+                    self.event(Event::Aborted { token, technique, delivered: Some(delivered), cause });
                     self.enter_standby();
                 }
                 _ => {}
@@ -788,8 +819,8 @@ impl Controller {
     }
 
     fn abort(&mut self, now: Instant, cause: Cause) {
-        let technique = match self.state {
-            State::Exposing { technique, .. } | State::Aborting { technique, .. } => technique,
+        let (token, technique) = match self.state {
+            State::Exposing { token, technique, .. } | State::Aborting { token, technique, .. } => (token, technique),
             _ => return,
         };
         self.send(now, Command::Abort);
@@ -806,16 +837,16 @@ impl Controller {
             return;
         }
         self.abort_cause = Some(cause);
-        self.state = State::Aborting { technique, since: now, last_sent: now, acked: false };
+        self.state = State::Aborting { token, technique, since: now, last_sent: now, acked: false };
     }
 
     fn finish_abort_unanswered(&mut self, cause: Cause) {
-        let technique = match self.state {
-            State::Exposing { technique, .. } | State::Aborting { technique, .. } => technique,
+        let (token, technique) = match self.state {
+            State::Exposing { token, technique, .. } | State::Aborting { token, technique, .. } => (token, technique),
             _ => return,
         };
         let cause = self.abort_cause.take().unwrap_or(cause);
-        self.event(Event::Aborted { technique, delivered: None, cause });
+        self.event(Event::Aborted { token, technique, delivered: None, cause });
         self.enter_standby();
     }
 
@@ -860,9 +891,9 @@ impl Controller {
             self.unacked.remove(&seq);
             match cmd {
                 Command::Prepare | Command::Expose { .. } => self.fail(now, Cause::NoAck),
-                Command::SetTechnique(_) => {
+                Command::SetTechnique(t) => {
                     self.technique = None;
-                    self.refuse(Refusal::NoHeartbeat);
+                    self.refuse(Action::SetTechnique(t), Refusal::NoHeartbeat);
                 }
                 // An unanswered abort is repeated below; standby is best effort.
                 _ => {}
@@ -883,11 +914,11 @@ impl Controller {
                 self.finish_abort_unanswered(Cause::AbortUnconfirmed);
                 self.event(Event::Fault(Cause::AbortUnconfirmed));
             }
-            State::Aborting { technique, since, last_sent, acked }
+            State::Aborting { token, technique, since, last_sent, acked }
                 if now.saturating_duration_since(last_sent) >= self.config.abort_repeat =>
             {
                 self.send(now, Command::Abort);
-                self.state = State::Aborting { technique, since, last_sent: now, acked };
+                self.state = State::Aborting { token, technique, since, last_sent: now, acked };
             }
             _ => {}
         }

@@ -468,7 +468,7 @@ fn a_held_confirm_exposes_and_a_release_aborts_with_the_dose_so_far() {
     assert!(h.violation.is_none(), "{:?}", h.violation);
     assert_eq!(h.gen_.state(), GenState::Standby, "the beam is off");
     let aborted = h.events.iter().find_map(|e| match e {
-        Event::Aborted { technique, delivered, cause } => Some((*technique, *delivered, cause.clone())),
+        Event::Aborted { technique, delivered, cause, .. } => Some((*technique, *delivered, cause.clone())),
         _ => None,
     });
     let (technique, delivered, cause) = aborted.expect("the abort is reported");
@@ -483,7 +483,7 @@ fn a_held_confirm_exposes_and_a_release_aborts_with_the_dose_so_far() {
     h.operator(Operator::ConfirmPress { token: 1 });
     assert!(!h.ctl.is_exposing(), "a used confirm fired");
     assert!(
-        h.events.iter().any(|e| matches!(e, Event::Refused(crate::controller::Refusal::ConfirmUsed))),
+        h.events.iter().any(|e| matches!(e, Event::Refused { refusal: crate::controller::Refusal::ConfirmUsed, .. })),
         "and the refusal says why"
     );
 }

@@ -59,7 +59,7 @@ fn a_held_confirm_exposes_over_the_serial_port_and_reports_the_dose() {
         link.operator(Operator::ConfirmHold { token: 1 });
         matches!(e, Event::ExposureDone { .. } | Event::Aborted { .. })
     });
-    let Event::ExposureDone { technique, delivered } = done else { panic!("{done:?}") };
+    let Event::ExposureDone { technique, delivered, .. } = done else { panic!("{done:?}") };
     assert_eq!((technique.kv_x10, technique.mas_x100, technique.ms), (550, 250, 100));
     assert_eq!(delivered.mas_x100, 250);
     assert!(delivered.dap_x100 > 0, "the dose-area product is reported");
