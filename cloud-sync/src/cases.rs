@@ -54,6 +54,9 @@ pub enum CaseError {
     /// Stored bytes are not a case.
     #[error("case {0} is damaged in storage: {1}")]
     Damaged(String, String),
+    /// An attachment the case lists whose bytes have not all arrived yet.
+    #[error("attachment {0} has not finished arriving from the van; try again shortly")]
+    NotYetHere(String),
 }
 
 struct Slot {
@@ -327,11 +330,14 @@ impl CaseHub {
                 .ok_or(CaseError::NotFound(case))
         });
         self.audit_access(user, "blob.read", doc, &result, sha256.chars().take(64).collect())?;
-        let (media, size) = result?;
+        let (media, _claimed) = result?;
         let sha: [u8; 32] =
             hex::decode(sha256).ok().and_then(|b| b.try_into().ok()).ok_or(CaseError::NotFound(case))?;
-        // Listed but not (yet) here: the van has not finished sending it.
-        let data = read_blob(self, org.as_str(), &sha, 0, size).map_err(|_| CaseError::NotFound(case))?;
+        // The size stored with the blob, never the one the case document claims.
+        let Some(size) = self.complete_blob_size(&blob_key(org.as_str(), &sha))? else {
+            return Err(CaseError::NotYetHere(sha256.to_owned()));
+        };
+        let data = read_blob(self, org.as_str(), &sha, 0, size)?;
         Ok((data, media))
     }
 

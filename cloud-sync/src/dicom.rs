@@ -139,9 +139,16 @@ impl CaseHub {
         {
             let message =
                 format!("the object belongs to study {}, not to study {s} named in the request", instance.study);
+            self.audit_dicom(actor, None, audit::Outcome::Refused, format!("dicom.store refused: {message}"))?;
             return Ok(Err(refusal(Some(&instance), status::DATA_SET_MISMATCH, message)));
         }
         let sha: [u8; 32] = Sha256::digest(bytes).into();
+        // A different object under a held SOP Instance UID is refused before its bytes are
+        // written (an identical one is simply there already).
+        let held = self.storage().dicom_instances(org.as_str(), Some(&instance.study))?;
+        if held.iter().any(|r| r.sop == instance.sop_instance && r.sha256 != sha) {
+            return self.refuse_duplicate(actor, &instance);
+        }
         self.put_org_blob(org.as_str(), &sha, bytes)?;
         // Linked to a case only when the case is this organisation's.
         let case_id = case_of_study(&instance.study)
@@ -177,11 +184,8 @@ impl CaseHub {
             already: held.is_some(),
         };
         match held {
-            Some(h) if h != sha => Ok(Err(refusal(
-                Some(&instance),
-                status::DUPLICATE_INSTANCE,
-                format!("a different object with SOP Instance UID {} is already stored", instance.sop_instance),
-            ))),
+            // Another hub process filed a different object under it meanwhile.
+            Some(h) if h != sha => self.refuse_duplicate(actor, &instance),
             Some(_) => Ok(Ok(filed)),
             None => {
                 if let Some(case) = case_id {
@@ -190,6 +194,12 @@ impl CaseHub {
                 Ok(Ok(filed))
             }
         }
+    }
+
+    fn refuse_duplicate(&self, actor: &str, instance: &Instance) -> Result<Result<Filed, Refusal>, CaseError> {
+        let message = format!("a different object with SOP Instance UID {} is already stored", instance.sop_instance);
+        self.audit_dicom(actor, None, audit::Outcome::Refused, format!("dicom.store refused: {message}"))?;
+        Ok(Err(refusal(Some(instance), status::DUPLICATE_INSTANCE, message)))
     }
 
     /// A person's upload appears in the case as an attachment (a van's is attached already).

@@ -21,7 +21,7 @@ use crate::{ApiError, Caller, HubState, caller, case_hub};
 /// Media type of DICOM JSON.
 const DICOM_JSON: &str = "application/dicom+json";
 /// The largest STOW-RS request.
-const MAX_REQUEST: usize = 512 * 1024 * 1024;
+const MAX_REQUEST: usize = 256 * 1024 * 1024;
 
 pub(crate) fn routes() -> Router<Arc<HubState>> {
     Router::new()
@@ -161,13 +161,10 @@ fn parse_search(params: Vec<(String, String)>) -> Result<Search, ApiError> {
                 for f in value.split(',') {
                     if f == "all" {
                         s.include_all = true;
-                    } else {
-                        s.include.insert(
-                            tag_of(f).ok_or_else(|| {
-                                bad(format!("includefield {f} is not a known attribute keyword or tag"))
-                            })?,
-                        );
+                    } else if let Some(tag) = tag_of(f) {
+                        s.include.insert(tag);
                     }
+                    // An attribute this service does not know is left out, as PS3.18 allows.
                 }
             }
             _ => {
@@ -549,9 +546,13 @@ async fn metadata(state: Arc<HubState>, headers: HeaderMap, scope: Scope) -> Res
         .map(|i| {
             let mut m = i.meta.clone();
             // Pixel data is bulk data: fetched by reference.
+            let eight_bit = i.meta.get("00280100").and_then(|e| e.get("Value")).and_then(|v| v[0].as_u64()) == Some(8);
             m.insert(
                 "7FE00010".into(),
-                json!({ "vr": "OW", "BulkDataURI": format!("{}/bulkdata/7FE00010", retrieve_url(&base, Level::Instance, i)) }),
+                json!({
+                    "vr": if eight_bit { "OB" } else { "OW" },
+                    "BulkDataURI": format!("{}/bulkdata/7FE00010", retrieve_url(&base, Level::Instance, i)),
+                }),
             );
             Json::Object(m)
         })
@@ -659,11 +660,12 @@ fn multipart_parts<'a>(content_type: &str, body: &'a [u8]) -> Result<Vec<(String
     Ok(parts)
 }
 
+/// Linear-time search (a crafted body of near-boundaries must not cost body x boundary).
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
+    if needle.is_empty() {
         return None;
     }
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 async fn stow(State(s): State<Arc<HubState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
@@ -733,7 +735,16 @@ async fn store(
                 }));
                 continue;
             }
-            results.push(hub.store_dicom(user.as_str(), &org, bytes, study.as_deref())?);
+            // A storage failure fails this object, not the ones filed before it.
+            results.push(hub.store_dicom(user.as_str(), &org, bytes, study.as_deref()).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "a DICOM object could not be filed");
+                Err(Refusal {
+                    sop_class: None,
+                    sop_instance: None,
+                    reason: status::PROCESSING_FAILURE,
+                    message: "the hub could not store the object; send it again".into(),
+                })
+            }));
         }
         Ok(Ok(results))
     })

@@ -142,7 +142,7 @@ impl IntoResponse for ApiError {
 impl From<CaseError> for ApiError {
     fn from(e: CaseError) -> Self {
         match &e {
-            CaseError::NotFound(_) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
+            CaseError::NotFound(_) | CaseError::NotYetHere(_) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
             CaseError::Refused(_) | CaseError::BadName(_) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
             CaseError::Storage(_) | CaseError::Damaged(..) => {
                 tracing::error!(error = %e, "case API failed");
@@ -230,7 +230,8 @@ async fn read_attachment(
         (header::CONTENT_TYPE, ct),
         (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
         (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; sandbox")),
-        (header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=86400, immutable")),
+        // Patient images: kept by no cache, shared or private.
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
     ];
     Ok((headers, data).into_response())
 }

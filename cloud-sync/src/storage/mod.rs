@@ -204,7 +204,6 @@ pub trait Storage: Registry {
     /// Forgets a blob (it failed verification).
     fn drop_blob(&self, sha: &[u8; 32]) -> Result<(), StorageError>;
 
-    /// Appends an audit record on its own.
     /// Files a DICOM instance, with its audit record, unless the organisation holds that
     /// SOP instance already: then nothing changes and the held copy's hash is returned.
     fn put_dicom_instance(&self, row: &DicomRow, audit: &audit::Record) -> Result<Option<[u8; 32]>, StorageError>;
@@ -212,6 +211,7 @@ pub trait Storage: Registry {
     /// An organisation's DICOM instances: of one study, or all, in filing order.
     fn dicom_instances(&self, org: &str, study: Option<&str>) -> Result<Vec<DicomRow>, StorageError>;
 
+    /// Appends an audit record on its own.
     fn audit(&self, record: &audit::Record) -> Result<(), StorageError>;
     /// Audit entries about a case, oldest first.
     fn audit_of_case(&self, case_id: &str) -> Result<Vec<audit::Entry>, StorageError>;
