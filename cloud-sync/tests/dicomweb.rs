@@ -141,6 +141,23 @@ async fn an_independent_dicomweb_client_stores_finds_retrieves_and_compares_pixe
     for action in ["dicom.store", "dicom.search", "dicom.retrieve", "dicom.metadata"] {
         assert!(audit.iter().any(|e| e.action == action && e.actor == "dr.ana"), "no {action} in {audit:#?}");
     }
+    // The doctor's app reads the case's images through the case API; no one else does,
+    // and no cache keeps them.
+    let router = app(HubState::open(&w.config).unwrap().with_cases(w.hub.cases.clone()));
+    let get = |token: &'static str| {
+        let req = Request::builder()
+            .uri(format!("/api/v1/cases/{}/attachments/{sha}", w.case))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        router.clone().oneshot(req)
+    };
+    let resp = get("tok-north").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/dicom");
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes().as_ref(), jls.as_slice());
+    assert_eq!(get("tok-south").await.unwrap().status(), StatusCode::NOT_FOUND);
     server.abort();
 }
 

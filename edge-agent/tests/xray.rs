@@ -408,6 +408,14 @@ struct Process {
     addr: String,
 }
 
+impl Drop for Process {
+    /// A failed assertion must not leave an agent running (holding the test's output open).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn start_agent(config: &std::path::Path) -> Process {
     let mut child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
         .args(["run", "--config"])

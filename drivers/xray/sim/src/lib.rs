@@ -7,6 +7,7 @@
 
 pub mod detector;
 pub mod phantom;
+pub mod umockdev;
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};

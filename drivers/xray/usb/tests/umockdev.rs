@@ -8,73 +8,21 @@
 //! `MEDVAN_UMOCKDEV_SIDE=host`; that run opens the panel with `UsbDetector` and checks the
 //! frame it reads against the one the panel sent.
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use xray_proto::detector::{Command as DetectorCommand, MAX_TRANSFER};
+use xray_proto::detector::Command as DetectorCommand;
 use xray_sim::detector::{Answer, SimDetector};
+use xray_sim::umockdev::{self, DEVNODE};
 use xray_usb::{UsbDetector, UsbError};
 
 const SIDE: &str = "MEDVAN_UMOCKDEV_SIDE";
-const DEVNODE: &str = "/dev/bus/usb/001/002";
 const FRAME_ID: u32 = 7;
 const COLUMNS: u16 = 512;
 const ROWS: u16 = 384;
 
 fn panel() -> SimDetector {
     SimDetector::new(COLUMNS, ROWS, 31_337, 5)
-}
-
-/// Device, configuration, interface and two bulk endpoint descriptors.
-fn descriptors() -> String {
-    [
-        // Device: USB 2.0, class in the interface, EP0 64 bytes, 4d56:0d01, version 1.00.
-        "1201000200000040564D010D000101020301",
-        // Configuration: 32 bytes in all, one interface, bus powered, 100 mA.
-        "090220000101008032",
-        // Interface 0: two endpoints, vendor-specific class.
-        "0904000002FF000000",
-        // Bulk OUT 0x01 and bulk IN 0x82, 512-byte packets.
-        "07050102000200",
-        "07058202000200",
-    ]
-    .concat()
-}
-
-fn device_file() -> String {
-    let d = descriptors();
-    format!(
-        "P: /devices/pci0000:00/0000:00:14.0/usb1/1-1\n\
-         N: bus/usb/001/002={d}\n\
-         E: BUSNUM=001\nE: DEVNAME={DEVNODE}\nE: DEVNUM=002\nE: DEVTYPE=usb_device\nE: DRIVER=usb\n\
-         E: ID_VENDOR_ID=4d56\nE: ID_MODEL_ID=0d01\nE: MAJOR=189\nE: MINOR=1\nE: PRODUCT=4d56/d01/100\n\
-         E: SUBSYSTEM=usb\nE: TYPE=0/0/0\n\
-         A: bConfigurationValue=1\nA: bDeviceClass=00\nA: bNumConfigurations=1\nA: bNumInterfaces= 1\n\
-         A: busnum=1\\n\nH: descriptors={d}\nA: dev=189:1\nA: devnum=2\\n\nA: devpath=1\n\
-         A: idProduct=0d01\nA: idVendor=4d56\nA: speed=480\nA: version= 2.00\n"
-    )
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02X}");
-        s
-    })
-}
-
-/// The usbfs conversation: the host arms frame 7 and reads it; the panel streams it.
-fn ioctl_script(transfers: &[Vec<u8>]) -> String {
-    let mut s = String::new();
-    for cmd in [DetectorCommand::Arm(FRAME_ID), DetectorCommand::Read(FRAME_ID)] {
-        let b = cmd.encode();
-        // type 3 (bulk), endpoint 0x01, status 0, flags 0, length, actual, errors, data.
-        let _ = writeln!(s, "USBDEVFS_REAPURBNDELAY 0 3 1 0 0 {0} {0} 0 {1}", b.len(), hex(&b));
-    }
-    for t in transfers {
-        let _ = writeln!(s, "USBDEVFS_REAPURBNDELAY 0 3 130 0 0 {MAX_TRANSFER} {} 0 {}", t.len(), hex(t));
-    }
-    s
 }
 
 /// Inside the sandbox: the shell as the agent runs it.
@@ -101,7 +49,7 @@ fn umockdev_run() -> bool {
 }
 
 fn run_inside(dir: &Path, script: &str, test: &str) -> (bool, String) {
-    std::fs::write(dir.join("panel.umockdev"), device_file()).unwrap();
+    std::fs::write(dir.join("panel.umockdev"), umockdev::device_file()).unwrap();
     std::fs::write(dir.join("panel.ioctl"), script).unwrap();
     let out = Command::new("umockdev-run")
         .arg("-d")
@@ -129,8 +77,11 @@ fn a_frame_read_through_libusb_matches_what_the_panel_sent() {
     p.exposed();
     let Ok(Answer::Frame(transfers)) = p.command(&DetectorCommand::Read(FRAME_ID).encode()) else { panic!() };
     let dir = tempfile::tempdir().unwrap();
-    let (ok, text) =
-        run_inside(dir.path(), &ioctl_script(&transfers), "a_frame_read_through_libusb_matches_what_the_panel_sent");
+    let (ok, text) = run_inside(
+        dir.path(),
+        &umockdev::ioctl_script(&[DetectorCommand::Arm(FRAME_ID), DetectorCommand::Read(FRAME_ID)], &transfers),
+        "a_frame_read_through_libusb_matches_what_the_panel_sent",
+    );
     assert!(ok && text.contains("UMOCKDEV-HOST-OK"), "{text}");
     println!("{}", text.lines().find(|l| l.contains("UMOCKDEV-HOST-OK")).unwrap_or(""));
 }
@@ -154,7 +105,11 @@ fn a_frame_damaged_on_the_wire_is_refused_whole_with_what_to_do() {
     let middle = transfers.len() / 2;
     transfers[middle][100] ^= 0x04;
     let dir = tempfile::tempdir().unwrap();
-    let (ok, text) = run_inside(dir.path(), &ioctl_script(&transfers), test);
+    let (ok, text) = run_inside(
+        dir.path(),
+        &umockdev::ioctl_script(&[DetectorCommand::Arm(FRAME_ID), DetectorCommand::Read(FRAME_ID)], &transfers),
+        test,
+    );
     assert!(ok && text.contains("UMOCKDEV-HOST-OK") && text.contains("read it again"), "{text}");
 }
 
