@@ -263,3 +263,45 @@ async fn malformed_and_hostile_objects_are_refused_with_a_reason_and_the_hub_kee
     let req = Request::builder().uri("/health").body(Body::empty()).unwrap();
     assert_eq!(router.clone().oneshot(req).await.unwrap().status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_wado_rs_serves_passes_dciodvfy_in_both_transfer_syntaxes() {
+    let w = world();
+    let router = app(HubState::open(&w.config).unwrap().with_cases(w.hub.cases.clone()));
+    let (good, _) = dx(w.case, &w.temp_id);
+    let (s, b, _) = stow(&router, MULTIPART, multipart(&[&good])).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let url = b["00081199"]["Value"][0]["00081190"]["Value"][0].as_str().unwrap().to_owned();
+    let path = &url[url.find("/dicomweb").unwrap()..];
+    let dir = tempfile::tempdir().unwrap();
+    for (accept, ts) in [
+        ("multipart/related; type=\"application/dicom\"", "1.2.840.10008.1.2.1"),
+        ("multipart/related; type=\"application/dicom\"; transfer-syntax=*", "1.2.840.10008.1.2.4.80"),
+    ] {
+        let req = Request::builder()
+            .uri(path)
+            .header("authorization", "Bearer tok-north")
+            .header("accept", accept)
+            .body(Body::empty())
+            .unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        let boundary = ct.split("boundary=").nth(1).unwrap().to_owned();
+        let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        // One part: its headers, a blank line, the object, CRLF, the closing delimiter.
+        let head_end = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&body[..head_end]).to_string();
+        assert!(head.contains(&format!("transfer-syntax={ts}")), "{head}");
+        let tail = format!("\r\n--{boundary}--\r\n");
+        let object = &body[head_end..body.len() - tail.len()];
+        let file = dir.path().join(format!("{ts}.dcm"));
+        std::fs::write(&file, object).unwrap();
+        let out =
+            std::process::Command::new("dciodvfy").arg(&file).output().expect("dciodvfy (dicom3tools) is installed");
+        let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && !text.contains("Error"), "{ts}: {text}");
+        let out = std::process::Command::new("dcmdump").arg(&file).output().expect("dcmdump (dcmtk) is installed");
+        assert!(out.status.success(), "{ts}: dcmdump failed");
+    }
+}
