@@ -11,7 +11,6 @@ use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
-use dicom_pixeldata::Transcode;
 
 /// A raw detector frame: dose-proportional 16-bit values, row by row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -488,25 +487,38 @@ pub fn dicom_with(
         DataSetSequence::from(vec![code_item(view_code, "SCT", view_meaning)]),
     ));
     o.put(DataElement::new(tags::ACQUISITION_CONTEXT_SEQUENCE, VR::SQ, DataSetSequence::<InMemDicomObject>::empty()));
-    // Native pixel data first; the transcoder compresses it.
     let bytes: Vec<u8> = image.pixels.iter().flat_map(|p| p.to_le_bytes()).collect();
-    o.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(bytes)));
+    let transfer_syntax = match encoding {
+        PixelEncoding::Native => {
+            o.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(bytes)));
+            uids::EXPLICIT_VR_LITTLE_ENDIAN
+        }
+        PixelEncoding::JpegLsLossless => {
+            // Encoded straight into one fragment (single frame, empty basic offset table):
+            // no native copy of the image in the object, no transcoding pass.
+            let info = charls::FrameInfo {
+                width: u32::from(image.columns),
+                height: u32::from(image.rows),
+                bits_per_sample: i32::from(BITS_STORED),
+                component_count: 1,
+            };
+            let mut encoded =
+                charls::CharLS::default().encode(info, 0, &bytes).map_err(|e| ImagingError::Encode(e.to_string()))?;
+            if encoded.len() % 2 == 1 {
+                encoded.push(0);
+            }
+            let fragments = dicom_core::value::PixelFragmentSequence::new(Vec::<u32>::new(), vec![encoded]);
+            o.put(DataElement::new(tags::PIXEL_DATA, VR::OB, dicom_core::value::Value::from(fragments)));
+            uids::JPEGLS_LOSSLESS
+        }
+    };
     let meta = FileMetaTableBuilder::new()
-        .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .transfer_syntax(transfer_syntax)
         .media_storage_sop_class_uid(uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION)
         .media_storage_sop_instance_uid(uids.instance.as_str())
         .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
         .implementation_version_name("MEDVAN_0");
-    let mut file = o.with_meta(meta).map_err(|e| ImagingError::Write(e.to_string()))?;
-    if encoding == PixelEncoding::JpegLsLossless {
-        file.transcode(&dicom_transfer_syntax_registry::entries::JPEG_LS_LOSSLESS_IMAGE_COMPRESSION.erased())
-            .map_err(|e| ImagingError::Encode(e.to_string()))?;
-        // The transcoder adds Number of Frames, which the single-frame DX IOD does not have,
-        // and the 2023 Encapsulated Pixel Data Value Total Length, which older readers do
-        // not know.
-        file.remove_element(tags::NUMBER_OF_FRAMES);
-        file.remove_element(dicom_core::Tag(0x7fe0, 0x0003));
-    }
+    let file = o.with_meta(meta).map_err(|e| ImagingError::Write(e.to_string()))?;
     let mut out = Vec::new();
     file.write_all(&mut out).map_err(|e| ImagingError::Write(e.to_string()))?;
     Ok(out)
