@@ -93,6 +93,15 @@ impl Journal {
         sync_dir(&self.path)
     }
 
+    /// Moves a damaged journal aside (kept for a person to inspect) so the unit stays usable.
+    pub(crate) fn set_aside(&self) -> std::io::Result<PathBuf> {
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let to = self.path.with_extension(format!("damaged-{ms}.json"));
+        std::fs::rename(&self.path, &to)?;
+        sync_dir(&self.path)?;
+        Ok(to)
+    }
+
     /// Removes the entry once its attempt is in the case record.
     pub(crate) fn clear(&self) -> std::io::Result<()> {
         match std::fs::remove_file(&self.path) {
@@ -142,5 +151,9 @@ mod tests {
         assert_eq!(j.read().unwrap(), None);
         std::fs::write(dir.path().join("xray-journal.json"), b"{").unwrap();
         assert!(j.read().unwrap_err().to_string().contains("damaged"));
+        // Set aside, never written over: the evidence stays and the unit is usable again.
+        let kept = j.set_aside().unwrap();
+        assert_eq!(std::fs::read(&kept).unwrap(), b"{");
+        assert_eq!(j.read().unwrap(), None);
     }
 }

@@ -444,15 +444,19 @@ impl XrayHandle {
         let inner = self.inner()?;
         // An attempt a previous run could not record goes into its case first; while it
         // cannot, nothing new is journalled over it.
-        if lock(&inner.state).pending.is_none()
-            && let Ok(Some(left)) = inner.journal.read()
-        {
+        if lock(&inner.state).pending.is_none() && !matches!(inner.journal.read(), Ok(None)) {
             inner.recover();
-            if inner.journal.read().ok().flatten().is_some() {
+            let left = inner.journal.read();
+            if let Ok(Some(left)) = &left {
                 return Err(XrayError::Refused(format!(
                     "the previous exposure ({}) is not yet in its case record, so nothing was sent; \
                      see the agent's log, and try again",
                     left.exposure_id
+                )));
+            }
+            if let Err(e) = left {
+                return Err(XrayError::Refused(format!(
+                    "the X-ray journal cannot be read ({e}), so nothing was sent; see the agent's log"
                 )));
             }
         }
@@ -798,7 +802,17 @@ impl Inner {
             Ok(Some(e)) => e,
             Ok(None) => return,
             Err(e) => {
-                tracing::error!(error = %e, "the X-ray journal cannot be read; it is left for a person to inspect");
+                // Never written over: moved aside for a person, and the attempt it held is
+                // unknown to the case record (the audit log still has the dose if it was
+                // recorded).
+                match self.journal.set_aside() {
+                    Ok(to) => {
+                        tracing::error!(error = %e, kept = %to.display(), "the X-ray journal is damaged; it was moved aside for a person to inspect")
+                    }
+                    Err(e2) => {
+                        tracing::error!(error = %e, move_error = %e2, "the X-ray journal is damaged and could not be moved aside")
+                    }
+                }
                 return;
             }
         };
