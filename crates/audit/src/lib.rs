@@ -6,8 +6,11 @@
 //! is written in the same transaction as the access it records: the access is acknowledged
 //! only once its entry is durable.
 //!
-//! A chain alone cannot show that its tail was cut off; signed tree heads (the identity
-//! issue) close that gap.
+//! A chain alone cannot show that its tail was cut off: [`merkle`] computes tree heads over
+//! the entries and checks that each new head extends the last one (signing them and sending
+//! them to the hub is the identity issue's, in progress).
+
+pub mod merkle;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
