@@ -322,15 +322,11 @@ impl CaseHub {
             doc.attachments()
                 .into_iter()
                 .find(|a| a.get("sha256").and_then(|s| s.as_str()) == Some(sha256))
-                .map(|a| {
-                    let media = a.get("media_type").and_then(|m| m.as_str()).unwrap_or("application/octet-stream");
-                    let size = a.get("size").and_then(serde_json::Value::as_u64).unwrap_or(0);
-                    (media.to_owned(), size)
-                })
+                .map(|a| a.get("media_type").and_then(|m| m.as_str()).unwrap_or("application/octet-stream").to_owned())
                 .ok_or(CaseError::NotFound(case))
         });
         self.audit_access(user, "blob.read", doc, &result, sha256.chars().take(64).collect())?;
-        let (media, _claimed) = result?;
+        let media = result?;
         let sha: [u8; 32] =
             hex::decode(sha256).ok().and_then(|b| b.try_into().ok()).ok_or(CaseError::NotFound(case))?;
         // The size stored with the blob, never the one the case document claims.

@@ -354,20 +354,16 @@ async fn qido(
     let results = search(&found, level, &q, &base_url(&state, &headers));
     // Audited per case shown; the filters are named, never their values (patient data).
     let keys: Vec<&str> = q.filters.iter().map(|(t, _)| t.as_str()).collect();
-    let shown: Vec<InstanceView> = found
-        .into_iter()
-        .filter(|i| {
-            results.iter().any(|r| {
-                let uid =
-                    |t: &str| r.get(t).and_then(|e| e.get("Value")).and_then(|v| v[0].as_str()).map(str::to_owned);
-                match level {
-                    Level::Study => uid("0020000D") == Some(i.row.study.clone()),
-                    Level::Series => uid("0020000E") == Some(i.row.series.clone()),
-                    Level::Instance => uid("00080018") == Some(i.row.sop.clone()),
-                }
-            })
-        })
+    let (uid_tag, uid_of): (&str, fn(&InstanceView) -> &str) = match level {
+        Level::Study => ("0020000D", |i| &i.row.study),
+        Level::Series => ("0020000E", |i| &i.row.series),
+        Level::Instance => ("00080018", |i| &i.row.sop),
+    };
+    let shown_uids: BTreeSet<&str> = results
+        .iter()
+        .filter_map(|r| r.get(uid_tag).and_then(|e| e.get("Value")).and_then(|v| v[0].as_str()))
         .collect();
+    let shown: Vec<InstanceView> = found.iter().filter(|i| shown_uids.contains(uid_of(i))).cloned().collect();
     audit(&state, &c, "dicom.search", &shown, format!("{} results, keys [{}]", results.len(), keys.join(","))).await?;
     Ok(dicom_json(Json::Array(results)))
 }

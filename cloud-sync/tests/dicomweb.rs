@@ -30,20 +30,7 @@ struct World {
 /// org-north has synced.
 fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
-    let digest = |t: &str| hex::encode(sha2::Sha256::digest(t.as_bytes()));
-    let config = Config::parse(&format!(
-        "[hub]\ndata_dir = \"{}\"\n\n[[api_users]]\nuser = \"dr.ana\"\norg = \"org-north\"\ntoken_sha256 = \"{}\"\n\n\
-         [[api_users]]\nuser = \"dr.sam\"\norg = \"org-south\"\ntoken_sha256 = \"{}\"\n",
-        dir.path().display(),
-        digest("tok-north"),
-        digest("tok-south")
-    ))
-    .unwrap();
-    cloud_sync::fleet::init(&config).unwrap();
-    let hub = cloud_sync::fleet::Hub::open(&config).unwrap();
-    for org in ["org-north", "org-south"] {
-        hub.cases.create_org(&UserId::parse("admin").unwrap(), &OrgId::parse(org).unwrap(), org).unwrap();
-    }
+    let (config, hub) = common::two_org_hub(dir.path());
     let vdir = tempfile::tempdir().unwrap();
     let key = vdir.path().join("k");
     case_store::generate_key_file(&key).unwrap();

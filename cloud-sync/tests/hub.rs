@@ -51,22 +51,8 @@ mod common;
 #[tokio::test(flavor = "multi_thread")]
 async fn doctors_read_and_edit_their_organisations_cases_by_token_and_see_no_others() {
     use case_model::{OrgId, UserId, VanId};
-    use sha2::Digest;
     let dir = tempfile::tempdir().unwrap();
-    let digest = |t: &str| hex::encode(sha2::Sha256::digest(t.as_bytes()));
-    let config = Config::parse(&format!(
-        "[hub]\ndata_dir = \"{}\"\n\n[[api_users]]\nuser = \"dr.ana\"\norg = \"org-north\"\ntoken_sha256 = \"{}\"\n\n\
-         [[api_users]]\nuser = \"dr.sam\"\norg = \"org-south\"\ntoken_sha256 = \"{}\"\n",
-        dir.path().display(),
-        digest("tok-north"),
-        digest("tok-south")
-    ))
-    .unwrap();
-    cloud_sync::fleet::init(&config).unwrap();
-    let hub = cloud_sync::fleet::Hub::open(&config).unwrap();
-    for org in ["org-north", "org-south"] {
-        hub.cases.create_org(&UserId::parse("admin").unwrap(), &OrgId::parse(org).unwrap(), org).unwrap();
-    }
+    let (config, hub) = common::two_org_hub(dir.path());
     // A van uploads a case.
     let vdir = tempfile::tempdir().unwrap();
     let key = vdir.path().join("k");

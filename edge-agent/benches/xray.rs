@@ -81,8 +81,8 @@ fn main() {
         stored = Some(s);
     }
     let stored = stored.unwrap();
-    let sha: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&stored.dicom.0[2 * i..2 * i + 2], 16).unwrap()).collect();
-    let dicom = store.blob_range(&sha.try_into().unwrap(), 0, stored.dicom.1).unwrap();
+    let sha: [u8; 32] = hex::decode(&stored.dicom.0).unwrap().try_into().unwrap();
+    let dicom = store.blob_range(&sha, 0, stored.dicom.1).unwrap();
     let ours_path = dir.path().join("ours.dcm");
     std::fs::write(&ours_path, &dicom).unwrap();
     let image = imaging::present(&frame).unwrap();

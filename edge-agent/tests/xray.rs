@@ -167,11 +167,6 @@ fn exposure<'a>(case: &'a case_model::CaseView, id: &str) -> &'a case_model::Ite
         .unwrap_or_else(|| panic!("exposure {id} not in {:#?}", case.procedures))
 }
 
-fn tool(name: &str) -> bool {
-    Command::new(name).arg("--version").output().is_ok()
-        || Command::new("which").arg(name).output().is_ok_and(|o| o.status.success())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_exposure_lands_in_the_case_with_dose_preview_and_a_valid_dicom_object() {
     let van = van();
@@ -208,23 +203,19 @@ async fn an_exposure_lands_in_the_case_with_dose_preview_and_a_valid_dicom_objec
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("x.dcm");
     std::fs::write(&file, &dcm).unwrap();
-    if tool("dcmdump") {
-        let out = Command::new("dcmdump").arg(&file).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{text}");
-        for want in
-            ["Okafor^Ada", "19610409", "[HAND]", "[55.0]", "ImageAndFluoroscopyAreaDoseProduct", "=JPEGLSLossless"]
-        {
-            assert!(text.contains(want), "dcmdump lacks {want}:\n{text}");
-        }
-        let uid = edge_agent::xray::study_uid(case_model::CaseId::parse(&case).unwrap());
-        assert!(text.contains(&uid), "the study UID carries the case id");
+    // The tools are required (scripts/setup-deps.sh installs them): a missing one fails.
+    let out = Command::new("dcmdump").arg(&file).output().expect("dcmdump (dcmtk) is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for want in ["Okafor^Ada", "19610409", "[HAND]", "[55.0]", "ImageAndFluoroscopyAreaDoseProduct", "=JPEGLSLossless"]
+    {
+        assert!(text.contains(want), "dcmdump lacks {want}:\n{text}");
     }
-    if tool("dciodvfy") {
-        let out = Command::new("dciodvfy").arg(&file).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && !text.contains("Error"), "{text}");
-    }
+    let uid = edge_agent::xray::study_uid(case_model::CaseId::parse(&case).unwrap());
+    assert!(text.contains(&uid), "the study UID carries the case id");
+    let out = Command::new("dciodvfy").arg(&file).output().expect("dciodvfy (dicom3tools) is installed");
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !text.contains("Error"), "{text}");
     van.xray.stop();
 }
 

@@ -130,3 +130,27 @@ pub(crate) fn dx_object(case: case_model::CaseId, patient_id: &str, columns: u16
     let make = |enc| imaging::dicom_with(&image, &frame, &subject, view, &acq, &uids, enc).unwrap();
     (make(imaging::PixelEncoding::JpegLsLossless), make(imaging::PixelEncoding::Native))
 }
+
+/// A hub in `dir` with organisations `org-north` and `org-south`, and a doctor of each
+/// calling with a bearer token: `dr.ana` with `tok-north`, `dr.sam` with `tok-south`.
+#[allow(dead_code)]
+pub(crate) fn two_org_hub(dir: &std::path::Path) -> (cloud_sync::config::Config, cloud_sync::fleet::Hub) {
+    use sha2::Digest;
+    let digest = |t: &str| hex::encode(sha2::Sha256::digest(t.as_bytes()));
+    let config = cloud_sync::config::Config::parse(&format!(
+        "[hub]\ndata_dir = \"{}\"\n\n[[api_users]]\nuser = \"dr.ana\"\norg = \"org-north\"\ntoken_sha256 = \"{}\"\n\n\
+         [[api_users]]\nuser = \"dr.sam\"\norg = \"org-south\"\ntoken_sha256 = \"{}\"\n",
+        dir.display(),
+        digest("tok-north"),
+        digest("tok-south")
+    ))
+    .unwrap();
+    cloud_sync::fleet::init(&config).unwrap();
+    let hub = cloud_sync::fleet::Hub::open(&config).unwrap();
+    for org in ["org-north", "org-south"] {
+        hub.cases
+            .create_org(&case_model::UserId::parse("admin").unwrap(), &case_model::OrgId::parse(org).unwrap(), org)
+            .unwrap();
+    }
+    (config, hub)
+}

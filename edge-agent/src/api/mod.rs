@@ -42,7 +42,7 @@ impl AppState {
             org,
             max_attachment_bytes,
             sync: crate::sync::SyncHandle::not_configured(),
-            xray: xray::none(),
+            xray: crate::xray::XrayHandle::not_configured(),
         }
     }
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{Actor, ApiError, AppState};
-use crate::xray::{SessionRequest, XrayError, XrayHandle};
+use crate::xray::{SessionRequest, XrayError};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -114,9 +114,4 @@ pub(crate) async fn release(
 ) -> ApiResult<Response> {
     s.xray.release(token(&raw)?)?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// The handle the router uses when the van has no unit.
-pub(crate) fn none() -> XrayHandle {
-    XrayHandle::not_configured()
 }

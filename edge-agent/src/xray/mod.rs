@@ -317,11 +317,6 @@ impl XrayHandle {
         }
     }
 
-    /// A receiver that sees every status change.
-    pub fn subscribe(&self) -> Option<tokio::sync::watch::Receiver<XrayStatus>> {
-        self.inner.as_ref().map(|i| i.status.subscribe())
-    }
-
     /// Sets the case, view and technique for the next exposure. A technique outside the
     /// unit's limits is refused before anything is sent, and the refusal is recorded. The
     /// session takes effect when the generator takes its technique; until then, and after

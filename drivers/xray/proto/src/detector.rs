@@ -195,7 +195,7 @@ pub struct FrameReader {
     header: Option<FrameHeader>,
     pixel_bytes: Vec<u8>,
     trailer: Vec<u8>,
-    crc: Crc32,
+    crc: crc32fast::Hasher,
     received: usize,
 }
 
@@ -218,7 +218,7 @@ impl FrameReader {
             header: None,
             pixel_bytes: Vec::new(),
             trailer: Vec::with_capacity(TRAILER_LEN),
-            crc: Crc32::new(),
+            crc: crc32fast::Hasher::new(),
             received: 0,
         }
     }
@@ -266,7 +266,7 @@ impl FrameReader {
             return Ok(Progress::NeedMore);
         }
         let crc = u32::from_le_bytes([self.trailer[4], self.trailer[5], self.trailer[6], self.trailer[7]]);
-        if &self.trailer[..4] != TRAILER_MAGIC || crc != self.crc.finish() {
+        if &self.trailer[..4] != TRAILER_MAGIC || crc != self.crc.clone().finalize() {
             return Err(DetectorError::Corrupt);
         }
         let pixels = self.pixel_bytes.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect();
@@ -299,48 +299,9 @@ pub fn encode_frame(header: &FrameHeader, pixels: &[u16]) -> Vec<u8> {
     out
 }
 
-/// CRC-32 (IEEE 802.3: reflected, polynomial 0xEDB88320, initial and final XOR 0xFFFFFFFF).
+/// CRC-32 (IEEE 802.3), as the trailer carries it.
 pub fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = Crc32::new();
-    c.update(bytes);
-    c.finish()
-}
-
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
-
-#[derive(Debug, Clone, Copy)]
-struct Crc32(u32);
-
-impl Crc32 {
-    fn new() -> Crc32 {
-        Crc32(0xFFFF_FFFF)
-    }
-
-    fn update(&mut self, bytes: &[u8]) {
-        let mut c = self.0;
-        for b in bytes {
-            c = CRC_TABLE[((c ^ u32::from(*b)) & 0xff) as usize] ^ (c >> 8);
-        }
-        self.0 = c;
-    }
-
-    fn finish(self) -> u32 {
-        self.0 ^ 0xFFFF_FFFF
-    }
+    crc32fast::hash(bytes)
 }
 
 #[cfg(test)]
