@@ -21,13 +21,6 @@ agent_port=${MEDVAN_AGENT_PORT:-8710}
 [ -f "$state/store.key" ] || target/release/edge-agent gen-key "$state/store.key" >/dev/null
 
 sync_port=${MEDVAN_SYNC_PORT:-8721}
-doctor_token_file="$state/doctor.token"
-if [ ! -f "$doctor_token_file" ]; then
-  (umask 077; target/release/medvan-hub api-token dr.osei org-north | sed -n 's/^token[^:]*: //p' > "$doctor_token_file")
-fi
-doctor_token=$(cat "$doctor_token_file")
-doctor_digest=$(printf '%s' "$doctor_token" | sha256sum | cut -d' ' -f1)
-
 cat > "$state/hub.toml" <<TOML
 [hub]
 listen = "127.0.0.1:$hub_port"
@@ -38,10 +31,6 @@ key_file = "$state/hub.key"
 # The links DICOMweb hands out (retrieve and bulk data URLs).
 public_url = "http://127.0.0.1:$hub_port"
 
-[[api_users]]
-user = "dr.osei"
-org = "org-north"
-token_sha256 = "$doctor_digest"
 TOML
 cat > "$state/agent.toml" <<TOML
 [agent]
@@ -66,6 +55,15 @@ TOML
 hub() { target/release/medvan-hub --config "$state/hub.toml" "$@"; }
 hub init >/dev/null
 hub org list | grep -q '^org-north' || hub org create org-north --name "North EMS" >/dev/null
+# A doctor of org-north. Doctors need an authenticator app: scripts/hub-login.py plays it,
+# keeping the TOTP secret in $state/doctor.totp.
+if [ ! -f "$state/doctor.password" ]; then
+  (umask 077; head -c 18 /dev/urandom | base64 > "$state/doctor.password")
+  hub user add org-north dr.osei --role doctor --password-stdin < "$state/doctor.password" >/dev/null
+fi
+hub_login() {
+  python3 scripts/hub-login.py "http://127.0.0.1:$hub_port" org-north dr.osei "$state/doctor.password" "$state/doctor.totp"
+}
 [ -f "$state/van-12/store.id" ] || target/release/edge-agent init-store --config "$state/agent.toml"
 
 pids=()
@@ -110,10 +108,13 @@ The van drives a simulated X-ray unit (xray-sim on $state/ttyXRAY0): see /api/v1
 Try the van's case API (the acting user goes in X-Medvan-User until crew login lands):
   curl -s -X POST -H 'X-Medvan-User: ana' http://127.0.0.1:$agent_port/api/v1/cases
   curl -s -H 'X-Medvan-User: ana' http://127.0.0.1:$agent_port/api/v1/cases
-and the doctor's view of the same cases at the hub:
-  curl -s -H "Authorization: Bearer \$(cat $doctor_token_file)" http://127.0.0.1:$hub_port/api/v1/cases
+and the doctor's view of the same cases at the hub (dr.osei logs in with a password and a
+code from the authenticator that scripts/hub-login.py plays; the token lasts 5 minutes):
+  token=\$(python3 scripts/hub-login.py http://127.0.0.1:$hub_port org-north dr.osei $state/doctor.password $state/doctor.totp)
+  curl -s -H "Authorization: Bearer \$token" http://127.0.0.1:$hub_port/api/v1/cases
 and the X-rays over DICOMweb (QIDO-RS, WADO-RS, STOW-RS), for any DICOMweb viewer:
-  curl -s -H "Authorization: Bearer \$(cat $doctor_token_file)" http://127.0.0.1:$hub_port/dicomweb/studies
+  curl -s -H "Authorization: Bearer \$token" http://127.0.0.1:$hub_port/dicomweb/studies
+Hub metrics for Prometheus: http://127.0.0.1:$hub_port/metrics
 State (keys, databases) is in $state. Ctrl-C stops both.
 TXT
 
@@ -145,7 +146,7 @@ if $smoke; then
   echo "smoke: an X-ray exposure was recorded with its dose, preview and DICOM object"
   # The case reaches the hub over QUIC without anyone pressing sync...
   hubapi="http://127.0.0.1:$hub_port/api/v1"
-  auth="Authorization: Bearer $doctor_token"
+  auth="Authorization: Bearer $(hub_login)"
   for _ in $(seq 1 100); do
     curl -fsS -H "$auth" "$hubapi/cases/$id" 2>/dev/null | grep -q '"heart_rate":92' && break
     sleep 0.1
@@ -168,6 +169,10 @@ if $smoke; then
   done
   curl -fsS -H 'X-Medvan-User: ana' "$api/cases/$id" | grep -q 'splint and x-ray'
   echo "smoke: the doctor's note reached the van"
+  # The front door: no token, no data; metrics counted the doctor's requests.
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "$hubapi/cases")" = 401 ]
+  curl -fsS "http://127.0.0.1:$hub_port/metrics" | grep -q 'medvan_http_requests_total{route="/api/v1/cases/{id}",method="GET",status="200"}'
+  echo "smoke: the hub's front door refuses callers without a token and counts requests"
   hub verify-audit
   exit 0
 fi

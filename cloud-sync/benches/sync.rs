@@ -59,7 +59,7 @@ fn fixture() -> Fixture {
     let storage = Arc::new(SqliteStorage::open(&dir.path().join("hub"), &sealer).unwrap());
     let now = OffsetDateTime::now_utc();
     let ca = FleetCa::generate("bench fleet", now - TimeDuration::days(1), now + TimeDuration::days(365)).unwrap();
-    let hub = Hub::assemble(storage, sealer, ca, 90, "hub.bench");
+    let hub = Hub::assemble(storage, sealer, ca, 90, "hub.bench").unwrap();
     let org = OrgId::parse("org-north").unwrap();
     hub.cases.create_org(&UserId::parse("admin").unwrap(), &org, "North").unwrap();
     Fixture { _dir: dir, hub, org }

@@ -307,6 +307,17 @@ impl CaseHub {
         result
     }
 
+    /// Who accessed a case (of the caller's organisation), oldest first: "who saw this
+    /// patient". Reading it is an access too, and is recorded before the answer.
+    pub fn access_log(&self, user: &UserId, org: &OrgId, case: CaseId) -> Result<Vec<audit::Entry>, CaseError> {
+        let doc = DocId(*case.as_bytes());
+        let owner = self.storage.case_meta(doc)?.map(|m| m.org);
+        let result = if owner.as_deref() == Some(org.as_str()) { Ok(()) } else { Err(CaseError::NotFound(case)) };
+        self.audit_access(user, "audit.read", doc, &result, String::new())?;
+        result?;
+        Ok(self.storage.audit_of_case(&case.to_string())?)
+    }
+
     /// An attachment's bytes and media type, when the case (of the caller's organisation)
     /// lists it; audited.
     pub fn read_attachment(

@@ -15,9 +15,44 @@ pub struct Config {
     /// The `[storage]` table.
     #[serde(default)]
     pub storage: StorageConfig,
-    /// People and services allowed to call the case API, each by a bearer token.
+    /// The `[identity]` table: tokens and sessions.
     #[serde(default)]
-    pub api_users: Vec<ApiUser>,
+    pub identity: IdentityConfig,
+    /// The `[front_door]` table: rate limits.
+    #[serde(default)]
+    pub front_door: crate::front_door::Limits,
+}
+
+/// The `[identity]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// The `iss` of access tokens; defaults to `hub.public_url`, else `medvan-hub`.
+    pub issuer: Option<String>,
+    /// The `aud` of access tokens.
+    pub audience: String,
+    /// How long an access token works, seconds.
+    pub access_token_s: i64,
+    /// A session unused this long ends, seconds.
+    pub idle_timeout_s: i64,
+    /// A session ends this long after its login, seconds.
+    pub absolute_timeout_s: i64,
+    /// The token signing key is replaced when this old, seconds.
+    pub key_rotation_s: i64,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        let d = crate::identity::Settings::default();
+        IdentityConfig {
+            issuer: None,
+            audience: d.audience,
+            access_token_s: d.access_lifetime_s,
+            idle_timeout_s: d.idle_timeout_s,
+            absolute_timeout_s: d.absolute_timeout_s,
+            key_rotation_s: d.key_rotation_s,
+        }
+    }
 }
 
 /// The `[hub]` table.
@@ -73,18 +108,6 @@ pub struct StorageConfig {
     pub postgres_connections: Option<usize>,
 }
 
-/// A caller of the case API.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiUser {
-    /// The user id recorded on edits and in the audit log.
-    pub user: String,
-    /// The organisation whose cases the user may read and edit.
-    pub org: String,
-    /// SHA-256 of the user's bearer token, hex (`medvan-hub api-token` makes a pair).
-    pub token_sha256: String,
-}
-
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8720))
 }
@@ -119,14 +142,42 @@ impl Config {
             );
         }
         anyhow::ensure!(config.hub.certificate_days >= 3, "[hub] certificate_days must be at least 3");
-        for u in &config.api_users {
-            anyhow::ensure!(
-                u.token_sha256.len() == 64 && u.token_sha256.bytes().all(|b| b.is_ascii_hexdigit()),
-                "[[api_users]] {}: token_sha256 must be 64 hex digits (the SHA-256 of the token, not the token)",
-                u.user
-            );
-        }
+        let i = &config.identity;
+        anyhow::ensure!(
+            (30..=3600).contains(&i.access_token_s),
+            "[identity] access_token_s must be between 30 and 3600 (short-lived tokens; refresh tokens renew them)"
+        );
+        anyhow::ensure!(
+            60 <= i.idle_timeout_s && i.idle_timeout_s <= i.absolute_timeout_s,
+            "[identity] idle_timeout_s must be at least 60 and at most absolute_timeout_s"
+        );
+        anyhow::ensure!(
+            i.key_rotation_s >= 2 * i.access_token_s,
+            "[identity] key_rotation_s must be at least twice access_token_s"
+        );
+        let f = &config.front_door;
+        anyhow::ensure!(
+            f.per_address_per_s > 0.0 && f.per_user_per_s > 0.0 && f.logins_per_address_per_min > 0.0,
+            "[front_door] rates must be above 0"
+        );
         Ok(config)
+    }
+
+    /// How tokens and sessions are made.
+    pub fn identity_settings(&self) -> crate::identity::Settings {
+        let i = &self.identity;
+        crate::identity::Settings {
+            issuer: i
+                .issuer
+                .clone()
+                .or_else(|| self.hub.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()))
+                .unwrap_or_else(|| "medvan-hub".into()),
+            audience: i.audience.clone(),
+            access_lifetime_s: i.access_token_s,
+            idle_timeout_s: i.idle_timeout_s,
+            absolute_timeout_s: i.absolute_timeout_s,
+            key_rotation_s: i.key_rotation_s,
+        }
     }
 
     /// The key file: configured, or `hub.key` in the data directory.
@@ -157,11 +208,24 @@ backend = "sqlite"
 # postgres_schema = "medvan"
 # postgres_connections = 8
 
-# Callers of the case API (doctors' app, integrations), by bearer token.
-# [[api_users]]
-# user = "dr.ana@org-north"
-# org = "org-north"
-# token_sha256 = "<medvan-hub api-token prints a token and this line>"
+[identity]
+# Access tokens (JWTs, EdDSA) live this long; refresh tokens renew them.
+access_token_s = 300
+# A login unused for this long ends; every login ends after absolute_timeout_s.
+idle_timeout_s = 900
+absolute_timeout_s = 43200
+# issuer = "https://hub.medvan.example"   (default: hub.public_url)
+
+[front_door]
+# Requests a second (average, and at once) per client address and per user; 429 beyond.
+per_address_per_s = 50.0
+per_address_burst = 200
+per_user_per_s = 20.0
+per_user_burst = 100
+# Login, refresh, enrolment and reset attempts a minute per address.
+logins_per_address_per_min = 20.0
+# Behind a reverse proxy that sets X-Forwarded-For:
+# trust_forwarded_for = true
 "#;
 
 #[cfg(test)]
@@ -174,10 +238,7 @@ mod tests {
         assert_eq!(c.storage.backend, Backend::Sqlite);
         let err = Config::parse("[hub]\ndata_dir = \"/x\"\n[storage]\nbackend = \"postgres\"\n").unwrap_err();
         assert!(err.to_string().contains("postgres_url"), "{err}");
-        let err = Config::parse(
-            "[hub]\ndata_dir = \"/x\"\n[[api_users]]\nuser = \"a\"\norg = \"o\"\ntoken_sha256 = \"secret\"\n",
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("64 hex digits"), "{err}");
+        let err = Config::parse("[hub]\ndata_dir = \"/x\"\n[identity]\naccess_token_s = 86400\n").unwrap_err();
+        assert!(err.to_string().contains("access_token_s"), "{err}");
     }
 }

@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -16,15 +15,18 @@ use imaging::read::EXPLICIT_VR_LITTLE_ENDIAN;
 use serde_json::{Map, Value as Json, json};
 
 use crate::dicom::{InstanceView, MAX_OBJECT, Refusal, status};
-use crate::{ApiError, Caller, HubState, caller, case_hub};
+use crate::front_door::{Caller, require};
+use crate::identity::Principal;
+use crate::identity::roles::Permission;
+use crate::{ApiError, HubState, case_hub};
 
 /// Media type of DICOM JSON.
 const DICOM_JSON: &str = "application/dicom+json";
 /// The largest STOW-RS request.
 const MAX_REQUEST: usize = 256 * 1024 * 1024;
 
-pub(crate) fn routes() -> Router<Arc<HubState>> {
-    Router::new()
+pub(crate) fn routes() -> crate::Routes {
+    crate::Routes::default()
         .route("/dicomweb/studies", get(search_studies).post(stow))
         .route("/dicomweb/series", get(search_series))
         .route("/dicomweb/instances", get(search_instances))
@@ -38,7 +40,7 @@ pub(crate) fn routes() -> Router<Arc<HubState>> {
         .route("/dicomweb/studies/{study}/series/{series}/instances/{sop}", get(retrieve_instance))
         .route("/dicomweb/studies/{study}/series/{series}/instances/{sop}/metadata", get(instance_metadata))
         .route("/dicomweb/studies/{study}/series/{series}/instances/{sop}/bulkdata/7FE00010", get(pixel_bulkdata))
-        .layer(DefaultBodyLimit::max(MAX_REQUEST))
+        .map(|r| r.layer(DefaultBodyLimit::max(MAX_REQUEST)))
 }
 
 /// Which resources a request is about.
@@ -57,7 +59,7 @@ impl Scope {
     }
 }
 
-async fn instances(state: &HubState, c: &Caller, scope: &Scope) -> Result<Vec<InstanceView>, ApiError> {
+async fn instances(state: &HubState, c: &Principal, scope: &Scope) -> Result<Vec<InstanceView>, ApiError> {
     let hub = case_hub(state)?;
     let (org, study) = (c.org.clone(), scope.study.clone());
     let all = crate::blocking(move || hub.dicom_instances(&org, study.as_deref())).await?;
@@ -68,7 +70,7 @@ async fn instances(state: &HubState, c: &Caller, scope: &Scope) -> Result<Vec<In
 /// API does) and one entry for the request.
 async fn audit(
     state: &HubState,
-    c: &Caller,
+    c: &Principal,
     action: &str,
     found: &[InstanceView],
     detail: String,
@@ -343,14 +345,20 @@ fn dicom_json(body: Json) -> Response {
 
 async fn qido(
     state: Arc<HubState>,
+    c: Principal,
     headers: HeaderMap,
     scope: Scope,
     level: Level,
     params: Vec<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let c = caller(&state, &headers)?.clone();
+    require(&c, Permission::ImageRead)?;
     let q = parse_search(params)?;
     let found = instances(&state, &c, &scope).await?;
+    // Searching inside a study or series the caller's organisation does not hold: that
+    // resource does not exist for them (whether another organisation has it is not said).
+    if scope.study.is_some() && found.is_empty() {
+        return Err(ApiError(StatusCode::NOT_FOUND, "no such study or series in your organisation".into()));
+    }
     let results = search(&found, level, &q, &base_url(&state, &headers));
     // Audited per case shown; the filters are named, never their values (patient data).
     let keys: Vec<&str> = q.filters.iter().map(|(t, _)| t.as_str()).collect();
@@ -370,53 +378,59 @@ async fn qido(
 
 async fn search_studies(
     State(s): State<Arc<HubState>>,
+    Caller(c): Caller,
     headers: HeaderMap,
     Query(p): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    qido(s, headers, Scope::default(), Level::Study, p).await
+    qido(s, c, headers, Scope::default(), Level::Study, p).await
 }
 
 async fn search_series(
     State(s): State<Arc<HubState>>,
+    Caller(c): Caller,
     headers: HeaderMap,
     Query(p): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    qido(s, headers, Scope::default(), Level::Series, p).await
+    qido(s, c, headers, Scope::default(), Level::Series, p).await
 }
 
 async fn search_instances(
     State(s): State<Arc<HubState>>,
+    Caller(c): Caller,
     headers: HeaderMap,
     Query(p): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    qido(s, headers, Scope::default(), Level::Instance, p).await
+    qido(s, c, headers, Scope::default(), Level::Instance, p).await
 }
 
 async fn search_series_of_study(
     State(s): State<Arc<HubState>>,
+    Caller(c): Caller,
     headers: HeaderMap,
     Path(study): Path<String>,
     Query(p): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    qido(s, headers, Scope { study: Some(study), ..Scope::default() }, Level::Series, p).await
+    qido(s, c, headers, Scope { study: Some(study), ..Scope::default() }, Level::Series, p).await
 }
 
 async fn search_instances_of_study(
     State(s): State<Arc<HubState>>,
+    Caller(c): Caller,
     headers: HeaderMap,
     Path(study): Path<String>,
     Query(p): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    qido(s, headers, Scope { study: Some(study), ..Scope::default() }, Level::Instance, p).await
+    qido(s, c, headers, Scope { study: Some(study), ..Scope::default() }, Level::Instance, p).await
 }
 
 async fn search_instances_of_series(
     State(s): State<Arc<HubState>>,
+    Caller(c): Caller,
     headers: HeaderMap,
     Path((study, series)): Path<(String, String)>,
     Query(p): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    qido(s, headers, Scope { study: Some(study), series: Some(series), sop: None }, Level::Instance, p).await
+    qido(s, c, headers, Scope { study: Some(study), series: Some(series), sop: None }, Level::Instance, p).await
 }
 
 // ---------------------------------------------------------------- WADO-RS
@@ -457,8 +471,8 @@ fn boundary() -> String {
     format!("medvan-{:032x}", rand::random::<u128>())
 }
 
-async fn wado(state: Arc<HubState>, headers: HeaderMap, scope: Scope) -> Result<Response, ApiError> {
-    let c = caller(&state, &headers)?.clone();
+async fn wado(state: Arc<HubState>, c: Principal, headers: HeaderMap, scope: Scope) -> Result<Response, ApiError> {
+    require(&c, Permission::ImageRead)?;
     let ts = accepted_transfer_syntax(&headers)?;
     let found = instances(&state, &c, &scope).await?;
     if found.is_empty() {
@@ -506,30 +520,33 @@ async fn wado(state: Arc<HubState>, headers: HeaderMap, scope: Scope) -> Result<
 
 async fn retrieve_study(
     State(s): State<Arc<HubState>>,
+    Caller(c): Caller,
     headers: HeaderMap,
     Path(study): Path<String>,
 ) -> Result<Response, ApiError> {
-    wado(s, headers, Scope { study: Some(study), ..Scope::default() }).await
+    wado(s, c, headers, Scope { study: Some(study), ..Scope::default() }).await
 }
 
 async fn retrieve_series(
     State(s): State<Arc<HubState>>,
+    Caller(c): Caller,
     headers: HeaderMap,
     Path((study, series)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    wado(s, headers, Scope { study: Some(study), series: Some(series), sop: None }).await
+    wado(s, c, headers, Scope { study: Some(study), series: Some(series), sop: None }).await
 }
 
 async fn retrieve_instance(
     State(s): State<Arc<HubState>>,
+    Caller(c): Caller,
     headers: HeaderMap,
     Path((study, series, sop)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    wado(s, headers, Scope { study: Some(study), series: Some(series), sop: Some(sop) }).await
+    wado(s, c, headers, Scope { study: Some(study), series: Some(series), sop: Some(sop) }).await
 }
 
-async fn metadata(state: Arc<HubState>, headers: HeaderMap, scope: Scope) -> Result<Response, ApiError> {
-    let c = caller(&state, &headers)?.clone();
+async fn metadata(state: Arc<HubState>, c: Principal, headers: HeaderMap, scope: Scope) -> Result<Response, ApiError> {
+    require(&c, Permission::ImageRead)?;
     let found = instances(&state, &c, &scope).await?;
     if found.is_empty() {
         return Err(ApiError(StatusCode::NOT_FOUND, "no such study, series or instance in your organisation".into()));
@@ -558,35 +575,38 @@ async fn metadata(state: Arc<HubState>, headers: HeaderMap, scope: Scope) -> Res
 
 async fn study_metadata(
     State(s): State<Arc<HubState>>,
+    Caller(c): Caller,
     headers: HeaderMap,
     Path(study): Path<String>,
 ) -> Result<Response, ApiError> {
-    metadata(s, headers, Scope { study: Some(study), ..Scope::default() }).await
+    metadata(s, c, headers, Scope { study: Some(study), ..Scope::default() }).await
 }
 
 async fn series_metadata(
     State(s): State<Arc<HubState>>,
+    Caller(c): Caller,
     headers: HeaderMap,
     Path((study, series)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    metadata(s, headers, Scope { study: Some(study), series: Some(series), sop: None }).await
+    metadata(s, c, headers, Scope { study: Some(study), series: Some(series), sop: None }).await
 }
 
 async fn instance_metadata(
     State(s): State<Arc<HubState>>,
+    Caller(c): Caller,
     headers: HeaderMap,
     Path((study, series, sop)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    metadata(s, headers, Scope { study: Some(study), series: Some(series), sop: Some(sop) }).await
+    metadata(s, c, headers, Scope { study: Some(study), series: Some(series), sop: Some(sop) }).await
 }
 
 /// The pixel data, uncompressed (Explicit VR Little Endian), as one octet-stream part.
 async fn pixel_bulkdata(
     State(state): State<Arc<HubState>>,
-    headers: HeaderMap,
+    Caller(c): Caller,
     Path((study, series, sop)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let c = caller(&state, &headers)?.clone();
+    require(&c, Permission::ImageRead)?;
     let scope = Scope { study: Some(study), series: Some(series), sop: Some(sop) };
     let found = instances(&state, &c, &scope).await?;
     let Some(i) = found.first().cloned() else {
@@ -664,26 +684,33 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
 }
 
-async fn stow(State(s): State<Arc<HubState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    store(s, headers, None, body).await
+async fn stow(
+    State(s): State<Arc<HubState>>,
+    Caller(c): Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    store(s, c, headers, None, body).await
 }
 
 async fn stow_to_study(
     State(s): State<Arc<HubState>>,
+    Caller(c): Caller,
     headers: HeaderMap,
     Path(study): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    store(s, headers, Some(study), body).await
+    store(s, c, headers, Some(study), body).await
 }
 
 async fn store(
     state: Arc<HubState>,
+    c: Principal,
     headers: HeaderMap,
     study: Option<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let c = caller(&state, &headers)?.clone();
+    require(&c, Permission::ImageWrite)?;
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let lower = ct.to_ascii_lowercase();
     if !lower.starts_with("multipart/related") {

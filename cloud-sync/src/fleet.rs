@@ -10,6 +10,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::cases::CaseHub;
 use crate::config::{Backend, Config};
+use crate::identity::{Identity, Settings};
 use crate::storage::crypto::{CA_LABEL, Sealer};
 use crate::storage::postgres::PgStorage;
 use crate::storage::sqlite::SqliteStorage;
@@ -26,6 +27,8 @@ pub struct Hub {
     pub ca: Arc<FleetCa>,
     /// Enrolment.
     pub enroller: Arc<Enroller>,
+    /// Accounts, logins and tokens.
+    pub identity: Arc<Identity>,
     server_name: String,
 }
 
@@ -92,23 +95,47 @@ impl Hub {
         let sealer = Sealer::load(&config.key_file())?;
         let storage = open_storage(config, &sealer)?;
         let ca = load_ca(&*storage, &sealer)?.context("This hub has no fleet CA yet; run `medvan-hub init` first")?;
-        Ok(Hub::assemble(storage, sealer, ca, config.hub.certificate_days, &config.hub.server_name))
+        Hub::assemble_with(
+            storage,
+            sealer,
+            ca,
+            config.hub.certificate_days,
+            &config.hub.server_name,
+            config.identity_settings(),
+        )
     }
 
-    /// A hub over given parts (tests, tools).
+    /// A hub over given parts, with the default token settings (tests, tools).
     pub fn assemble(
         storage: Arc<dyn Storage>,
         sealer: Sealer,
         ca: FleetCa,
         certificate_days: u32,
         server_name: &str,
-    ) -> Hub {
+    ) -> anyhow::Result<Hub> {
+        Hub::assemble_with(storage, sealer, ca, certificate_days, server_name, Settings::default())
+    }
+
+    /// A hub over given parts.
+    pub fn assemble_with(
+        storage: Arc<dyn Storage>,
+        sealer: Sealer,
+        ca: FleetCa,
+        certificate_days: u32,
+        server_name: &str,
+        settings: Settings,
+    ) -> anyhow::Result<Hub> {
         let ca = Arc::new(ca);
         let registry: Arc<dyn sync_quic::registry::Registry> =
             storage.clone() as Arc<dyn sync_quic::registry::Registry>;
         let enroller = Arc::new(Enroller::new(ca.clone(), registry, Duration::days(certificate_days.into())));
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let identity = Arc::new(
+            Identity::open(storage.clone(), sealer.clone(), settings, now)
+                .context("Failed to load the token signing keys")?,
+        );
         let cases = Arc::new(CaseHub::new(storage.clone(), sealer));
-        Hub { storage, cases, ca, enroller, server_name: server_name.to_owned() }
+        Ok(Hub { storage, cases, ca, enroller, identity, server_name: server_name.to_owned() })
     }
 
     /// Binds the sync endpoint with a fresh hub certificate from the fleet CA.

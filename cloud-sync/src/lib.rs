@@ -2,15 +2,20 @@
 //!
 //! - [`storage`]: one interface, two backends (SQLite with files; PostgreSQL).
 //! - [`cases`]: the rules over cases (who may sync, read and edit what), the same on both.
-//! - [`fleet`]: the assembly of storage, the fleet CA, enrolment and the QUIC endpoint.
-//! - This module: the HTTP front door ([`app`]): health, the OpenAPI document, and the case
-//!   API, whose callers are listed in the config by bearer token.
+//! - [`identity`]: accounts, roles, logins and tokens.
+//! - [`front_door`]: the middleware in front of every route: request ids, rate limits,
+//!   authentication, access logs, metrics.
+//! - [`fleet`]: the assembly of storage, the fleet CA, enrolment, identity and the QUIC
+//!   endpoint.
+//! - This module: the HTTP routes ([`app`]): health, the OpenAPI document, the case API.
 
 pub mod cases;
 pub mod config;
 pub mod dicom;
 mod dicomweb;
 pub mod fleet;
+pub mod front_door;
+pub mod identity;
 pub mod storage;
 
 use std::future::Future;
@@ -20,25 +25,19 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use case_model::{CaseId, Edit, EditContext, OrgId, Timestamp, UserId};
-use sha2::{Digest, Sha256};
+use case_model::{CaseId, Edit, EditContext, Timestamp};
 use tokio::net::TcpListener;
 
 use crate::cases::{CaseError, CaseHub};
+use crate::front_door::{Caller, FrontDoor, require};
+use crate::identity::Identity;
+use crate::identity::roles::Permission;
 
 /// The hub's OpenAPI document.
 pub const OPENAPI: &str = include_str!("openapi.json");
-
-/// A caller of the case API, as the config names it.
-#[derive(Debug, Clone)]
-pub(crate) struct Caller {
-    pub(crate) user: UserId,
-    pub(crate) org: OrgId,
-    token_sha256: [u8; 32],
-}
 
 /// What the hub's handlers share.
 #[derive(Debug, Clone)]
@@ -46,55 +45,97 @@ pub struct HubState {
     data_dir: PathBuf,
     public_url: Option<String>,
     cases: Option<Arc<CaseHub>>,
-    callers: Vec<Caller>,
+    identity: Option<Arc<Identity>>,
+    door: Arc<FrontDoor>,
 }
 
 impl HubState {
-    /// Prepares the data directory and the state over it; without `cases` the case API
-    /// answers 503.
+    /// Prepares the data directory and the state over it; without a hub (see
+    /// [`HubState::with_hub`]) the case API and the logins answer 503.
     pub fn open(config: &config::Config) -> anyhow::Result<HubState> {
         let dir = &config.hub.data_dir;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("Failed to create the hub's data directory {}", dir.display()))?;
-        let mut callers = Vec::new();
-        for u in &config.api_users {
-            let token_sha256 = hex::decode(&u.token_sha256)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .context("token_sha256 must be 64 hex digits")?;
-            callers.push(Caller {
-                user: UserId::parse(&u.user).with_context(|| format!("[[api_users]] user {:?}", u.user))?,
-                org: OrgId::parse(&u.org).with_context(|| format!("[[api_users]] org {:?}", u.org))?,
-                token_sha256,
-            });
-        }
         let public_url = config.hub.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned());
         if let Some(u) = &public_url
             && !(u.starts_with("https://") || u.starts_with("http://"))
         {
             anyhow::bail!("hub.public_url {u:?} must start with https:// (or http:// on a closed network)");
         }
-        Ok(HubState { data_dir: dir.clone(), public_url, cases: None, callers })
+        Ok(HubState {
+            data_dir: dir.clone(),
+            public_url,
+            cases: None,
+            identity: None,
+            door: Arc::new(FrontDoor::new(config.front_door.clone())),
+        })
     }
 
-    /// Serves the case API over `cases`.
-    pub fn with_cases(mut self, cases: Arc<CaseHub>) -> HubState {
-        self.cases = Some(cases);
+    /// Serves the case API and the logins of `hub`.
+    pub fn with_hub(mut self, hub: &fleet::Hub) -> HubState {
+        self.cases = Some(hub.cases.clone());
+        self.identity = Some(hub.identity.clone());
         self
     }
 }
 
-/// The hub's router.
+/// The hub's router: every route behind the front door.
 pub fn app(state: HubState) -> Router {
-    Router::new()
+    let state = Arc::new(state);
+    routes().router.layer(axum::middleware::from_fn_with_state(state.clone(), front_door::middleware)).with_state(state)
+}
+
+/// The hub's routes without the front door: for the front door's benchmark only.
+#[doc(hidden)]
+pub fn bare_routes() -> Router<Arc<HubState>> {
+    routes().router
+}
+
+/// Every path template the hub serves, as registered: a test checks each is documented.
+#[doc(hidden)]
+pub fn served_paths() -> Vec<&'static str> {
+    routes().paths
+}
+
+fn routes() -> Routes {
+    Routes::default()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/api/v1/cases", get(list_cases))
         .route("/api/v1/cases/{id}", get(read_case))
         .route("/api/v1/cases/{id}/edits", post(edit_case))
         .route("/api/v1/cases/{id}/attachments/{sha256}", get(read_attachment))
+        .route("/api/v1/cases/{id}/access-log", get(access_log))
+        .merge(identity::http::routes())
         .merge(dicomweb::routes())
-        .with_state(Arc::new(state))
+}
+
+/// A router that remembers its path templates.
+#[derive(Default)]
+pub(crate) struct Routes {
+    router: Router<Arc<HubState>>,
+    paths: Vec<&'static str>,
+}
+
+impl Routes {
+    pub(crate) fn route(mut self, path: &'static str, methods: axum::routing::MethodRouter<Arc<HubState>>) -> Routes {
+        self.router = self.router.route(path, methods);
+        self.paths.push(path);
+        self
+    }
+
+    pub(crate) fn merge(mut self, other: Routes) -> Routes {
+        self.router = self.router.merge(other.router);
+        self.paths.extend(other.paths);
+        self
+    }
+
+    /// Applies a layer to the routes so far.
+    pub(crate) fn map(mut self, f: impl FnOnce(Router<Arc<HubState>>) -> Router<Arc<HubState>>) -> Routes {
+        self.router = f(self.router);
+        self
+    }
 }
 
 /// Serves until `shutdown` completes.
@@ -103,7 +144,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await.context("Failed to serve the hub")
+    axum::serve(listener, app(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("Failed to serve the hub")
 }
 
 async fn health(State(state): State<Arc<HubState>>) -> impl IntoResponse {
@@ -122,6 +166,13 @@ async fn health(State(state): State<Arc<HubState>>) -> impl IntoResponse {
 
 async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], OPENAPI)
+}
+
+async fn metrics(State(state): State<Arc<HubState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))],
+        state.door.metrics.render(),
+    )
 }
 
 /// An API error: a status and a message saying what was wrong and what to do.
@@ -155,26 +206,6 @@ impl From<CaseError> for ApiError {
     }
 }
 
-/// Who is calling, by bearer token.
-pub(crate) fn caller<'a>(state: &'a HubState, headers: &HeaderMap) -> Result<&'a Caller, ApiError> {
-    let unauthorised = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_owned());
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| unauthorised("send the API token as `Authorization: Bearer <token>`"))?;
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| unauthorised("the Authorization header must be `Bearer <token>`"))?;
-    let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-    // Comparing digests: a timing difference reveals nothing about a token.
-    state
-        .callers
-        .iter()
-        .find(|c| c.token_sha256 == digest)
-        .ok_or_else(|| unauthorised("this API token is not known to the hub"))
-}
-
 pub(crate) fn case_hub(state: &HubState) -> Result<Arc<CaseHub>, ApiError> {
     state
         .cases
@@ -195,8 +226,8 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-async fn list_cases(State(state): State<Arc<HubState>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let c = caller(&state, &headers)?.clone();
+async fn list_cases(State(state): State<Arc<HubState>>, Caller(c): Caller) -> Result<Response, ApiError> {
+    require(&c, Permission::CaseRead)?;
     let hub = case_hub(&state)?;
     let list = blocking(move || hub.list_cases(&c.user, &c.org)).await?;
     Ok(axum::Json(list).into_response())
@@ -204,10 +235,10 @@ async fn list_cases(State(state): State<Arc<HubState>>, headers: HeaderMap) -> R
 
 async fn read_case(
     State(state): State<Arc<HubState>>,
-    headers: HeaderMap,
+    Caller(c): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let c = caller(&state, &headers)?.clone();
+    require(&c, Permission::CaseRead)?;
     let id = case_id(&id)?;
     let hub = case_hub(&state)?;
     let view = blocking(move || hub.read_case(&c.user, &c.org, id)).await?;
@@ -217,10 +248,10 @@ async fn read_case(
 /// An attachment of a case (an X-ray preview for the doctor's app, a DICOM object...).
 async fn read_attachment(
     State(state): State<Arc<HubState>>,
-    headers: HeaderMap,
+    Caller(c): Caller,
     Path((id, sha)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let c = caller(&state, &headers)?.clone();
+    require(&c, Permission::ImageRead)?;
     let id = case_id(&id)?;
     let hub = case_hub(&state)?;
     let (data, media) = blocking(move || hub.read_attachment(&c.user, &c.org, id, &sha)).await?;
@@ -238,17 +269,72 @@ async fn read_attachment(
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AccessLogQuery {
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// Who accessed a case: for the organisation's administrators (and auditors).
+async fn access_log(
+    State(state): State<Arc<HubState>>,
+    Caller(c): Caller,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<AccessLogQuery>,
+) -> Result<Response, ApiError> {
+    require(&c, Permission::AuditRead)?;
+    let fhir = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("fhir") => true,
+        Some(other) => {
+            return Err(ApiError(StatusCode::BAD_REQUEST, format!("format {other:?} is not known; use json or fhir")));
+        }
+    };
+    let id = case_id(&id)?;
+    let hub = case_hub(&state)?;
+    let entries = blocking(move || hub.access_log(&c.user, &c.org, id)).await?;
+    if fhir {
+        // A FHIR searchset Bundle of AuditEvents, for FHIR tooling.
+        let bundle = serde_json::json!({
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": entries.len(),
+            "entry": entries
+                .iter()
+                .map(|e| serde_json::json!({ "resource": audit::export::fhir_audit_event(e, "medvan-hub") }))
+                .collect::<Vec<_>>(),
+        });
+        return Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json"))], bundle.to_string())
+            .into_response());
+    }
+    let list: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "seq": e.seq,
+                "at": audit::export::ecs(e, "medvan-hub")["@timestamp"],
+                "user": e.actor,
+                "action": e.action,
+                "outcome": e.outcome.as_str(),
+                "detail": e.detail,
+            })
+        })
+        .collect();
+    Ok(axum::Json(list).into_response())
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EditRequest {
     edits: Vec<Edit>,
 }
 
 async fn edit_case(
     State(state): State<Arc<HubState>>,
-    headers: HeaderMap,
+    Caller(c): Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let c = caller(&state, &headers)?.clone();
+    require(&c, Permission::CaseWrite)?;
     let id = case_id(&id)?;
     let req: EditRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError(

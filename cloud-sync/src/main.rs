@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use case_model::{CaseId, OrgId, UserId};
 use clap::{Parser, Subcommand};
+use cloud_sync::identity::roles::Role;
 use sync_quic::identity::DeviceId;
 use tracing_subscriber::EnvFilter;
 
@@ -34,15 +35,14 @@ enum Command {
     /// Cases.
     #[command(subcommand)]
     Case(CaseCommand),
-    /// Make a token for a caller of the case API; prints the token and its config entry.
-    ApiToken {
-        /// The user id recorded on their edits (e.g. dr.ana@org-north).
-        user: String,
-        /// Their organisation.
-        org: String,
-    },
+    /// Accounts: the first administrator of an organisation, password links, disabling.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Walk the audit log's hash chain and report the first bad entry, if any.
     VerifyAudit,
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Print an example config file.
     ExampleConfig,
 }
@@ -80,6 +80,61 @@ enum VanCommand {
         org: String,
         /// The van.
         van: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Print the log as JSON lines: Elastic Common Schema documents (for Filebeat) or FHIR
+    /// R4 AuditEvent resources (NDJSON). Each carries its entry's chain hashes.
+    Export {
+        /// `ecs` or `fhir`.
+        #[arg(long, default_value = "ecs")]
+        format: String,
+        /// Only entries after this position (the last one a previous export printed).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create an account. Prints a single-use link token for its first password (valid 72
+    /// hours; redeemed at POST /api/v1/auth/password/reset), unless --password-stdin.
+    Add {
+        /// The organisation.
+        org: String,
+        /// The user name (letters, digits, '.', '_', '-', ':', '@').
+        username: String,
+        /// A role: paramedic, doctor, dispatcher, billing_clerk, admin, fleet_manager, patient
+        /// (repeat for several). Doctors and admins must enrol an authenticator app.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Their e-mail address, for password reset links.
+        #[arg(long)]
+        email: Option<String>,
+        /// Read the first password from standard input instead of printing a link token.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Print a single-use password reset link token (valid 30 minutes).
+    ResetLink {
+        /// The organisation.
+        org: String,
+        /// The user name.
+        username: String,
+    },
+    /// Disable an account and end its logins.
+    Disable {
+        /// The organisation.
+        org: String,
+        /// The user name.
+        username: String,
+    },
+    /// List an organisation's accounts.
+    List {
+        /// The organisation.
+        org: String,
     },
 }
 
@@ -130,28 +185,14 @@ fn audit_admin(hub: &cloud_sync::fleet::Hub, action: &str, detail: String) -> an
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    // These need no config.
-    match &cli.command {
-        Command::ExampleConfig => {
-            print!("{}", cloud_sync::config::EXAMPLE);
-            return Ok(());
-        }
-        Command::ApiToken { user, org } => {
-            UserId::parse(user)?;
-            OrgId::parse(org)?;
-            let mut secret = [0u8; 32];
-            rand::fill(&mut secret);
-            let token = format!("mvh_{}", hex::encode(secret));
-            let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
-            println!("token (give it to the user; it is not stored): {token}");
-            println!("\n[[api_users]]\nuser = \"{user}\"\norg = \"{org}\"\ntoken_sha256 = \"{digest}\"");
-            return Ok(());
-        }
-        _ => {}
+    // This needs no config.
+    if let Command::ExampleConfig = &cli.command {
+        print!("{}", cloud_sync::config::EXAMPLE);
+        return Ok(());
     }
     let config = cloud_sync::config::Config::load(&cli.config)?;
     match cli.command {
-        Command::ExampleConfig | Command::ApiToken { .. } => unreachable!("handled above"),
+        Command::ExampleConfig => unreachable!("handled above"),
         Command::Init => {
             let fp = cloud_sync::fleet::init(&config)?;
             println!("fleet CA fingerprint: {fp}");
@@ -202,6 +243,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("revoked {n} certificate(s) of {org}/{van}");
             Ok(())
         }
+        Command::User(cmd) => user_command(&config, cmd),
+        Command::Audit(AuditCommand::Export { format, after }) => {
+            let fhir = match format.as_str() {
+                "ecs" => false,
+                "fhir" => true,
+                other => anyhow::bail!("--format {other:?} is not known; use ecs or fhir"),
+            };
+            let hub = cloud_sync::fleet::Hub::open(&config)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut next = after;
+            loop {
+                let page = hub.storage.audit_entries(next, 1000)?;
+                let Some(last) = page.last() else { break };
+                next = last.seq;
+                for e in &page {
+                    let doc = if fhir {
+                        audit::export::fhir_audit_event(e, "medvan-hub")
+                    } else {
+                        audit::export::ecs(e, "medvan-hub")
+                    };
+                    std::io::Write::write_all(&mut out, format!("{doc}\n").as_bytes())?;
+                }
+            }
+            std::io::Write::flush(&mut out)?;
+            audit_admin(&hub, "audit.export", format!("format={format} after={after} through={next}"))
+        }
         Command::Case(CaseCommand::Assign { org, case, van }) => {
             let hub = cloud_sync::fleet::Hub::open(&config)?;
             let case = CaseId::parse(&case)?;
@@ -217,7 +284,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(async move {
                 let shutdown = shutdown_signal()?;
                 let hub = cloud_sync::fleet::Hub::open(&config)?;
-                let state = cloud_sync::HubState::open(&config)?.with_cases(hub.cases.clone());
+                let state = cloud_sync::HubState::open(&config)?.with_hub(&hub);
                 let listener = tokio::net::TcpListener::bind(config.hub.listen)
                     .await
                     .with_context(|| format!("Failed to listen on {}", config.hub.listen))?;
@@ -233,6 +300,72 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::info!("hub stopped cleanly");
                 Ok(())
             })
+        }
+    }
+}
+
+fn now_s() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn user_command(config: &cloud_sync::config::Config, cmd: UserCommand) -> anyhow::Result<()> {
+    let hub = cloud_sync::fleet::Hub::open(config)?;
+    let id = &hub.identity;
+    let actor = admin();
+    match cmd {
+        UserCommand::Add { org, username, roles, email, password_stdin } => {
+            let roles = roles
+                .iter()
+                .map(|r| {
+                    Role::parse(r).with_context(|| {
+                        let all: Vec<&str> = Role::ALL.iter().map(|r| r.name()).collect();
+                        format!("{r:?} is not a role; use one of {}", all.join(", "))
+                    })
+                })
+                .collect::<anyhow::Result<Vec<Role>>>()?;
+            let (org, user) = (OrgId::parse(&org)?, UserId::parse(&username)?);
+            let token = id.add_user(actor.as_str(), &org, &user, &roles, email, now_s())?;
+            if password_stdin {
+                let mut password = String::new();
+                std::io::stdin().read_line(&mut password).context("Failed to read the password from stdin")?;
+                id.redeem_reset(&token, password.trim_end_matches(['\r', '\n']), now_s())?;
+                println!("created {user} in {org} with the password given");
+            } else {
+                println!("created {user} in {org}; first-password link token (valid 72 h, shown once):\n{token}");
+            }
+            if roles.iter().any(|r| r.needs_mfa()) {
+                println!("{user} must enrol an authenticator app at first login.");
+            }
+            Ok(())
+        }
+        UserCommand::ResetLink { org, username } => {
+            let token = id.reset_link(
+                actor.as_str(),
+                &OrgId::parse(&org)?,
+                &UserId::parse(&username)?,
+                now_s(),
+                cloud_sync::identity::RESET_LINK_S,
+            )?;
+            println!("{token}");
+            Ok(())
+        }
+        UserCommand::Disable { org, username } => {
+            id.disable_user(actor.as_str(), &OrgId::parse(&org)?, &UserId::parse(&username)?, now_s())?;
+            println!("disabled {username} in {org}; their logins are ended");
+            Ok(())
+        }
+        UserCommand::List { org } => {
+            for u in id.users(&OrgId::parse(&org)?)? {
+                let roles: Vec<&str> = u.roles.iter().map(|r| r.name()).collect();
+                println!(
+                    "{}\t{}\t{}{}",
+                    u.username,
+                    roles.join(","),
+                    if u.mfa_enrolled { "mfa" } else { "no-mfa" },
+                    if u.disabled { "\tdisabled" } else { "" }
+                );
+            }
+            Ok(())
         }
     }
 }

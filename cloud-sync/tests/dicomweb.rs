@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use case_model::{CaseId, EditContext, OrgId, Timestamp, UserId, VanId};
+use case_model::{CaseId, OrgId, UserId};
 use cloud_sync::config::Config;
 use cloud_sync::{HubState, app};
 use http_body_util::BodyExt;
@@ -22,6 +22,7 @@ struct World {
     _vdir: tempfile::TempDir,
     config: Config,
     hub: cloud_sync::fleet::Hub,
+    doctors: common::Doctors,
     case: CaseId,
     temp_id: String,
 }
@@ -30,26 +31,13 @@ struct World {
 /// org-north has synced.
 fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
-    let (config, hub) = common::two_org_hub(dir.path());
+    let (config, hub, doctors) = common::two_org_hub(dir.path());
     let vdir = tempfile::tempdir().unwrap();
-    let key = vdir.path().join("k");
-    case_store::generate_key_file(&key).unwrap();
-    let mut sc = case_store::StoreConfig::new(vdir.path().join("d"), key, VanId::parse("van-1").unwrap());
-    sc.create_if_missing = true;
-    let store = case_store::Store::open(sc).unwrap();
-    let view = store.create_case(&ctx(), &OrgId::parse("org-north").unwrap()).unwrap();
-    let device = sync_quic::identity::DeviceId::new("org-north", "van-1").unwrap();
-    common::pump(
-        &mut edge_agent::sync::StoreReplica::new(store.clone(), "hub").unwrap(),
-        &mut hub.cases.replica_for(&device),
-    );
+    let (store, view) = common::van_case(&hub, vdir.path());
     store.close();
-    World { _dir: dir, _vdir: vdir, config, hub, case: view.id, temp_id: view.temp_patient_id.unwrap() }
+    World { _dir: dir, _vdir: vdir, config, hub, doctors, case: view.id, temp_id: view.temp_patient_id.unwrap() }
 }
 
-fn ctx() -> EditContext {
-    EditContext { user: UserId::parse("ana").unwrap(), now: Timestamp::from_unix_millis(1_800_000_000_000) }
-}
 
 /// The DX object a van makes for `case`, JPEG-LS and native.
 fn dx(case: CaseId, patient_id: &str) -> (Vec<u8>, Vec<u8>) {
@@ -71,19 +59,19 @@ async fn an_independent_dicomweb_client_stores_finds_retrieves_and_compares_pixe
     // header without the port).
     let mut config = w.config.clone();
     config.hub.public_url = Some(format!("http://{addr}"));
-    let state = HubState::open(&config).unwrap().with_cases(w.hub.cases.clone());
+    let state = HubState::open(&config).unwrap().with_hub(&w.hub);
     let server = tokio::spawn(async move { axum::serve(listener, app(state)).await });
     let files = tempfile::tempdir().unwrap();
     let (jls, native) = dx(w.case, &w.temp_id);
     std::fs::write(files.path().join("dx.dcm"), &jls).unwrap();
     std::fs::write(files.path().join("native.dcm"), &native).unwrap();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dicomweb_check.py");
-    let (py, dir) = (python(), files.path().to_owned());
+    let (py, dir, doctors) = (python(), files.path().to_owned(), w.doctors.clone());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(py)
             .arg(script)
             .arg(format!("http://{addr}/dicomweb"))
-            .args(["tok-north", "tok-south"])
+            .args([&doctors.north, &doctors.south])
             .arg(dir.join("dx.dcm"))
             .arg(dir.join("native.dcm"))
             .output()
@@ -130,8 +118,8 @@ async fn an_independent_dicomweb_client_stores_finds_retrieves_and_compares_pixe
     }
     // The doctor's app reads the case's images through the case API; no one else does,
     // and no cache keeps them.
-    let router = app(HubState::open(&w.config).unwrap().with_cases(w.hub.cases.clone()));
-    let get = |token: &'static str| {
+    let router = app(HubState::open(&w.config).unwrap().with_hub(&w.hub));
+    let get = |token: &str| {
         let req = Request::builder()
             .uri(format!("/api/v1/cases/{}/attachments/{sha}", w.case))
             .header("authorization", format!("Bearer {token}"))
@@ -139,21 +127,26 @@ async fn an_independent_dicomweb_client_stores_finds_retrieves_and_compares_pixe
             .unwrap();
         router.clone().oneshot(req)
     };
-    let resp = get("tok-north").await.unwrap();
+    let resp = get(&w.doctors.north).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "application/dicom");
     assert_eq!(resp.headers()["cache-control"], "no-store");
     assert_eq!(resp.into_body().collect().await.unwrap().to_bytes().as_ref(), jls.as_slice());
-    assert_eq!(get("tok-south").await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(get(&w.doctors.south).await.unwrap().status(), StatusCode::NOT_FOUND);
     server.abort();
 }
 
 /// One STOW-RS request through the router: its status, body and how long it took.
-async fn stow(router: &axum::Router, content_type: &str, body: Vec<u8>) -> (StatusCode, serde_json::Value, Duration) {
+async fn stow(
+    router: &axum::Router,
+    token: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (StatusCode, serde_json::Value, Duration) {
     let req = Request::builder()
         .method("POST")
         .uri("/dicomweb/studies")
-        .header("authorization", "Bearer tok-north")
+        .header("authorization", format!("Bearer {token}"))
         .header("content-type", content_type)
         .body(Body::from(body))
         .unwrap();
@@ -180,26 +173,32 @@ const MULTIPART: &str = "multipart/related; type=\"application/dicom\"; boundary
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_hostile_objects_are_refused_with_a_reason_and_the_hub_keeps_going() {
     let w = world();
-    let router = app(HubState::open(&w.config).unwrap().with_cases(w.hub.cases.clone()));
+    let router = app(HubState::open(&w.config).unwrap().with_hub(&w.hub));
     let (good, _) = dx(w.case, &w.temp_id);
     let reason = |v: &serde_json::Value| v["00081198"]["Value"][0]["00081197"]["Value"][0].as_u64();
     let words =
         |v: &serde_json::Value| v["00081198"]["Value"][0]["00091001"]["Value"][0].as_str().unwrap_or("").to_owned();
 
     // Not multipart at all, or multipart of something else: 415 with what to send.
-    let (s, b, _) = stow(&router, "application/dicom", good.clone()).await;
+    let (s, b, _) = stow(&router, &w.doctors.north, "application/dicom", good.clone()).await;
     assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{b}");
     assert!(b["error"].as_str().unwrap().contains("multipart/related"));
-    let (s, _, _) =
-        stow(&router, "multipart/related; type=\"application/dicom+json\"; boundary=XB", multipart(&[b"{}"])).await;
+    let (s, _, _) = stow(
+        &router,
+        &w.doctors.north,
+        "multipart/related; type=\"application/dicom+json\"; boundary=XB",
+        multipart(&[b"{}"]),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     // Broken framing: 400 naming the problem.
-    let (s, b, _) = stow(&router, "multipart/related; type=\"application/dicom\"", multipart(&[&good])).await;
+    let (s, b, _) =
+        stow(&router, &w.doctors.north, "multipart/related; type=\"application/dicom\"", multipart(&[&good])).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(b["error"].as_str().unwrap().contains("boundary"), "{b}");
     let mut open_ended = multipart(&[&good]);
     open_ended.truncate(open_ended.len() - 8);
-    let (s, _, _) = stow(&router, MULTIPART, open_ended).await;
+    let (s, _, _) = stow(&router, &w.doctors.north, MULTIPART, open_ended).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 
     // Objects that are not whole, consistent images: 409 (nothing stored) with a DICOM
@@ -224,7 +223,7 @@ async fn malformed_and_hostile_objects_are_refused_with_a_reason_and_the_hub_kee
         ("random after DICM", junk_dicm),
         ("empty", Vec::new()),
     ] {
-        let (s, b, took) = stow(&router, MULTIPART, multipart(&[&body])).await;
+        let (s, b, took) = stow(&router, &w.doctors.north, MULTIPART, multipart(&[&body])).await;
         assert_eq!(s, StatusCode::CONFLICT, "{name}: {b}");
         assert!(reason(&b).is_some(), "{name}: no failure reason in {b}");
         assert!(!words(&b).is_empty(), "{name}: {b}");
@@ -232,15 +231,15 @@ async fn malformed_and_hostile_objects_are_refused_with_a_reason_and_the_hub_kee
         println!("{name}: {:#06x} {}", reason(&b).unwrap(), words(&b));
     }
     // A good object next to a bad one: 202, the good one stored.
-    let (s, b, _) = stow(&router, MULTIPART, multipart(&[&good, b"not dicom"])).await;
+    let (s, b, _) = stow(&router, &w.doctors.north, MULTIPART, multipart(&[&good, b"not dicom"])).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{b}");
     assert_eq!(b["00081199"]["Value"].as_array().unwrap().len(), 1);
     // The same object again is fine; a different object under its SOP Instance UID is not.
-    let (s, _, _) = stow(&router, MULTIPART, multipart(&[&good])).await;
+    let (s, _, _) = stow(&router, &w.doctors.north, MULTIPART, multipart(&[&good])).await;
     assert_eq!(s, StatusCode::OK);
     let (mut other, _) = dx(w.case, "SOMEONE-ELSE");
     other.truncate(other.len());
-    let (s, b, _) = stow(&router, MULTIPART, multipart(&[&other])).await;
+    let (s, b, _) = stow(&router, &w.doctors.north, MULTIPART, multipart(&[&other])).await;
     assert_eq!(s, StatusCode::CONFLICT, "{b}");
     assert_eq!(reason(&b), Some(0x0111));
     // Without a token, nothing.
@@ -254,9 +253,9 @@ async fn malformed_and_hostile_objects_are_refused_with_a_reason_and_the_hub_kee
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_wado_rs_serves_passes_dciodvfy_in_both_transfer_syntaxes() {
     let w = world();
-    let router = app(HubState::open(&w.config).unwrap().with_cases(w.hub.cases.clone()));
+    let router = app(HubState::open(&w.config).unwrap().with_hub(&w.hub));
     let (good, _) = dx(w.case, &w.temp_id);
-    let (s, b, _) = stow(&router, MULTIPART, multipart(&[&good])).await;
+    let (s, b, _) = stow(&router, &w.doctors.north, MULTIPART, multipart(&[&good])).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let url = b["00081199"]["Value"][0]["00081190"]["Value"][0].as_str().unwrap().to_owned();
     let path = &url[url.find("/dicomweb").unwrap()..];
@@ -267,7 +266,7 @@ async fn what_wado_rs_serves_passes_dciodvfy_in_both_transfer_syntaxes() {
     ] {
         let req = Request::builder()
             .uri(path)
-            .header("authorization", "Bearer tok-north")
+            .header("authorization", format!("Bearer {}", w.doctors.north))
             .header("accept", accept)
             .body(Body::empty())
             .unwrap();

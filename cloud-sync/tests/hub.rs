@@ -50,28 +50,15 @@ mod common;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn doctors_read_and_edit_their_organisations_cases_by_token_and_see_no_others() {
-    use case_model::{OrgId, UserId, VanId};
     let dir = tempfile::tempdir().unwrap();
-    let (config, hub) = common::two_org_hub(dir.path());
+    let (config, hub, doctors) = common::two_org_hub(dir.path());
     // A van uploads a case.
     let vdir = tempfile::tempdir().unwrap();
-    let key = vdir.path().join("k");
-    case_store::generate_key_file(&key).unwrap();
-    let mut sc = case_store::StoreConfig::new(vdir.path().join("d"), key, VanId::parse("van-1").unwrap());
-    sc.create_if_missing = true;
-    let store = case_store::Store::open(sc).unwrap();
-    let ctx = case_model::EditContext {
-        user: UserId::parse("ana").unwrap(),
-        now: case_model::Timestamp::from_unix_millis(1_800_000_000_000),
-    };
-    let case = store.create_case(&ctx, &OrgId::parse("org-north").unwrap()).unwrap().id;
+    let (store, view) = common::van_case(&hub, vdir.path());
+    let case = view.id;
     let device = sync_quic::identity::DeviceId::new("org-north", "van-1").unwrap();
-    common::pump(
-        &mut edge_agent::sync::StoreReplica::new(store.clone(), "hub").unwrap(),
-        &mut hub.cases.replica_for(&device),
-    );
 
-    let router = app(HubState::open(&config).unwrap().with_cases(hub.cases.clone()));
+    let router = app(HubState::open(&config).unwrap().with_hub(&hub));
     let call = |method: &str, uri: String, token: Option<&str>, body: Option<serde_json::Value>| {
         let router = router.clone();
         let mut req = Request::builder().method(method).uri(uri);
@@ -94,27 +81,29 @@ async fn doctors_read_and_edit_their_organisations_cases_by_token_and_see_no_oth
     assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
     let (status, _) = call("GET", format!("/api/v1/cases/{case}"), Some("tok-wrong"), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, body) = call("GET", format!("/api/v1/cases/{case}"), Some("tok-north"), None).await;
+    let (status, body) = call("GET", format!("/api/v1/cases/{case}"), Some(doctors.north.as_str()), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["id"], case.to_string());
     // The other organisation's doctor cannot tell the case exists.
-    let (status, _) = call("GET", format!("/api/v1/cases/{case}"), Some("tok-south"), None).await;
+    let (status, _) = call("GET", format!("/api/v1/cases/{case}"), Some(doctors.south.as_str()), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (_, list) = call("GET", "/api/v1/cases".into(), Some("tok-south"), None).await;
+    let (_, list) = call("GET", "/api/v1/cases".into(), Some(doctors.south.as_str()), None).await;
     assert_eq!(list.as_array().unwrap().len(), 0);
     let note = serde_json::json!({"edits": [{"op": "add_note", "text": "splint, x-ray on arrival"}]});
-    let (status, _) = call("POST", format!("/api/v1/cases/{case}/edits"), Some("tok-south"), Some(note.clone())).await;
+    let (status, _) =
+        call("POST", format!("/api/v1/cases/{case}/edits"), Some(doctors.south.as_str()), Some(note.clone())).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // A bad edit is refused with a reason, and nothing is written.
     let (status, body) = call(
         "POST",
         format!("/api/v1/cases/{case}/edits"),
-        Some("tok-north"),
+        Some(doctors.north.as_str()),
         Some(serde_json::json!({"edits": [{"op": "add_note"}]})),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    let (status, body) = call("POST", format!("/api/v1/cases/{case}/edits"), Some("tok-north"), Some(note)).await;
+    let (status, body) =
+        call("POST", format!("/api/v1/cases/{case}/edits"), Some(doctors.north.as_str()), Some(note)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["notes"][0]["text"], "splint, x-ray on arrival");
     assert_eq!(body["notes"][0]["by"], "dr.ana");
@@ -123,6 +112,10 @@ async fn doctors_read_and_edit_their_organisations_cases_by_token_and_see_no_oth
         &mut edge_agent::sync::StoreReplica::new(store.clone(), "hub").unwrap(),
         &mut hub.cases.replica_for(&device),
     );
+    let ctx = case_model::EditContext {
+        user: case_model::UserId::parse("ana").unwrap(),
+        now: case_model::Timestamp::from_unix_millis(1_800_000_000_000),
+    };
     assert_eq!(store.read_case(&ctx, case).unwrap().notes.len(), 1);
     let trail = hub.storage.audit_of_case(&case.to_string()).unwrap();
     assert!(trail.iter().any(|e| e.actor == "dr.sam" && e.outcome == audit::Outcome::Refused), "{trail:?}");

@@ -44,7 +44,7 @@ async fn certificates_renew_before_expiry_and_a_lapsed_van_re_enrols_without_a_r
     let now = OffsetDateTime::now_utc();
     let ca = FleetCa::generate("fleet", now - TimeDuration::days(1), now + TimeDuration::days(365)).unwrap();
     // Device certificates last a day here.
-    let hub = Hub::assemble(storage.clone(), sealer, ca, 1, "hub.test");
+    let hub = Hub::assemble(storage.clone(), sealer, ca, 1, "hub.test").unwrap();
     let admin = UserId::parse("admin").unwrap();
     let org = OrgId::parse("org-north").unwrap();
     hub.cases.create_org(&admin, &org, "North").unwrap();

@@ -99,7 +99,7 @@ async fn every_attack_is_refused_with_a_logged_reason_while_other_vans_keep_sync
     let storage = Arc::new(SqliteStorage::open(&dir.path().join("hub"), &sealer).unwrap());
     let now = OffsetDateTime::now_utc();
     let ca = FleetCa::generate("fleet", now - TimeDuration::days(1), now + TimeDuration::days(365)).unwrap();
-    let hub = Hub::assemble(storage.clone(), sealer, ca, 90, "hub.test");
+    let hub = Hub::assemble(storage.clone(), sealer, ca, 90, "hub.test").unwrap();
     let admin = UserId::parse("admin").unwrap();
     let north = OrgId::parse("org-north").unwrap();
     hub.cases.create_org(&admin, &north, "North").unwrap();

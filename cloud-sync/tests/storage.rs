@@ -351,7 +351,7 @@ fn the_registry_persists_tokens_certificates_and_revocations(b: Backend) {
     let (cert, key) = ca.to_der();
     b.storage.save_ca(&cert, &b.sealer.seal(b"fleet-ca-key", &key)).unwrap();
     assert!(matches!(b.storage.save_ca(&cert, &key), Err(StorageError::CaExists)), "never replaced");
-    let hub = Hub::assemble(b.storage.clone(), b.sealer.clone(), ca, 90, "hub.test");
+    let hub = Hub::assemble(b.storage.clone(), b.sealer.clone(), ca, 90, "hub.test").unwrap();
     let device = DeviceId::new("org-north", "van-4").unwrap();
     let token = hub.enroller.issue(device.clone(), now.unix_timestamp() + 600).unwrap().encode();
     let (_k, csr) = sync_quic::identity::new_device_key().unwrap();
@@ -364,7 +364,8 @@ fn the_registry_persists_tokens_certificates_and_revocations(b: Backend) {
         FleetCa::from_der(&hub.ca.to_der().0, &hub.ca.to_der().1).unwrap(),
         90,
         "hub.test",
-    );
+    )
+    .unwrap();
     hub2.enroller.redeem(&token, &csr, now).unwrap();
     let (_k2, other) = sync_quic::identity::new_device_key().unwrap();
     assert_eq!(hub2.enroller.redeem(&token, &other, now).unwrap_err(), EnrolError::AlreadyUsed);

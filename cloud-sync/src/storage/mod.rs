@@ -150,6 +150,23 @@ pub struct DicomRow {
     pub stored_at: i64,
 }
 
+/// One identity record as stored: an account, a login session, a signing key, a reset
+/// token. Its body is sealed by the caller; its kind, id and organisation are in clear so
+/// records can be found, and hold nothing clinical.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityRow {
+    /// What it is (`user`, `session`, `signing_key`, `reset`).
+    pub kind: String,
+    /// Its key within its kind.
+    pub id: String,
+    /// The organisation it belongs to (empty for the hub's own records).
+    pub org: String,
+    /// The number of writes so far (optimistic concurrency).
+    pub version: i64,
+    /// The sealed body.
+    pub sealed: Vec<u8>,
+}
+
 /// The storage interface the hub runs on.
 pub trait Storage: Registry {
     /// The fleet CA, if the hub has one.
@@ -211,10 +228,31 @@ pub trait Storage: Registry {
     /// An organisation's DICOM instances: of one study, or all, in filing order.
     fn dicom_instances(&self, org: &str, study: Option<&str>) -> Result<Vec<DicomRow>, StorageError>;
 
+    /// An identity record.
+    fn identity(&self, kind: &str, id: &str) -> Result<Option<IdentityRow>, StorageError>;
+    /// The identity records of one kind in one organisation, by id.
+    fn identities(&self, kind: &str, org: &str) -> Result<Vec<IdentityRow>, StorageError>;
+    /// Writes an identity record if it is still at `expected_version` (0: it must not
+    /// exist), with `audit` in the same transaction; returns the new version, or
+    /// [`StorageError::Conflict`] when another writer came first.
+    fn put_identity(
+        &self,
+        kind: &str,
+        id: &str,
+        org: &str,
+        expected_version: i64,
+        sealed: &[u8],
+        audit: Option<&audit::Record>,
+    ) -> Result<i64, StorageError>;
+    /// Removes an identity record, with `audit` in the same transaction; whether it was there.
+    fn delete_identity(&self, kind: &str, id: &str, audit: Option<&audit::Record>) -> Result<bool, StorageError>;
+
     /// Appends an audit record on its own.
     fn audit(&self, record: &audit::Record) -> Result<(), StorageError>;
     /// Audit entries about a case, oldest first.
     fn audit_of_case(&self, case_id: &str) -> Result<Vec<audit::Entry>, StorageError>;
+    /// Up to `limit` audit entries after position `after`, oldest first.
+    fn audit_entries(&self, after: u64, limit: u32) -> Result<Vec<audit::Entry>, StorageError>;
     /// Walks the whole audit chain.
     fn verify_audit(&self) -> Result<Result<audit::ChainHead, audit::ChainError>, StorageError>;
 }

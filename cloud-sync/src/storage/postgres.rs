@@ -18,7 +18,7 @@ use sync_quic::registry::{Registry, RegistryError, Revocation, VOIDED, redeem};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
-use super::{Append, CaseMeta, DicomRow, Storage, StorageError, StoredCa, doc_from, doc_key};
+use super::{Append, CaseMeta, DicomRow, IdentityRow, Storage, StorageError, StoredCa, doc_from, doc_key};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
@@ -47,6 +47,10 @@ CREATE TABLE IF NOT EXISTS dicom_instances (
     sha BYTEA NOT NULL, size BIGINT NOT NULL, meta BYTEA NOT NULL, stored_at BIGINT NOT NULL,
     seq BIGSERIAL, PRIMARY KEY (org, sop_uid));
 CREATE INDEX IF NOT EXISTS dicom_by_study ON dicom_instances(org, study_uid);
+CREATE TABLE IF NOT EXISTS identities (
+    kind TEXT NOT NULL, id TEXT NOT NULL, org TEXT NOT NULL, version BIGINT NOT NULL, body BYTEA NOT NULL,
+    PRIMARY KEY (kind, id));
+CREATE INDEX IF NOT EXISTS identities_by_org ON identities(kind, org);
 CREATE TABLE IF NOT EXISTS audit_log (
     seq BIGINT PRIMARY KEY, at BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, case_id TEXT,
     outcome TEXT NOT NULL, detail TEXT NOT NULL, prev BYTEA NOT NULL, hash BYTEA NOT NULL);
@@ -671,6 +675,91 @@ impl Storage for PgStorage {
         })
     }
 
+    fn identity(&self, kind: &str, id: &str) -> Result<Option<IdentityRow>, StorageError> {
+        self.with(async |c| {
+            let row = c
+                .query_opt("SELECT org, version, body FROM identities WHERE kind = $1 AND id = $2", &[&kind, &id])
+                .await?;
+            Ok(row.map(|r| IdentityRow {
+                kind: kind.to_owned(),
+                id: id.to_owned(),
+                org: r.get(0),
+                version: r.get(1),
+                sealed: r.get(2),
+            }))
+        })
+    }
+
+    fn identities(&self, kind: &str, org: &str) -> Result<Vec<IdentityRow>, StorageError> {
+        self.with(async |c| {
+            let rows = c
+                .query(
+                    "SELECT id, version, body FROM identities WHERE kind = $1 AND org = $2 ORDER BY id",
+                    &[&kind, &org],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| IdentityRow {
+                    kind: kind.to_owned(),
+                    id: r.get(0),
+                    org: org.to_owned(),
+                    version: r.get(1),
+                    sealed: r.get(2),
+                })
+                .collect())
+        })
+    }
+
+    fn put_identity(
+        &self,
+        kind: &str,
+        id: &str,
+        org: &str,
+        expected_version: i64,
+        sealed: &[u8],
+        audit: Option<&audit::Record>,
+    ) -> Result<i64, StorageError> {
+        self.with(async |c| {
+            let tx = c.transaction().await?;
+            let changed = if expected_version == 0 {
+                tx.execute(
+                    "INSERT INTO identities (kind, id, org, version, body) VALUES ($1, $2, $3, 1, $4)
+                     ON CONFLICT DO NOTHING",
+                    &[&kind, &id, &org, &sealed],
+                )
+                .await?
+            } else {
+                tx.execute(
+                    "UPDATE identities SET body = $4, org = $3, version = version + 1
+                     WHERE kind = $1 AND id = $2 AND version = $5",
+                    &[&kind, &id, &org, &sealed, &expected_version],
+                )
+                .await?
+            };
+            if changed == 0 {
+                return Err(StorageError::Conflict);
+            }
+            if let Some(a) = audit {
+                append_audit(&tx, a).await?;
+            }
+            tx.commit().await?;
+            Ok(expected_version + 1)
+        })
+    }
+
+    fn delete_identity(&self, kind: &str, id: &str, audit: Option<&audit::Record>) -> Result<bool, StorageError> {
+        self.with(async |c| {
+            let tx = c.transaction().await?;
+            let n = tx.execute("DELETE FROM identities WHERE kind = $1 AND id = $2", &[&kind, &id]).await?;
+            if let Some(a) = audit {
+                append_audit(&tx, a).await?;
+            }
+            tx.commit().await?;
+            Ok(n > 0)
+        })
+    }
+
     fn audit_of_case(&self, case_id: &str) -> Result<Vec<audit::Entry>, StorageError> {
         self.with(async |c| {
             let rows = c
@@ -678,6 +767,19 @@ impl Storage for PgStorage {
                     "SELECT seq, at, actor, action, case_id, outcome, detail, prev, hash FROM audit_log
                      WHERE case_id = $1 ORDER BY seq",
                     &[&case_id],
+                )
+                .await?;
+            Ok(rows.iter().map(entry).collect())
+        })
+    }
+
+    fn audit_entries(&self, after: u64, limit: u32) -> Result<Vec<audit::Entry>, StorageError> {
+        self.with(async |c| {
+            let rows = c
+                .query(
+                    "SELECT seq, at, actor, action, case_id, outcome, detail, prev, hash FROM audit_log
+                     WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    &[&(after as i64), &i64::from(limit)],
                 )
                 .await?;
             Ok(rows.iter().map(entry).collect())

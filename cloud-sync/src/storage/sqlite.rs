@@ -17,7 +17,7 @@ use sync_quic::identity::DeviceId;
 use sync_quic::registry::{Registry, RegistryError, Revocation, VOIDED, redeem};
 
 use super::crypto::Sealer;
-use super::{Append, CaseMeta, DicomRow, Storage, StorageError, StoredCa, doc_from, doc_key};
+use super::{Append, CaseMeta, DicomRow, IdentityRow, Storage, StorageError, StoredCa, doc_from, doc_key};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS dicom_instances (
     sha BLOB NOT NULL, size INTEGER NOT NULL, meta BLOB NOT NULL, stored_at INTEGER NOT NULL,
     PRIMARY KEY (org, sop_uid));
 CREATE INDEX IF NOT EXISTS dicom_by_study ON dicom_instances(org, study_uid);
+CREATE TABLE IF NOT EXISTS identities (
+    kind TEXT NOT NULL, id TEXT NOT NULL, org TEXT NOT NULL, version INTEGER NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (kind, id));
+CREATE INDEX IF NOT EXISTS identities_by_org ON identities(kind, org);
 ";
 
 /// The embedded backend.
@@ -532,8 +536,87 @@ impl Storage for SqliteStorage {
         .collect()
     }
 
+    fn identity(&self, kind: &str, id: &str) -> Result<Option<IdentityRow>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT org, version, body FROM identities WHERE kind = ?1 AND id = ?2")?;
+        Ok(stmt
+            .query_row(params![kind, id], |r| {
+                Ok(IdentityRow {
+                    kind: kind.to_owned(),
+                    id: id.to_owned(),
+                    org: r.get(0)?,
+                    version: r.get(1)?,
+                    sealed: r.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn identities(&self, kind: &str, org: &str) -> Result<Vec<IdentityRow>, StorageError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT id, version, body FROM identities WHERE kind = ?1 AND org = ?2 ORDER BY id")?;
+        let rows = stmt.query_map(params![kind, org], |r| {
+            Ok(IdentityRow {
+                kind: kind.to_owned(),
+                id: r.get(0)?,
+                org: org.to_owned(),
+                version: r.get(1)?,
+                sealed: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn put_identity(
+        &self,
+        kind: &str,
+        id: &str,
+        org: &str,
+        expected_version: i64,
+        sealed: &[u8],
+        audit: Option<&audit::Record>,
+    ) -> Result<i64, StorageError> {
+        in_tx(&mut self.conn(), |tx| {
+            let changed = if expected_version == 0 {
+                tx.execute(
+                    "INSERT INTO identities (kind, id, org, version, body) VALUES (?1, ?2, ?3, 1, ?4)
+                     ON CONFLICT DO NOTHING",
+                    params![kind, id, org, sealed],
+                )?
+            } else {
+                tx.execute(
+                    "UPDATE identities SET body = ?4, org = ?3, version = version + 1
+                     WHERE kind = ?1 AND id = ?2 AND version = ?5",
+                    params![kind, id, org, sealed, expected_version],
+                )?
+            };
+            if changed == 0 {
+                return Err(StorageError::Conflict);
+            }
+            if let Some(a) = audit {
+                append_audit(tx, a)?;
+            }
+            Ok(expected_version + 1)
+        })
+    }
+
+    fn delete_identity(&self, kind: &str, id: &str, audit: Option<&audit::Record>) -> Result<bool, StorageError> {
+        in_tx(&mut self.conn(), |tx| {
+            let n = tx.execute("DELETE FROM identities WHERE kind = ?1 AND id = ?2", params![kind, id])?;
+            if let Some(a) = audit {
+                append_audit(tx, a)?;
+            }
+            Ok(n > 0)
+        })
+    }
+
     fn audit_of_case(&self, case_id: &str) -> Result<Vec<audit::Entry>, StorageError> {
         audit::for_case(&self.conn(), case_id).map_err(|e| StorageError::Database(e.to_string()))
+    }
+
+    fn audit_entries(&self, after: u64, limit: u32) -> Result<Vec<audit::Entry>, StorageError> {
+        audit::after(&self.conn(), after, limit).map_err(|e| StorageError::Database(e.to_string()))
     }
 
     fn verify_audit(&self) -> Result<Result<audit::ChainHead, audit::ChainError>, StorageError> {

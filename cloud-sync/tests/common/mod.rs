@@ -89,6 +89,18 @@ pub(crate) fn all_changes(store: &case_store::Store, case: case_model::CaseId) -
 /// id), `columns` x `rows`, JPEG-LS and native.
 #[allow(dead_code)]
 pub(crate) fn dx_object(case: case_model::CaseId, patient_id: &str, columns: u16, rows: u16) -> (Vec<u8>, Vec<u8>) {
+    dx_object_with(case, patient_id, columns, rows, (7, 8))
+}
+
+/// [`dx_object`] with the series and instance UIDs made from `uid_seeds`.
+#[allow(dead_code)]
+pub(crate) fn dx_object_with(
+    case: case_model::CaseId,
+    patient_id: &str,
+    columns: u16,
+    rows: u16,
+    uid_seeds: (u128, u128),
+) -> (Vec<u8>, Vec<u8>) {
     let raw = xray_sim::phantom::hand(columns, rows, 9);
     let frame = imaging::Frame {
         columns: raw.columns,
@@ -124,27 +136,84 @@ pub(crate) fn dx_object(case: case_model::CaseId, patient_id: &str, columns: u16
     };
     let uids = imaging::Uids {
         study: edge_agent::xray::study_uid(case),
-        series: imaging::uid_from_uuid(7),
-        instance: imaging::uid_from_uuid(8),
+        series: imaging::uid_from_uuid(uid_seeds.0),
+        instance: imaging::uid_from_uuid(uid_seeds.1),
     };
     let make = |enc| imaging::dicom_with(&image, &frame, &subject, view, &acq, &uids, enc).unwrap();
     (make(imaging::PixelEncoding::JpegLsLossless), make(imaging::PixelEncoding::Native))
 }
 
-/// A hub in `dir` with organisations `org-north` and `org-south`, and a doctor of each
-/// calling with a bearer token: `dr.ana` with `tok-north`, `dr.sam` with `tok-south`.
+/// RFC 4648 base32 (no padding), to read the TOTP secret an enrolment shows.
 #[allow(dead_code)]
-pub(crate) fn two_org_hub(dir: &std::path::Path) -> (cloud_sync::config::Config, cloud_sync::fleet::Hub) {
-    use sha2::Digest;
-    let digest = |t: &str| hex::encode(sha2::Sha256::digest(t.as_bytes()));
-    let config = cloud_sync::config::Config::parse(&format!(
-        "[hub]\ndata_dir = \"{}\"\n\n[[api_users]]\nuser = \"dr.ana\"\norg = \"org-north\"\ntoken_sha256 = \"{}\"\n\n\
-         [[api_users]]\nuser = \"dr.sam\"\norg = \"org-south\"\ntoken_sha256 = \"{}\"\n",
-        dir.display(),
-        digest("tok-north"),
-        digest("tok-south")
-    ))
-    .unwrap();
+pub(crate) fn base32_decode(s: &str) -> Vec<u8> {
+    let (mut bits, mut acc, mut out) = (0u32, 0u64, Vec::new());
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => panic!("not base32: {c}"),
+        };
+        acc = (acc << 5) | u64::from(v);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// The time now, seconds since the epoch.
+#[allow(dead_code)]
+pub(crate) fn now_s() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// Creates `user` in `org` with `roles` and a password, logs in (enrolling an authenticator
+/// where the roles need one) and returns the login's tokens and, if enrolled, the TOTP
+/// secret and the step of the code the enrolment used.
+#[allow(dead_code)]
+pub(crate) fn create_and_login(
+    id: &cloud_sync::identity::Identity,
+    org: &str,
+    user: &str,
+    roles: &[cloud_sync::identity::roles::Role],
+) -> (cloud_sync::identity::Tokens, Option<(Vec<u8>, u64)>) {
+    use cloud_sync::identity::LoginOutcome;
+    let (o, u) = (case_model::OrgId::parse(org).unwrap(), case_model::UserId::parse(user).unwrap());
+    let link = id.add_user("admin", &o, &u, roles, None, now_s()).unwrap();
+    id.redeem_reset(&link, PASSWORD, now_s()).unwrap();
+    match id.login(org, user, PASSWORD, None, now_s()).unwrap() {
+        LoginOutcome::Session(t) => (*t, None),
+        LoginOutcome::EnrolMfa { enrolment_token } => {
+            let setup = id.mfa_enrol(&enrolment_token, now_s()).unwrap();
+            let secret = base32_decode(&setup.secret);
+            let step = (now_s() / 30) as u64;
+            let code = format!("{:06}", accounts::totp::code_at(&secret, step));
+            (id.mfa_confirm(&enrolment_token, &code, now_s()).unwrap(), Some((secret, step)))
+        }
+    }
+}
+
+/// The password test accounts get.
+#[allow(dead_code)]
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
+
+/// Access tokens of the two organisations' doctors.
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub(crate) struct Doctors {
+    /// `dr.ana` of `org-north`.
+    pub(crate) north: String,
+    /// `dr.sam` of `org-south`.
+    pub(crate) south: String,
+}
+
+/// A hub in `dir` with organisations `org-north` and `org-south`, and a doctor of each
+/// logged in: `dr.ana` and `dr.sam`.
+#[allow(dead_code)]
+pub(crate) fn two_org_hub(dir: &std::path::Path) -> (cloud_sync::config::Config, cloud_sync::fleet::Hub, Doctors) {
+    let config = cloud_sync::config::Config::parse(&format!("[hub]\ndata_dir = \"{}\"\n", dir.display())).unwrap();
     cloud_sync::fleet::init(&config).unwrap();
     let hub = cloud_sync::fleet::Hub::open(&config).unwrap();
     for org in ["org-north", "org-south"] {
@@ -152,5 +221,30 @@ pub(crate) fn two_org_hub(dir: &std::path::Path) -> (cloud_sync::config::Config,
             .create_org(&case_model::UserId::parse("admin").unwrap(), &case_model::OrgId::parse(org).unwrap(), org)
             .unwrap();
     }
-    (config, hub)
+    let doctor = [cloud_sync::identity::roles::Role::Doctor];
+    let north = create_and_login(&hub.identity, "org-north", "dr.ana", &doctor).0.access_token;
+    let south = create_and_login(&hub.identity, "org-south", "dr.sam", &doctor).0.access_token;
+    (config, hub, Doctors { north, south })
+}
+
+/// A store of van `van-1` of org-north in `dir` that created a case (by `ana`), synced to
+/// `hub`: the store and the case as the van sees it.
+#[allow(dead_code)]
+pub(crate) fn van_case(
+    hub: &cloud_sync::fleet::Hub,
+    dir: &std::path::Path,
+) -> (case_store::Store, case_model::CaseView) {
+    let key = dir.join("k");
+    case_store::generate_key_file(&key).unwrap();
+    let mut sc = case_store::StoreConfig::new(dir.join("d"), key, case_model::VanId::parse("van-1").unwrap());
+    sc.create_if_missing = true;
+    let store = case_store::Store::open(sc).unwrap();
+    let ctx = case_model::EditContext {
+        user: case_model::UserId::parse("ana").unwrap(),
+        now: case_model::Timestamp::from_unix_millis(1_800_000_000_000),
+    };
+    let view = store.create_case(&ctx, &case_model::OrgId::parse("org-north").unwrap()).unwrap();
+    let device = sync_quic::identity::DeviceId::new("org-north", "van-1").unwrap();
+    pump(&mut edge_agent::sync::StoreReplica::new(store.clone(), "hub").unwrap(), &mut hub.cases.replica_for(&device));
+    (store, view)
 }

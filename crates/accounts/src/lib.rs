@@ -12,6 +12,6 @@ pub mod reset;
 pub mod totp;
 
 /// Whether two byte strings are equal, in time that depends on their length only.
-pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -10,7 +10,7 @@ pub const FIRST_WAIT_S: i64 = 30;
 pub const MAX_WAIT_S: i64 = 3600;
 
 /// The failure count of one account (or one address).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Attempts {
     failures: u32,
     /// No attempt is checked before this time (seconds).

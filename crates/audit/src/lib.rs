@@ -10,6 +10,7 @@
 //! the entries and checks that each new head extends the last one (signing them and sending
 //! them to the hub is the identity issue's, in progress).
 
+pub mod export;
 pub mod merkle;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -272,6 +273,14 @@ pub fn for_case(conn: &Connection, case_id: &str) -> Result<Vec<Entry>, AuditErr
         "SELECT seq, at, actor, action, case_id, outcome, detail, prev, hash FROM audit_log WHERE case_id = ?1 ORDER BY seq",
         Some(case_id),
     )
+}
+
+/// Up to `limit` entries after position `after`, oldest first (an export's next page).
+pub fn after(conn: &Connection, after: u64, limit: u32) -> Result<Vec<Entry>, AuditError> {
+    let sql = format!(
+        "SELECT seq, at, actor, action, case_id, outcome, detail, prev, hash FROM audit_log WHERE seq > {after} ORDER BY seq LIMIT {limit}"
+    );
+    query(conn, &sql, None)
 }
 
 /// The latest `limit` entries, newest first.

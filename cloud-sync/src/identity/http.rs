@@ -1,0 +1,312 @@
+//! The login routes (`/api/v1/auth/...`), the organisation's account administration
+//! (`/api/v1/admin/users`), and the token keys (`/.well-known/jwks.json`).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use case_model::UserId;
+use serde::Deserialize;
+
+use super::roles::{Permission, Role};
+use super::{Identity, IdentityError, LoginOutcome, RESET_LINK_S, SETUP_LINK_S, SecondFactor, Tokens};
+use crate::front_door::{Caller, SESSION_COOKIE, now_s, require};
+use crate::{ApiError, HubState};
+
+/// The routes of this module.
+pub(crate) fn routes() -> crate::Routes {
+    crate::Routes::default()
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/auth/refresh", post(refresh))
+        .route("/api/v1/auth/logout", post(logout))
+        .route("/api/v1/auth/me", get(me))
+        .route("/api/v1/auth/mfa/enrol", post(mfa_enrol))
+        .route("/api/v1/auth/mfa/confirm", post(mfa_confirm))
+        .route("/api/v1/auth/password/reset", post(password_reset))
+        .route("/api/v1/admin/users", get(list_users).post(add_user))
+        .route("/api/v1/admin/users/{username}/disable", post(disable_user))
+        .route("/api/v1/admin/users/{username}/reset-link", post(reset_link))
+}
+
+impl From<IdentityError> for ApiError {
+    fn from(e: IdentityError) -> Self {
+        let status = match &e {
+            IdentityError::BadCredentials | IdentityError::SecondFactorRequired | IdentityError::SecondFactor(_) => {
+                StatusCode::UNAUTHORIZED
+            }
+            IdentityError::BadToken(_) => StatusCode::UNAUTHORIZED,
+            IdentityError::LockedOut(_) => StatusCode::TOO_MANY_REQUESTS,
+            IdentityError::Disabled => StatusCode::FORBIDDEN,
+            IdentityError::WeakPassword(_) | IdentityError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            IdentityError::NoSuchUser(_) => StatusCode::NOT_FOUND,
+            IdentityError::Storage(crate::storage::StorageError::NoSuchOrg(_)) => StatusCode::NOT_FOUND,
+            IdentityError::Storage(_) => {
+                tracing::error!(error = %e, "identity storage failed");
+                return ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the hub could not reach its storage; nothing was changed, try again".into(),
+                );
+            }
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+fn identity(state: &HubState) -> Result<Arc<Identity>, ApiError> {
+    state
+        .identity
+        .clone()
+        .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "logins are not running on this hub".into()))
+}
+
+/// Runs blocking identity work (argon2, storage) off the async threads.
+async fn run<T: Send + 'static>(
+    state: &HubState,
+    f: impl FnOnce(&Identity) -> Result<T, IdentityError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let id = identity(state)?;
+    tokio::task::spawn_blocking(move || f(&id))
+        .await
+        .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the request failed inside the hub".into()))?
+        .map_err(ApiError::from)
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("the body must be JSON like {shape}: {e}")))
+}
+
+/// A login's answer: the tokens, and the session cookie for browsers.
+fn with_cookie(tokens: Tokens, max_age: i64) -> Response {
+    let cookie = if tokens.cookie.is_empty() {
+        None
+    } else {
+        HeaderValue::from_str(&format!(
+            "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}",
+            tokens.cookie
+        ))
+        .ok()
+    };
+    let mut resp = axum::Json(&tokens).into_response();
+    if let Some(c) = cookie {
+        resp.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn jwks(State(state): State<Arc<HubState>>) -> Result<Response, ApiError> {
+    let keys = identity(&state)?.jwks();
+    Ok(([(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"))], axum::Json(keys)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    org: String,
+    username: String,
+    password: String,
+    #[serde(default)]
+    totp: Option<String>,
+    #[serde(default)]
+    recovery_code: Option<String>,
+}
+
+async fn login(State(state): State<Arc<HubState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let req: LoginRequest =
+        json_body(&body, r#"{"org": "...", "username": "...", "password": "...", "totp": "123456"}"#)?;
+    let second = match (req.totp, req.recovery_code) {
+        (Some(code), _) => Some(SecondFactor::Totp(code)),
+        (None, Some(code)) => Some(SecondFactor::Recovery(code)),
+        (None, None) => None,
+    };
+    let id = identity(&state)?;
+    let outcome =
+        tokio::task::spawn_blocking(move || id.login(&req.org, &req.username, &req.password, second, now_s()))
+            .await
+            .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the request failed inside the hub".into()))?;
+    match outcome {
+        Ok(LoginOutcome::Session(tokens)) => {
+            let max_age = identity(&state)?.settings().absolute_timeout_s;
+            Ok(with_cookie(*tokens, max_age))
+        }
+        Ok(LoginOutcome::EnrolMfa { enrolment_token }) => Ok((
+            [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+            axum::Json(serde_json::json!({
+                "mfa_enrolment_required": true,
+                "enrolment_token": enrolment_token,
+                "next": "POST /api/v1/auth/mfa/enrol, then /api/v1/auth/mfa/confirm with a code from the app",
+            })),
+        )
+            .into_response()),
+        Err(IdentityError::LockedOut(s)) => {
+            let mut r = ApiError::from(IdentityError::LockedOut(s)).into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s.max(1) as u64));
+            Ok(r)
+        }
+        Err(IdentityError::SecondFactorRequired) => {
+            let mut r = (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(serde_json::json!({
+                    "error": IdentityError::SecondFactorRequired.to_string(),
+                    "second_factor_required": true,
+                })),
+            )
+                .into_response();
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"medvan-hub\""));
+            Ok(r)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshRequest {
+    refresh_token: String,
+}
+
+async fn refresh(State(state): State<Arc<HubState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let req: RefreshRequest = json_body(&body, r#"{"refresh_token": "..."}"#)?;
+    let tokens = run(&state, move |id| id.refresh(&req.refresh_token, now_s())).await?;
+    Ok(with_cookie(tokens, 0))
+}
+
+async fn logout(State(state): State<Arc<HubState>>, Caller(p): Caller) -> Result<Response, ApiError> {
+    run(&state, move |id| id.logout(&p.session, now_s())).await?;
+    let clear = format!("{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    if let Ok(v) = HeaderValue::from_str(&clear) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(r)
+}
+
+async fn me(Caller(p): Caller) -> Response {
+    let perms: Vec<Permission> = [
+        Permission::CaseRead,
+        Permission::CaseWrite,
+        Permission::ImageRead,
+        Permission::ImageWrite,
+        Permission::AuditRead,
+        Permission::UserAdmin,
+        Permission::FleetAdmin,
+    ]
+    .into_iter()
+    .filter(|x| p.can(*x))
+    .collect();
+    axum::Json(serde_json::json!({
+        "user": p.user.as_str(),
+        "org": p.org.as_str(),
+        "roles": p.roles,
+        "permissions": perms,
+    }))
+    .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrolRequest {
+    enrolment_token: String,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+async fn mfa_enrol(State(state): State<Arc<HubState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let req: EnrolRequest = json_body(&body, r#"{"enrolment_token": "..."}"#)?;
+    let setup = run(&state, move |id| id.mfa_enrol(&req.enrolment_token, now_s())).await?;
+    Ok(([(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], axum::Json(setup)).into_response())
+}
+
+async fn mfa_confirm(State(state): State<Arc<HubState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let req: EnrolRequest = json_body(&body, r#"{"enrolment_token": "...", "code": "123456"}"#)?;
+    let code = req.code.ok_or_else(|| {
+        ApiError(StatusCode::BAD_REQUEST, "send the code the authenticator app shows as \"code\"".into())
+    })?;
+    let tokens = run(&state, move |id| id.mfa_confirm(&req.enrolment_token, &code, now_s())).await?;
+    let max_age = identity(&state)?.settings().absolute_timeout_s;
+    Ok(with_cookie(tokens, max_age))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetRequest {
+    token: String,
+    password: String,
+}
+
+async fn password_reset(State(state): State<Arc<HubState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let req: ResetRequest = json_body(&body, r#"{"token": "...", "password": "..."}"#)?;
+    run(&state, move |id| id.redeem_reset(&req.token, &req.password, now_s())).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_users(State(state): State<Arc<HubState>>, Caller(p): Caller) -> Result<Response, ApiError> {
+    require(&p, Permission::UserAdmin)?;
+    let org = p.org.clone();
+    let list = run(&state, move |id| id.users(&org)).await?;
+    Ok(axum::Json(list).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddUserRequest {
+    username: String,
+    roles: Vec<Role>,
+    #[serde(default)]
+    email: Option<String>,
+}
+
+async fn add_user(
+    State(state): State<Arc<HubState>>,
+    Caller(p): Caller,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    require(&p, Permission::UserAdmin)?;
+    let req: AddUserRequest = json_body(&body, r#"{"username": "dr.ana", "roles": ["doctor"]}"#)?;
+    let username =
+        UserId::parse(&req.username).map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let name = username.to_string();
+    let token =
+        run(&state, move |id| id.add_user(p.user.as_str(), &p.org, &username, &req.roles, req.email, now_s())).await?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        axum::Json(serde_json::json!({ "username": name, "setup_token": token, "valid_s": SETUP_LINK_S })),
+    )
+        .into_response())
+}
+
+fn username(s: &str) -> Result<UserId, ApiError> {
+    // A name that cannot exist is answered like one that does not.
+    UserId::parse(s).map_err(|_| ApiError(StatusCode::NOT_FOUND, format!("there is no user {s:?}")))
+}
+
+async fn disable_user(
+    State(state): State<Arc<HubState>>,
+    Caller(p): Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&p, Permission::UserAdmin)?;
+    let user = username(&name)?;
+    run(&state, move |id| id.disable_user(p.user.as_str(), &p.org, &user, now_s())).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn reset_link(
+    State(state): State<Arc<HubState>>,
+    Caller(p): Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&p, Permission::UserAdmin)?;
+    let user = username(&name)?;
+    let token = run(&state, move |id| id.reset_link(p.user.as_str(), &p.org, &user, now_s(), RESET_LINK_S)).await?;
+    Ok((
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        axum::Json(serde_json::json!({ "reset_token": token, "valid_s": RESET_LINK_S })),
+    )
+        .into_response())
+}
