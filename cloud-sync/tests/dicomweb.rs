@@ -38,7 +38,6 @@ fn world() -> World {
     World { _dir: dir, _vdir: vdir, config, hub, doctors, case: view.id, temp_id: view.temp_patient_id.unwrap() }
 }
 
-
 /// The DX object a van makes for `case`, JPEG-LS and native.
 fn dx(case: CaseId, patient_id: &str) -> (Vec<u8>, Vec<u8>) {
     common::dx_object(case, patient_id, 256, 320)

@@ -266,7 +266,7 @@ pub async fn middleware(State(state): State<Arc<HubState>>, mut req: Request, ne
             }
         }
         req.extensions_mut().insert(RequestId(id.clone()));
-        next.run(req).await
+        as_json_error(next.run(req).await).await
     };
 
     let mut response = response;
@@ -290,6 +290,31 @@ pub async fn middleware(State(state): State<Arc<HubState>>, mut req: Request, ne
         "request"
     );
     response
+}
+
+/// Rejections by the framework's extractors (a query, path or body that does not parse)
+/// come as plain text; every error the hub answers is the documented JSON `{"error": ...}`.
+async fn as_json_error(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/plain"));
+    if !(response.status().is_client_error() && plain) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => "the request was not understood".to_owned(),
+    };
+    let mut out = ApiError(parts.status, text).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 /// The authenticated caller, for handlers behind the front door.
