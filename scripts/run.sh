@@ -173,6 +173,14 @@ if $smoke; then
   [ "$(curl -s -o /dev/null -w '%{http_code}' "$hubapi/cases")" = 401 ]
   curl -fsS "http://127.0.0.1:$hub_port/metrics" | grep -q 'medvan_http_requests_total{route="/api/v1/cases/{id}",method="GET",status="200"}'
   echo "smoke: the hub's front door refuses callers without a token and counts requests"
+  # The van's audit log came along, under heads the van signed: the hub holds a copy.
+  for _ in $(seq 1 100); do
+    van_log=$(hub audit export --van org-north/van-12)
+    [ -n "$van_log" ] && break
+    sleep 0.1
+  done
+  grep -q '"action":"case.create"' <<< "$van_log"
+  echo "smoke: the van's audit log reached the hub, checked against its signed tree heads"
   hub verify-audit
   exit 0
 fi

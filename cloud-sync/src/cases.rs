@@ -141,6 +141,7 @@ impl CaseHub {
             peer: format!("van:{}/{}", device.org, device.van),
             scratch: HashMap::new(),
             pending: BTreeMap::new(),
+            peer_key: None,
         }
     }
 
@@ -416,6 +417,8 @@ pub struct HubReplica {
     /// they arrive whole and are checked, so nothing unchecked is ever shared.
     scratch: HashMap<DocId, Automerge>,
     pending: BTreeMap<DocId, Vec<u8>>,
+    /// The van's certificate key, to check its signed audit tree heads.
+    peer_key: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for HubReplica {
@@ -760,6 +763,20 @@ impl Replica for HubReplica {
         let sealed = self.hub.sealer.seal_chunk(&key, index, data);
         blocking(|| self.hub.storage.put_blob_chunk(&key, index, data.len() as u64, &sealed))
             .map_err(|e| refuse(RefusalReason::Malformed, e.to_string()))
+    }
+
+    fn set_peer_key(&mut self, key: &[u8]) {
+        self.peer_key = Some(key.to_vec());
+    }
+
+    fn receive_audit(
+        &mut self,
+        _first_seq: u64,
+        entries: Vec<sync_proto::AuditRecord>,
+        head: sync_proto::SignedHead,
+    ) -> Result<u64, ReplicaRefusal> {
+        let (storage, device, key) = (&*self.hub.storage, &self.device, self.peer_key.as_deref());
+        blocking(|| crate::van_audit::receive(storage, device, key, entries, head))
     }
 
     fn finish_blob(&mut self, sha256: &[u8; 32], size: u64) -> Result<(), ReplicaRefusal> {

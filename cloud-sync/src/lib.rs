@@ -17,6 +17,7 @@ pub mod fleet;
 pub mod front_door;
 pub mod identity;
 pub mod storage;
+pub mod van_audit;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -86,7 +86,8 @@ enum VanCommand {
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// Print the log as JSON lines: Elastic Common Schema documents (for Filebeat) or FHIR
-    /// R4 AuditEvent resources (NDJSON). Each carries its entry's chain hashes.
+    /// R4 AuditEvent resources (NDJSON). Each carries its entry's chain hashes. With --van,
+    /// that van's log as the hub holds it (checked against the van's signed heads on arrival).
     Export {
         /// `ecs` or `fhir`.
         #[arg(long, default_value = "ecs")]
@@ -94,6 +95,9 @@ enum AuditCommand {
         /// Only entries after this position (the last one a previous export printed).
         #[arg(long, default_value_t = 0)]
         after: u64,
+        /// A van's log as the hub holds it (`ORG/VAN`), instead of the hub's own.
+        #[arg(long)]
+        van: Option<String>,
     },
 }
 
@@ -244,30 +248,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(cmd) => user_command(&config, cmd),
-        Command::Audit(AuditCommand::Export { format, after }) => {
+        Command::Audit(AuditCommand::Export { format, after, van }) => {
             let fhir = match format.as_str() {
                 "ecs" => false,
                 "fhir" => true,
                 other => anyhow::bail!("--format {other:?} is not known; use ecs or fhir"),
             };
             let hub = cloud_sync::fleet::Hub::open(&config)?;
+            let van = van
+                .map(|v| {
+                    let (org, van) = v.split_once('/').context("--van takes ORG/VAN, for example org-north/van-12")?;
+                    Ok::<_, anyhow::Error>(DeviceId::new(org, van)?)
+                })
+                .transpose()?;
+            let source = van.as_ref().map_or("medvan-hub".to_owned(), |d| format!("edge-agent {}/{}", d.org, d.van));
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let mut next = after;
             loop {
-                let page = hub.storage.audit_entries(next, 1000)?;
+                let page = match &van {
+                    Some(d) => hub.storage.van_audit_entries(&d.org, &d.van, next, 1000)?,
+                    None => hub.storage.audit_entries(next, 1000)?,
+                };
                 let Some(last) = page.last() else { break };
                 next = last.seq;
                 for e in &page {
-                    let doc = if fhir {
-                        audit::export::fhir_audit_event(e, "medvan-hub")
-                    } else {
-                        audit::export::ecs(e, "medvan-hub")
-                    };
+                    let doc =
+                        if fhir { audit::export::fhir_audit_event(e, &source) } else { audit::export::ecs(e, &source) };
                     std::io::Write::write_all(&mut out, format!("{doc}\n").as_bytes())?;
                 }
             }
             std::io::Write::flush(&mut out)?;
-            audit_admin(&hub, "audit.export", format!("format={format} after={after} through={next}"))
+            audit_admin(&hub, "audit.export", format!("log={source} format={format} after={after} through={next}"))
         }
         Command::Case(CaseCommand::Assign { org, case, van }) => {
             let hub = cloud_sync::fleet::Hub::open(&config)?;

@@ -14,7 +14,7 @@ use anyhow::Context;
 use automerge::sync;
 use case_model::{CaseId, EditContext, UserId};
 use case_store::{Store, StoreError};
-use sync_proto::{BlobState, DocId, Priority, RefusalReason, Replica, ReplicaRefusal};
+use sync_proto::{AuditRecord, BlobState, DocId, Priority, RefusalReason, Replica, ReplicaRefusal, SignedHead};
 use sync_quic::driver::LocalChange;
 
 /// A store seen by one sync peer.
@@ -25,13 +25,59 @@ pub struct StoreReplica {
     /// The acting user recorded on changes received from the peer.
     actor: UserId,
     pending: BTreeMap<DocId, Vec<u8>>,
+    /// Signs the audit log's tree heads; without it the log is not sent.
+    signer: Option<std::sync::Arc<AuditSigner>>,
 }
+
+/// Signs tree heads of the van's audit log with the van's device key (ECDSA P-256), so the
+/// hub, and an auditor later, can tell the van vouched for every entry up to each head.
+pub struct AuditSigner {
+    key: ring::signature::EcdsaKeyPair,
+    log_id: String,
+}
+
+impl std::fmt::Debug for AuditSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditSigner").field("log_id", &self.log_id).finish_non_exhaustive()
+    }
+}
+
+impl AuditSigner {
+    /// A signer over the device key (PKCS#8) for the log `org/van`.
+    pub fn new(pkcs8: &[u8], log_id: &str) -> anyhow::Result<AuditSigner> {
+        let rng = ring::rand::SystemRandom::new();
+        let key =
+            ring::signature::EcdsaKeyPair::from_pkcs8(&ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8, &rng)
+                .map_err(|e| anyhow::anyhow!("the device key is not an ECDSA P-256 key: {e}"))?;
+        Ok(AuditSigner { key, log_id: log_id.to_owned() })
+    }
+
+    /// The signer for a van identity: its key, under the log id its certificate names.
+    pub fn for_identity(identity: &crate::identity::Identity) -> anyhow::Result<AuditSigner> {
+        let device = sync_quic::identity::device_of(&identity.cert)?;
+        AuditSigner::new(identity.key.secret_der(), &format!("{}/{}", device.org, device.van))
+    }
+
+    fn sign(&self, head: &audit::merkle::TreeHead) -> Vec<u8> {
+        let rng = ring::rand::SystemRandom::new();
+        self.key.sign(&rng, &head.signing_bytes(&self.log_id)).map(|s| s.as_ref().to_vec()).unwrap_or_default()
+    }
+}
+
+/// Where the hub's confirmation of the audit log is kept, per peer.
+const AUDIT_ACKED: &str = "audit-acked";
 
 impl StoreReplica {
     /// The store as the peer named `peer` syncs with it.
     pub fn new(store: Store, peer: &str) -> anyhow::Result<StoreReplica> {
         let actor = UserId::parse(&format!("sync:{peer}"))?;
-        Ok(StoreReplica { store, peer: peer.to_owned(), actor, pending: BTreeMap::new() })
+        Ok(StoreReplica { store, peer: peer.to_owned(), actor, pending: BTreeMap::new(), signer: None })
+    }
+
+    /// Sends the store's audit log too, its tree heads signed by `signer`.
+    pub fn with_audit_signer(mut self, signer: std::sync::Arc<AuditSigner>) -> StoreReplica {
+        self.signer = Some(signer);
+        self
     }
 
     /// Writes the session's sync states to the store.
@@ -146,6 +192,62 @@ impl Replica for StoreReplica {
     fn write_blob(&mut self, sha256: &[u8; 32], size: u64, offset: u64, data: &[u8]) -> Result<(), ReplicaRefusal> {
         blocking(|| self.store.write_incoming_blob(sha256, size, offset, data))
             .map_err(|e| ReplicaRefusal { reason: RefusalReason::Malformed, detail: e.to_string() })
+    }
+
+    fn audit_batch(&mut self, after: u64, max: usize) -> Option<(Vec<AuditRecord>, SignedHead)> {
+        let signer = self.signer.clone()?;
+        let store = &self.store;
+        let (entries, hashes) = blocking(|| {
+            let entries = store.audit_after(after, max as u32)?;
+            // Nothing after what the hub holds: send the head alone only if the log is now
+            // shorter than that (entries were removed), so the hub sees it.
+            let last = match entries.last() {
+                Some(e) => e.seq,
+                None => store.audit_size()?,
+            };
+            if entries.is_empty() && last >= after {
+                return Ok(None);
+            }
+            Ok::<_, StoreError>(Some((entries, store.audit_hashes(last)?)))
+        })
+        .map_err(|e| tracing::warn!(error = %e, "could not read the audit log to send"))
+        .ok()??;
+        let last = entries.last().map_or(hashes.len() as u64, |e| e.seq);
+        if hashes.len() as u64 != last {
+            tracing::warn!(last, held = hashes.len(), "the audit log has a gap; not sent (verify-audit names it)");
+            return None;
+        }
+        let leaves: Vec<[u8; 32]> = hashes.iter().map(audit::merkle::leaf).collect();
+        let head = audit::merkle::head(&leaves);
+        let signature = signer.sign(&head);
+        let hex32 = |s: &str| -> [u8; 32] { hex::decode(s).ok().and_then(|b| b.try_into().ok()).unwrap_or([0; 32]) };
+        let records = entries
+            .into_iter()
+            .map(|e| AuditRecord {
+                seq: e.seq,
+                at: e.at,
+                actor: e.actor,
+                action: e.action,
+                case_id: e.case_id,
+                outcome: e.outcome.as_str().to_owned(),
+                detail: e.detail,
+                prev: hex32(&e.prev),
+                hash: hex32(&e.hash),
+            })
+            .collect();
+        Some((records, SignedHead { size: head.size, root: head.root, signature }))
+    }
+
+    fn audit_acked(&self) -> u64 {
+        let value = blocking(|| self.store.peer_value(&self.peer, AUDIT_ACKED)).ok().flatten();
+        value.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
+    }
+
+    fn set_audit_acked(&mut self, size: u64) {
+        if let Err(e) = blocking(|| self.store.set_peer_value(&self.peer, AUDIT_ACKED, size.to_be_bytes().to_vec())) {
+            // Only costs a resend: the hub skips entries it holds.
+            tracing::warn!(error = %e, "could not record the hub's audit confirmation");
+        }
     }
 
     fn finish_blob(&mut self, sha256: &[u8; 32], size: u64) -> Result<(), ReplicaRefusal> {
@@ -436,7 +538,8 @@ async fn session(
     lock(&out.status).last_error = None;
     // Changes made before this connection are covered by the inventory exchange.
     while local.try_recv().is_ok() {}
-    let mut replica = StoreReplica::new(store.clone(), "hub")?;
+    let signer = std::sync::Arc::new(AuditSigner::for_identity(&settings.identity)?);
+    let mut replica = StoreReplica::new(store.clone(), "hub")?.with_audit_signer(signer);
     loop {
         let (mut send, mut recv) = connected.conn.open_bi().await?;
         let mut session = sync_proto::Session::new(sync_proto::Role::Van);

@@ -167,6 +167,19 @@ pub struct IdentityRow {
     pub sealed: Vec<u8>,
 }
 
+/// A signed tree head of a van's audit log, as the hub accepted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VanHead {
+    /// Entries covered.
+    pub size: u64,
+    /// The Merkle root over them.
+    pub root: [u8; 32],
+    /// The van's signature over the head.
+    pub signature: Vec<u8>,
+    /// When the hub accepted it (ms since the epoch).
+    pub received_at: i64,
+}
+
 /// The storage interface the hub runs on.
 pub trait Storage: Registry {
     /// The fleet CA, if the hub has one.
@@ -247,6 +260,28 @@ pub trait Storage: Registry {
     /// Removes an identity record, with `audit` in the same transaction; whether it was there.
     fn delete_identity(&self, kind: &str, id: &str, audit: Option<&audit::Record>) -> Result<bool, StorageError>;
 
+    /// The chain hashes of a van's audit entries the hub holds, in order.
+    fn van_audit_hashes(&self, org: &str, van: &str) -> Result<Vec<[u8; 32]>, StorageError>;
+    /// Appends entries of a van's audit log (checked by the caller to extend what is held)
+    /// and the signed head after them, in one transaction; [`StorageError::Conflict`] if
+    /// another connection of the van appended first.
+    fn append_van_audit(
+        &self,
+        org: &str,
+        van: &str,
+        entries: &[audit::Entry],
+        head: &VanHead,
+    ) -> Result<(), StorageError>;
+    /// Up to `limit` entries of a van's audit log after position `after`, oldest first.
+    fn van_audit_entries(
+        &self,
+        org: &str,
+        van: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<audit::Entry>, StorageError>;
+    /// The last signed head accepted from a van.
+    fn van_audit_head(&self, org: &str, van: &str) -> Result<Option<VanHead>, StorageError>;
     /// Appends an audit record on its own.
     fn audit(&self, record: &audit::Record) -> Result<(), StorageError>;
     /// Audit entries about a case, oldest first.

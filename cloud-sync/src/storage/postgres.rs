@@ -18,7 +18,7 @@ use sync_quic::registry::{Registry, RegistryError, Revocation, VOIDED, redeem};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
-use super::{Append, CaseMeta, DicomRow, IdentityRow, Storage, StorageError, StoredCa, doc_from, doc_key};
+use super::{Append, CaseMeta, DicomRow, IdentityRow, Storage, StorageError, StoredCa, VanHead, doc_from, doc_key};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
@@ -51,6 +51,13 @@ CREATE TABLE IF NOT EXISTS identities (
     kind TEXT NOT NULL, id TEXT NOT NULL, org TEXT NOT NULL, version BIGINT NOT NULL, body BYTEA NOT NULL,
     PRIMARY KEY (kind, id));
 CREATE INDEX IF NOT EXISTS identities_by_org ON identities(kind, org);
+CREATE TABLE IF NOT EXISTS van_audit (
+    org TEXT NOT NULL, van TEXT NOT NULL, seq BIGINT NOT NULL, at BIGINT NOT NULL, actor TEXT NOT NULL,
+    action TEXT NOT NULL, case_id TEXT, outcome TEXT NOT NULL, detail TEXT NOT NULL, prev BYTEA NOT NULL,
+    hash BYTEA NOT NULL, PRIMARY KEY (org, van, seq));
+CREATE TABLE IF NOT EXISTS van_audit_heads (
+    org TEXT NOT NULL, van TEXT NOT NULL, size BIGINT NOT NULL, root BYTEA NOT NULL, signature BYTEA NOT NULL,
+    received_at BIGINT NOT NULL, PRIMARY KEY (org, van, size));
 CREATE TABLE IF NOT EXISTS audit_log (
     seq BIGINT PRIMARY KEY, at BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, case_id TEXT,
     outcome TEXT NOT NULL, detail TEXT NOT NULL, prev BYTEA NOT NULL, hash BYTEA NOT NULL);
@@ -770,6 +777,110 @@ impl Storage for PgStorage {
                 )
                 .await?;
             Ok(rows.iter().map(entry).collect())
+        })
+    }
+
+    fn van_audit_hashes(&self, org: &str, van: &str) -> Result<Vec<[u8; 32]>, StorageError> {
+        self.with(async |c| {
+            let rows =
+                c.query("SELECT hash FROM van_audit WHERE org = $1 AND van = $2 ORDER BY seq", &[&org, &van]).await?;
+            rows.iter()
+                .map(|r| {
+                    r.get::<_, Vec<u8>>(0)
+                        .try_into()
+                        .map_err(|_| StorageError::Database("a stored hash is not 32 bytes".into()))
+                })
+                .collect()
+        })
+    }
+
+    fn append_van_audit(
+        &self,
+        org: &str,
+        van: &str,
+        entries: &[audit::Entry],
+        head: &VanHead,
+    ) -> Result<(), StorageError> {
+        self.with(async |c| {
+            let tx = c.transaction().await?;
+            // One append per van at a time, across hub processes.
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&format!("van-audit/{org}/{van}")]).await?;
+            let held: i64 =
+                tx.query_one("SELECT count(*) FROM van_audit WHERE org = $1 AND van = $2", &[&org, &van]).await?.get(0);
+            if entries.first().is_some_and(|e| e.seq != held as u64 + 1) {
+                return Err(StorageError::Conflict);
+            }
+            for e in entries {
+                tx.execute(
+                    "INSERT INTO van_audit (org, van, seq, at, actor, action, case_id, outcome, detail, prev, hash)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    &[
+                        &org,
+                        &van,
+                        &(e.seq as i64),
+                        &e.at,
+                        &e.actor,
+                        &e.action,
+                        &e.case_id,
+                        &e.outcome.as_str(),
+                        &e.detail,
+                        &hex::decode(&e.prev).unwrap_or_default(),
+                        &hex::decode(&e.hash).unwrap_or_default(),
+                    ],
+                )
+                .await?;
+            }
+            tx.execute(
+                "INSERT INTO van_audit_heads (org, van, size, root, signature, received_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[&org, &van, &(head.size as i64), &head.root.as_slice(), &head.signature, &head.received_at],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn van_audit_entries(
+        &self,
+        org: &str,
+        van: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<audit::Entry>, StorageError> {
+        self.with(async |c| {
+            let rows = c
+                .query(
+                    "SELECT seq, at, actor, action, case_id, outcome, detail, prev, hash FROM van_audit
+                     WHERE org = $1 AND van = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+                    &[&org, &van, &(after as i64), &i64::from(limit)],
+                )
+                .await?;
+            Ok(rows.iter().map(entry).collect())
+        })
+    }
+
+    fn van_audit_head(&self, org: &str, van: &str) -> Result<Option<VanHead>, StorageError> {
+        self.with(async |c| {
+            let row = c
+                .query_opt(
+                    "SELECT size, root, signature, received_at FROM van_audit_heads WHERE org = $1 AND van = $2
+                     ORDER BY size DESC LIMIT 1",
+                    &[&org, &van],
+                )
+                .await?;
+            row.map(|r| {
+                Ok(VanHead {
+                    size: r.get::<_, i64>(0) as u64,
+                    root: r
+                        .get::<_, Vec<u8>>(1)
+                        .try_into()
+                        .map_err(|_| StorageError::Database("a stored root is not 32 bytes".into()))?,
+                    signature: r.get(2),
+                    received_at: r.get(3),
+                })
+            })
+            .transpose()
         })
     }
 

@@ -17,7 +17,7 @@ use sync_quic::identity::DeviceId;
 use sync_quic::registry::{Registry, RegistryError, Revocation, VOIDED, redeem};
 
 use super::crypto::Sealer;
-use super::{Append, CaseMeta, DicomRow, IdentityRow, Storage, StorageError, StoredCa, doc_from, doc_key};
+use super::{Append, CaseMeta, DicomRow, IdentityRow, Storage, StorageError, StoredCa, VanHead, doc_from, doc_key};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -48,6 +48,13 @@ CREATE TABLE IF NOT EXISTS identities (
     kind TEXT NOT NULL, id TEXT NOT NULL, org TEXT NOT NULL, version INTEGER NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (kind, id));
 CREATE INDEX IF NOT EXISTS identities_by_org ON identities(kind, org);
+CREATE TABLE IF NOT EXISTS van_audit (
+    org TEXT NOT NULL, van TEXT NOT NULL, seq INTEGER NOT NULL, at INTEGER NOT NULL, actor TEXT NOT NULL,
+    action TEXT NOT NULL, case_id TEXT, outcome TEXT NOT NULL, detail TEXT NOT NULL, prev BLOB NOT NULL,
+    hash BLOB NOT NULL, PRIMARY KEY (org, van, seq));
+CREATE TABLE IF NOT EXISTS van_audit_heads (
+    org TEXT NOT NULL, van TEXT NOT NULL, size INTEGER NOT NULL, root BLOB NOT NULL, signature BLOB NOT NULL,
+    received_at INTEGER NOT NULL, PRIMARY KEY (org, van, size));
 ";
 
 /// The embedded backend.
@@ -613,6 +620,106 @@ impl Storage for SqliteStorage {
 
     fn audit_of_case(&self, case_id: &str) -> Result<Vec<audit::Entry>, StorageError> {
         audit::for_case(&self.conn(), case_id).map_err(|e| StorageError::Database(e.to_string()))
+    }
+
+    fn van_audit_hashes(&self, org: &str, van: &str) -> Result<Vec<[u8; 32]>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT hash FROM van_audit WHERE org = ?1 AND van = ?2 ORDER BY seq")?;
+        let rows = stmt.query_map(params![org, van], |r| r.get::<_, Vec<u8>>(0))?;
+        rows.map(|h| h?.try_into().map_err(|_| StorageError::Database("a stored hash is not 32 bytes".into())))
+            .collect()
+    }
+
+    fn append_van_audit(
+        &self,
+        org: &str,
+        van: &str,
+        entries: &[audit::Entry],
+        head: &VanHead,
+    ) -> Result<(), StorageError> {
+        in_tx(&mut self.conn(), |tx| {
+            let held: i64 =
+                tx.query_row("SELECT count(*) FROM van_audit WHERE org = ?1 AND van = ?2", params![org, van], |r| {
+                    r.get(0)
+                })?;
+            if entries.first().is_some_and(|e| e.seq != held as u64 + 1) {
+                return Err(StorageError::Conflict);
+            }
+            for e in entries {
+                tx.execute(
+                    "INSERT INTO van_audit (org, van, seq, at, actor, action, case_id, outcome, detail, prev, hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    params![
+                        org,
+                        van,
+                        e.seq as i64,
+                        e.at,
+                        e.actor,
+                        e.action,
+                        e.case_id,
+                        e.outcome.as_str(),
+                        e.detail,
+                        hex::decode(&e.prev).unwrap_or_default(),
+                        hex::decode(&e.hash).unwrap_or_default()
+                    ],
+                )?;
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO van_audit_heads (org, van, size, root, signature, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![org, van, head.size as i64, head.root.as_slice(), head.signature, head.received_at],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn van_audit_entries(
+        &self,
+        org: &str,
+        van: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<audit::Entry>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, at, actor, action, case_id, outcome, detail, prev, hash FROM van_audit
+             WHERE org = ?1 AND van = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![org, van, after as i64, i64::from(limit)], |r| {
+            Ok(audit::Entry {
+                seq: r.get::<_, i64>(0)? as u64,
+                at: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                case_id: r.get(4)?,
+                outcome: audit::Outcome::parse(&r.get::<_, String>(5)?).unwrap_or(audit::Outcome::Refused),
+                detail: r.get(6)?,
+                prev: hex::encode(r.get::<_, Vec<u8>>(7)?),
+                hash: hex::encode(r.get::<_, Vec<u8>>(8)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn van_audit_head(&self, org: &str, van: &str) -> Result<Option<VanHead>, StorageError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT size, root, signature, received_at FROM van_audit_heads WHERE org = ?1 AND van = ?2
+                 ORDER BY size DESC LIMIT 1",
+                params![org, van],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, i64>(3)?)),
+            )
+            .optional()?;
+        row.map(|(size, root, signature, received_at)| {
+            Ok(VanHead {
+                size: size as u64,
+                root: root.try_into().map_err(|_| StorageError::Database("a stored root is not 32 bytes".into()))?,
+                signature,
+                received_at,
+            })
+        })
+        .transpose()
     }
 
     fn audit_entries(&self, after: u64, limit: u32) -> Result<Vec<audit::Entry>, StorageError> {

@@ -10,6 +10,7 @@
 //! the entries and checks that each new head extends the last one (signing them and sending
 //! them to the hub is the identity issue's, in progress).
 
+pub mod copy;
 pub mod export;
 pub mod merkle;
 
@@ -103,6 +104,20 @@ pub struct Entry {
     pub prev: String,
     /// This entry's hash, hex.
     pub hash: String,
+}
+
+impl Entry {
+    /// What the entry records, without its place in the chain.
+    pub fn record(&self) -> Record {
+        Record {
+            at: self.at,
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            case_id: self.case_id.clone(),
+            outcome: self.outcome,
+            detail: self.detail.clone(),
+        }
+    }
 }
 
 /// Errors reading or writing the log.

@@ -674,6 +674,53 @@ impl Store {
         Ok(true)
     }
 
+    /// Up to `limit` audit entries after position `after`, oldest first: what the van sends
+    /// the hub.
+    pub fn audit_after(&self, after: u64, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        let conn = lock(&self.inner.reader);
+        Ok(audit::after(&conn, after, limit)?)
+    }
+
+    /// How many entries the audit log holds (its last position).
+    pub fn audit_size(&self) -> Result<u64, StoreError> {
+        let conn = lock(&self.inner.reader);
+        Ok(conn.query_row("SELECT coalesce(max(seq), 0) FROM audit_log", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// The chain hashes of the first `size` audit entries, in order: the leaves of the log's
+    /// Merkle tree.
+    pub fn audit_hashes(&self, size: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        let conn = lock(&self.inner.reader);
+        let mut stmt = conn.prepare_cached("SELECT hash FROM audit_log WHERE seq <= ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([size as i64], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for h in rows {
+            let h = h?;
+            out.push(
+                h.try_into().map_err(|_| StoreError::Failed("an audit hash in the store is not 32 bytes".into()))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// A small value kept per sync peer (how much of the audit log the hub confirmed, say),
+    /// beside the peer's sync states under a key no case id can take.
+    pub fn peer_value(&self, peer: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let conn = lock(&self.inner.reader);
+        Ok(conn
+            .query_row(
+                "SELECT state FROM sync_states WHERE peer = ?1 AND case_id = ?2",
+                [peer, &format!("~{key}")],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Keeps a small value per sync peer, durably.
+    pub fn set_peer_value(&self, peer: &str, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        self.write(vec![Op::SyncState { peer: peer.to_owned(), case_id: format!("~{key}"), state: value }])
+    }
+
     /// Checks the audit chain end to end.
     pub fn verify_audit(&self) -> Result<ChainHead, ChainError> {
         let conn = lock(&self.inner.reader);

@@ -25,6 +25,13 @@
 //!    video.
 //! 5. A document the receiving side will not accept (another organisation's, say) is
 //!    answered with [`Message::DocRefused`]; the rest of the session goes on.
+//! 6. From version 2 the van sends its audit log: entries the hub has not confirmed, in
+//!    batches ([`Message::AuditBatch`]), each with the log's signed tree head at its end.
+//!    The hub keeps a copy, checks each batch extends what it holds (every entry's hash, every
+//!    link, the Merkle root), and confirms ([`Message::AuditAck`]); a batch that does not
+//!    extend it (an entry changed or removed, a tail cut after a head was signed) is answered
+//!    with [`Message::AuditRefused`] and an alarm at the hub. An idle van whose log has not
+//!    grown sends nothing.
 //!
 //! Messages travel as length-prefixed frames ([`frame`]); a frame over the size limit or
 //! that does not decode ends the session with an error naming the problem.
@@ -34,10 +41,12 @@ pub mod frame;
 mod message;
 mod session;
 
-pub use message::{DocId, Message, Priority, RefusalReason};
-pub use session::{BlobState, CHUNK, Event, Replica, ReplicaRefusal, Role, Session, SyncError};
+pub use message::{AuditRecord, DocId, Message, Priority, RefusalReason, SignedHead};
+pub use session::{AUDIT_BATCH, BlobState, CHUNK, Event, Replica, ReplicaRefusal, Role, Session, SyncError};
 
-/// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest protocol version this build speaks (2: the van's audit log travels too).
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The first version that carries audit logs.
+pub const AUDIT_VERSION: u16 = 2;
 /// The oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;

@@ -116,6 +116,64 @@ pub enum Message {
         /// What to do about it, for a person.
         detail: String,
     },
+    /// Van to hub (version 2 on): entries of the van's audit log from `first_seq`, and the
+    /// signed tree head at the last of them.
+    AuditBatch {
+        /// The position of the first entry.
+        first_seq: u64,
+        /// The entries, in order.
+        entries: Vec<AuditRecord>,
+        /// The signed head after them.
+        head: SignedHead,
+    },
+    /// Hub to van: the hub holds the van's log up to this size.
+    AuditAck {
+        /// Entries held.
+        size: u64,
+    },
+    /// Hub to van: the batch does not extend what the hub holds of the van's log (an entry
+    /// changed, removed or reordered, or a tail cut after a head was signed). The hub has
+    /// raised an alarm; the van stops sending its log this session.
+    AuditRefused {
+        /// What the hub found.
+        detail: String,
+    },
+}
+
+/// One audit log entry as the van keeps it, for the hub's copy. The hub recomputes `hash`
+/// from the rest and checks that `prev` is the entry before's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Position in the van's log, from 1.
+    pub seq: u64,
+    /// When (ms since the epoch, the van's clock).
+    pub at: i64,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// Which case.
+    pub case_id: Option<String>,
+    /// `allowed` or `refused`.
+    pub outcome: String,
+    /// Details.
+    pub detail: String,
+    /// The previous entry's hash.
+    pub prev: [u8; 32],
+    /// This entry's hash.
+    pub hash: [u8; 32],
+}
+
+/// A signed tree head of a van's audit log: its size and Merkle root (RFC 6962 over the
+/// entries' hashes), signed by the van's device key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedHead {
+    /// Entries covered.
+    pub size: u64,
+    /// The Merkle root of the first `size` entries.
+    pub root: [u8; 32],
+    /// The van's signature (ECDSA P-256, ASN.1) over the head's signing bytes.
+    pub signature: Vec<u8>,
 }
 
 impl Message {

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use automerge::sync;
 use sha2::{Digest, Sha256};
 
-use crate::message::{DocId, Message, Priority, RefusalReason};
-use crate::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use crate::message::{AuditRecord, DocId, Message, Priority, RefusalReason, SignedHead};
+use crate::{AUDIT_VERSION, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// Which side of the connection this session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +103,35 @@ pub trait Replica {
     fn finish_blob(&mut self, _sha256: &[u8; 32], _size: u64) -> Result<(), ReplicaRefusal> {
         Err(ReplicaRefusal { reason: RefusalReason::NotAuthorised, detail: "this side keeps no blobs".into() })
     }
+
+    /// The hub: the van's public key (the raw P-256 point of its certificate), to check its
+    /// signed tree heads with.
+    fn set_peer_key(&mut self, _key: &[u8]) {}
+    /// The van: up to `max` entries of its audit log after position `after`, with the signed
+    /// tree head at the last of them; `None` when there are none.
+    fn audit_batch(&mut self, _after: u64, _max: usize) -> Option<(Vec<AuditRecord>, SignedHead)> {
+        None
+    }
+    /// The van: how much of its log the hub has confirmed (persisted across sessions).
+    fn audit_acked(&self) -> u64 {
+        0
+    }
+    /// The van: the hub confirmed holding its log up to `size`; persist it.
+    fn set_audit_acked(&mut self, _size: u64) {}
+    /// The hub: checks a batch of the van's log extends the copy held and keeps it; answers
+    /// how much is held. A refusal means the van's log was tampered with.
+    fn receive_audit(
+        &mut self,
+        _first_seq: u64,
+        _entries: Vec<AuditRecord>,
+        _head: SignedHead,
+    ) -> Result<u64, ReplicaRefusal> {
+        Err(ReplicaRefusal { reason: RefusalReason::NotAuthorised, detail: "this side keeps no audit logs".into() })
+    }
 }
+
+/// Entries per audit batch: a few hundred kilobytes at most.
+pub const AUDIT_BATCH: usize = 500;
 
 /// What a session reports to its caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +169,14 @@ pub enum Event {
         /// The blob.
         sha256: [u8; 32],
         /// Why.
+        detail: String,
+    },
+    /// The hub confirmed holding the van's audit log up to this size.
+    AuditDelivered(u64),
+    /// A van's audit log does not extend the copy the hub holds (hub: this side found it;
+    /// van: the hub said so).
+    AuditTampered {
+        /// What was found.
         detail: String,
     },
 }
@@ -200,6 +236,11 @@ pub struct Session {
     early_changes: std::collections::BTreeSet<DocId>,
     /// Whether the peer's inventory arrived.
     inventory_seen: bool,
+    /// The version agreed in the handshake.
+    version: u16,
+    /// The van: an audit batch awaits the hub's answer, or the hub refused the log.
+    audit_waiting: bool,
+    audit_stopped: bool,
 }
 
 #[derive(Debug)]
@@ -253,6 +294,9 @@ impl Session {
             abandoned: Default::default(),
             early_changes: Default::default(),
             inventory_seen: false,
+            version: MIN_PROTOCOL_VERSION,
+            audit_waiting: false,
+            audit_stopped: false,
         }
     }
 
@@ -289,6 +333,7 @@ impl Session {
                     return Err(err);
                 }
                 let in_sync = theirs == scope_digest(replica);
+                self.version = version;
                 self.queue(Message::Welcome { version, in_sync });
                 self.enter_syncing(in_sync, replica);
                 Ok(())
@@ -300,6 +345,7 @@ impl Session {
                         "the hub chose version {version}, which this side never offered"
                     )));
                 }
+                self.version = version;
                 self.enter_syncing(in_sync, replica);
                 Ok(())
             }
@@ -421,6 +467,41 @@ impl Session {
                 self.events.push_back(Event::RefusedByPeer { doc, reason, detail });
                 Ok(())
             }
+            (Phase::Syncing, Message::AuditBatch { first_seq, entries, head })
+                if self.role == Role::Hub && self.version >= AUDIT_VERSION =>
+            {
+                match replica.receive_audit(first_seq, entries, head) {
+                    Ok(size) => self.queue(Message::AuditAck { size }),
+                    Err(refusal) => {
+                        self.events.push_back(Event::AuditTampered { detail: refusal.detail.clone() });
+                        self.queue(Message::AuditRefused { detail: refusal.detail });
+                    }
+                }
+                Ok(())
+            }
+            (Phase::Syncing, Message::AuditAck { size }) if self.role == Role::Van && self.audit_waiting => {
+                self.audit_waiting = false;
+                let acked = replica.audit_acked();
+                if size > acked {
+                    replica.set_audit_acked(size);
+                    self.events.push_back(Event::AuditDelivered(size));
+                    self.push_audit(replica);
+                } else {
+                    // The hub holds less than it confirmed before (a restored database):
+                    // send again from what it holds, once.
+                    replica.set_audit_acked(size);
+                    if size < acked {
+                        self.push_audit(replica);
+                    }
+                }
+                Ok(())
+            }
+            (Phase::Syncing, Message::AuditRefused { detail }) if self.role == Role::Van => {
+                self.audit_waiting = false;
+                self.audit_stopped = true;
+                self.events.push_back(Event::AuditTampered { detail });
+                Ok(())
+            }
             (phase, msg) => {
                 self.phase = Phase::Closed;
                 Err(SyncError::Protocol(format!("{} is not expected while {phase:?}", name(&msg))))
@@ -428,10 +509,14 @@ impl Session {
         }
     }
 
-    /// Tells the session a document changed locally, so it offers the change to the peer.
+    /// Tells the session a document changed locally, so it offers the change to the peer
+    /// (and, on the van, the audit entries the change added).
     pub fn local_change(&mut self, doc: DocId, replica: &mut impl Replica) {
         match self.phase {
-            Phase::Syncing => self.sync_doc(doc, replica),
+            Phase::Syncing => {
+                self.sync_doc(doc, replica);
+                self.push_audit(replica);
+            }
             // The hello's digest predates this change: offer it once the handshake is done,
             // even if the hub then says the scopes matched.
             Phase::Start | Phase::AwaitWelcome | Phase::AwaitHello => {
@@ -534,6 +619,21 @@ impl Session {
         }
         self.events.push_back(Event::Ready { in_sync });
         self.offer_early_changes(replica);
+        self.push_audit(replica);
+    }
+
+    /// The van: sends the next batch of its audit log the hub has not confirmed, one batch
+    /// in flight at a time. Nothing when the log has not grown, so an idle reconnect stays
+    /// one round trip.
+    fn push_audit(&mut self, replica: &mut impl Replica) {
+        if self.role != Role::Van || self.version < AUDIT_VERSION || self.audit_waiting || self.audit_stopped {
+            return;
+        }
+        let acked = replica.audit_acked();
+        if let Some((entries, head)) = replica.audit_batch(acked, AUDIT_BATCH) {
+            self.audit_waiting = true;
+            self.queue(Message::AuditBatch { first_seq: acked + 1, entries, head });
+        }
     }
 
     fn offer_early_changes(&mut self, replica: &mut impl Replica) {
@@ -614,5 +714,8 @@ fn name(msg: &Message) -> &'static str {
         Message::BlobWant { .. } => "BlobWant",
         Message::BlobChunk { .. } => "BlobChunk",
         Message::BlobHave { .. } => "BlobHave",
+        Message::AuditBatch { .. } => "AuditBatch",
+        Message::AuditAck { .. } => "AuditAck",
+        Message::AuditRefused { .. } => "AuditRefused",
     }
 }

@@ -524,6 +524,12 @@ fn log_events(session: &mut Session) {
             sync_proto::Event::RefusedPeer { doc, detail } => {
                 tracing::warn!(doc = ?doc.0, %detail, "refused the peer's changes to a document");
             }
+            sync_proto::Event::AuditTampered { detail } => {
+                tracing::error!(%detail, "audit log refused: it does not extend the copy the hub holds");
+            }
+            sync_proto::Event::AuditDelivered(size) => {
+                tracing::debug!(size, "the hub holds the audit log");
+            }
             sync_proto::Event::BlobRejected { sha256, detail } => {
                 tracing::warn!(blob = ?sha256, %detail, "a received blob was rejected");
             }

@@ -184,6 +184,9 @@ impl HubServer {
                 }
                 tracing::info!(org = %device.org, van = %device.van, "van connected");
                 let mut replica = replica_for(&device);
+                if let Some(key) = peer.as_ref().and_then(|c| crate::identity::public_key(c).ok()) {
+                    replica.set_peer_key(&key);
+                }
                 // `tx` lives as long as the connection, so sessions end only with it.
                 let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
                 let forward = hub.changes.as_ref().map(|c| {

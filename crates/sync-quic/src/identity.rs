@@ -147,6 +147,15 @@ pub fn new_device_key() -> Result<(PrivateKeyDer<'static>, Vec<u8>), IdentityErr
     Ok((PrivatePkcs8KeyDer::from(key.serialize_der()).into(), csr.der().to_vec()))
 }
 
+/// The subject's public key of a certificate (for P-256, the uncompressed point), to check
+/// what the van signs with its device key.
+pub fn public_key(cert: &CertificateDer<'_>) -> Result<Vec<u8>, IdentityError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| IdentityError::NotAVan(format!("the certificate does not parse: {e}")))?;
+    Ok(parsed.public_key().subject_public_key.data.to_vec())
+}
+
 /// The van a (verified) device certificate names.
 pub fn device_of(cert: &CertificateDer<'_>) -> Result<DeviceId, IdentityError> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
