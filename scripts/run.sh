@@ -19,6 +19,9 @@ chmod 700 "$state"
 hub_port=${MEDVAN_HUB_PORT:-8720}
 agent_port=${MEDVAN_AGENT_PORT:-8710}
 [ -f "$state/store.key" ] || target/release/edge-agent gen-key "$state/store.key" >/dev/null
+# The crew PIN key. In a van it is a systemd credential sealed to the TPM, never on the
+# data disk; here it is a file beside the state.
+[ -f "$state/pin.key" ] || target/release/edge-agent gen-key "$state/pin.key" >/dev/null
 
 sync_port=${MEDVAN_SYNC_PORT:-8721}
 cat > "$state/hub.toml" <<TOML
@@ -50,6 +53,9 @@ identity_dir = "$state/van-12-identity"
 [xray]
 serial_port = "$state/ttyXRAY0"
 detector = "simulated"
+
+[crew]
+pin_key_file = "$state/pin.key"
 TOML
 
 hub() { target/release/medvan-hub --config "$state/hub.toml" "$@"; }
@@ -64,6 +70,11 @@ fi
 hub_login() {
   python3 scripts/hub-login.py "http://127.0.0.1:$hub_port" org-north dr.osei "$state/doctor.password" "$state/doctor.totp"
 }
+# A paramedic of org-north, crew of the van: logs in there with a PIN, offline if need be.
+if [ ! -f "$state/paramedic.password" ]; then
+  (umask 077; head -c 18 /dev/urandom | base64 > "$state/paramedic.password")
+  hub user add org-north ana.medic --role paramedic --password-stdin < "$state/paramedic.password" >/dev/null
+fi
 [ -f "$state/van-12/store.id" ] || target/release/edge-agent init-store --config "$state/agent.toml"
 
 pids=()
@@ -87,6 +98,15 @@ pids+=($!)
 target/release/medvan-hub --config "$state/hub.toml" run &
 pids+=($!)
 wait_for "http://127.0.0.1:$hub_port/health"
+# The paramedic sets a PIN at the hub (six to eight digits, not a run); it reaches the van
+# with the crew roster when the van next connects.
+pin_file="$state/paramedic.pin"
+if [ ! -f "$pin_file" ]; then
+  (umask 077; printf '%06d' $(( (RANDOM * 32768 + RANDOM) % 900000 + 100000 )) > "$pin_file")
+  medic_token=$(python3 scripts/hub-login.py "http://127.0.0.1:$hub_port" org-north ana.medic "$state/paramedic.password" "$state/paramedic.totp")
+  curl -fsS -X PUT -H "Authorization: Bearer $medic_token" -H 'Content-Type: application/json' \
+    -d "{\"pin\":\"$(cat "$pin_file")\"}" "http://127.0.0.1:$hub_port/api/v1/auth/pin" >/dev/null
+fi
 if [ ! -f "$state/van-12-identity/device.der" ]; then
   token=$(hub van token org-north van-12 --valid-hours 1)
   target/release/edge-agent enrol --config "$state/agent.toml" --token "$token"
@@ -95,6 +115,18 @@ target/release/edge-agent run --config "$state/agent.toml" &
 pids+=($!)
 
 wait_for "http://127.0.0.1:$agent_port/health"
+
+crew_login() {
+  curl -fsS -X POST -H 'Content-Type: application/json' -d "{\"username\":\"ana.medic\",\"pin\":\"$(cat "$pin_file")\"}" \
+    "http://127.0.0.1:$agent_port/api/v1/crew/login" | sed -E 's/.*"token":"([^"]+)".*/\1/'
+}
+# The roster arrives with the van's first sync. Each try before that counts as a wrong PIN
+# (five are free), so try a few times, slowly.
+crew_token=""
+for _ in 1 2 3 4; do
+  sleep 1.5
+  crew_token=$(crew_login 2>/dev/null) && [ -n "$crew_token" ] && break
+done
 
 cat <<TXT
 
@@ -105,9 +137,11 @@ Medvan is running: a hub and van-12 of org-north, enrolled and syncing over QUIC
         sync status: http://127.0.0.1:$agent_port/api/v1/sync
 
 The van drives a simulated X-ray unit (xray-sim on $state/ttyXRAY0): see /api/v1/xray.
-Try the van's case API (the acting user goes in X-Medvan-User until crew login lands):
-  curl -s -X POST -H 'X-Medvan-User: ana' http://127.0.0.1:$agent_port/api/v1/cases
-  curl -s -H 'X-Medvan-User: ana' http://127.0.0.1:$agent_port/api/v1/cases
+Try the van's case API as the paramedic ana.medic (PIN in $state/paramedic.pin, checked on
+the van against the roster the hub sent; the session ends after 10 minutes unused):
+  crew=\$(curl -s -X POST -H 'Content-Type: application/json' -d "{\\"username\\":\\"ana.medic\\",\\"pin\\":\\"\$(cat $pin_file)\\"}" http://127.0.0.1:$agent_port/api/v1/crew/login | sed -E 's/.*"token":"([^"]+)".*/\\1/')
+  curl -s -X POST -H "Authorization: Bearer \$crew" http://127.0.0.1:$agent_port/api/v1/cases
+  curl -s -H "Authorization: Bearer \$crew" http://127.0.0.1:$agent_port/api/v1/cases
 and the doctor's view of the same cases at the hub (dr.osei logs in with a password and a
 code from the authenticator that scripts/hub-login.py plays; the token lasts 5 minutes):
   token=\$(python3 scripts/hub-login.py http://127.0.0.1:$hub_port org-north dr.osei $state/doctor.password $state/doctor.totp)
@@ -119,30 +153,33 @@ State (keys, databases) is in $state. Ctrl-C stops both.
 TXT
 
 if $smoke; then
+  [ -n "$crew_token" ] || { echo "smoke: the crew roster did not reach the van" >&2; exit 1; }
+  crew="Authorization: Bearer $crew_token"
+  echo "smoke: the paramedic's PIN, set at the hub, logs in on the van"
   api="http://127.0.0.1:$agent_port/api/v1"
-  id=$(curl -fsS -X POST -H 'X-Medvan-User: ana' "$api/cases" | sed -E 's/.*"id":"([^"]+)".*/\1/')
-  curl -fsS -X POST -H 'X-Medvan-User: ana' -H 'Content-Type: application/json' \
+  id=$(curl -fsS -X POST -H "$crew" "$api/cases" | sed -E 's/.*"id":"([^"]+)".*/\1/')
+  curl -fsS -X POST -H "$crew" -H 'Content-Type: application/json' \
     -d '{"edits":[{"op":"add_vitals","heart_rate":92,"spo2":97}]}' "$api/cases/$id/edits" >/dev/null
-  curl -fsS -H 'X-Medvan-User: ana' "$api/cases/$id" | grep -q '"heart_rate":92'
-  curl -fsS -H 'X-Medvan-User: ana' "$api/audit/verify" | grep -q '"intact":true'
+  curl -fsS -H "$crew" "$api/cases/$id" | grep -q '"heart_rate":92'
+  curl -fsS -H "$crew" "$api/audit/verify" | grep -q '"intact":true'
   echo "smoke: case $id created, edited, read back, audit chain intact"
   # An X-ray of the left hand: set up, arm, hold the confirm until the exposure is recorded.
-  curl -fsS -X PUT -H 'X-Medvan-User: ana' -H 'Content-Type: application/json' \
+  curl -fsS -X PUT -H "$crew" -H 'Content-Type: application/json' \
     -d "{\"case_id\":\"$id\",\"body_part\":\"HAND\",\"view\":\"PA\",\"laterality\":\"L\",\"kv\":55,\"mas\":2.5,\"ms\":100}" \
     "$api/xray/session" >/dev/null
-  curl -fsS -X POST -H 'X-Medvan-User: ana' "$api/xray/arm" >/dev/null
+  curl -fsS -X POST -H "$crew" "$api/xray/arm" >/dev/null
   for _ in $(seq 1 50); do
-    curl -fsS -H 'X-Medvan-User: ana' "$api/xray" | grep -q '"armed":true' && break
+    curl -fsS -H "$crew" "$api/xray" | grep -q '"armed":true' && break
     sleep 0.1
   done
-  token=$(curl -fsS -X POST -H 'X-Medvan-User: ana' "$api/xray/confirm" | sed -E 's/.*"token":"([0-9a-f]+)".*/\1/')
+  token=$(curl -fsS -X POST -H "$crew" "$api/xray/confirm" | sed -E 's/.*"token":"([0-9a-f]+)".*/\1/')
   for _ in $(seq 1 50); do
-    curl -fsS -X POST -H 'X-Medvan-User: ana' "$api/xray/confirm/$token/hold" >/dev/null
-    curl -fsS -H 'X-Medvan-User: ana' "$api/xray" | grep -q '"outcome":"exposed"' && break
+    curl -fsS -X POST -H "$crew" "$api/xray/confirm/$token/hold" >/dev/null
+    curl -fsS -H "$crew" "$api/xray" | grep -q '"outcome":"exposed"' && break
     sleep 0.1
   done
-  curl -fsS -X POST -H 'X-Medvan-User: ana' "$api/xray/confirm/$token/release" >/dev/null
-  curl -fsS -H 'X-Medvan-User: ana' "$api/cases/$id" | grep -q '"media_type":"application/dicom"'
+  curl -fsS -X POST -H "$crew" "$api/xray/confirm/$token/release" >/dev/null
+  curl -fsS -H "$crew" "$api/cases/$id" | grep -q '"media_type":"application/dicom"'
   echo "smoke: an X-ray exposure was recorded with its dose, preview and DICOM object"
   # The case reaches the hub over QUIC without anyone pressing sync...
   hubapi="http://127.0.0.1:$hub_port/api/v1"
@@ -164,10 +201,10 @@ if $smoke; then
   curl -fsS -X POST -H "$auth" -H 'Content-Type: application/json' \
     -d '{"edits":[{"op":"add_note","text":"splint and x-ray on arrival"}]}' "$hubapi/cases/$id/edits" >/dev/null
   for _ in $(seq 1 100); do
-    curl -fsS -H 'X-Medvan-User: ana' "$api/cases/$id" | grep -q 'splint and x-ray' && break
+    curl -fsS -H "$crew" "$api/cases/$id" | grep -q 'splint and x-ray' && break
     sleep 0.1
   done
-  curl -fsS -H 'X-Medvan-User: ana' "$api/cases/$id" | grep -q 'splint and x-ray'
+  curl -fsS -H "$crew" "$api/cases/$id" | grep -q 'splint and x-ray'
   echo "smoke: the doctor's note reached the van"
   # The front door: no token, no data; metrics counted the doctor's requests.
   [ "$(curl -s -o /dev/null -w '%{http_code}' "$hubapi/cases")" = 401 ]

@@ -142,6 +142,7 @@ impl CaseHub {
             scratch: HashMap::new(),
             pending: BTreeMap::new(),
             peer_key: None,
+            identity: None,
         }
     }
 
@@ -419,6 +420,8 @@ pub struct HubReplica {
     pending: BTreeMap<DocId, Vec<u8>>,
     /// The van's certificate key, to check its signed audit tree heads.
     peer_key: Option<Vec<u8>>,
+    /// Where the crew roster comes from.
+    identity: Option<Arc<crate::identity::Identity>>,
 }
 
 impl std::fmt::Debug for HubReplica {
@@ -432,6 +435,12 @@ fn refuse(reason: RefusalReason, detail: impl Into<String>) -> ReplicaRefusal {
 }
 
 impl HubReplica {
+    /// Sends the van its organisation's crew roster from `identity`.
+    pub fn with_roster(mut self, identity: Arc<crate::identity::Identity>) -> HubReplica {
+        self.identity = Some(identity);
+        self
+    }
+
     fn entitled(&self, meta: &CaseMeta) -> bool {
         meta.entitles(&self.device.org, &self.device.van)
     }
@@ -763,6 +772,26 @@ impl Replica for HubReplica {
         let sealed = self.hub.sealer.seal_chunk(&key, index, data);
         blocking(|| self.hub.storage.put_blob_chunk(&key, index, data.len() as u64, &sealed))
             .map_err(|e| refuse(RefusalReason::Malformed, e.to_string()))
+    }
+
+    fn roster_update(&mut self) -> Option<([u8; 32], Vec<sync_proto::CrewMember>)> {
+        let identity = self.identity.as_ref()?;
+        let (org, van) = (&self.device.org, &self.device.van);
+        let found = blocking(|| {
+            let (digest, members) = identity.roster(org)?;
+            let acked = identity.roster_acked(org, van)?;
+            Ok::<_, crate::identity::IdentityError>((acked != Some(digest)).then_some((digest, members)))
+        });
+        found.map_err(|e| tracing::error!(error = %e, "could not read the crew roster")).ok().flatten()
+    }
+
+    fn roster_acked(&mut self, digest: [u8; 32]) {
+        if let Some(identity) = &self.identity {
+            let (org, van) = (&self.device.org, &self.device.van);
+            if let Err(e) = blocking(|| identity.set_roster_acked(org, van, digest)) {
+                tracing::warn!(error = %e, "could not record the van's roster confirmation; it is sent again");
+            }
+        }
     }
 
     fn set_peer_key(&mut self, key: &[u8]) {

@@ -161,7 +161,7 @@ impl Hub {
 
     /// Serves vans on `server` until its endpoint closes.
     pub async fn serve_sync(&self, server: HubServer) {
-        let cases = self.cases.clone();
-        server.serve(move |device| cases.replica_for(device)).await
+        let (cases, identity) = (self.cases.clone(), self.identity.clone());
+        server.serve(move |device| cases.replica_for(device).with_roster(identity.clone())).await
     }
 }

@@ -71,6 +71,7 @@ async fn certificates_renew_before_expiry_and_a_lapsed_van_re_enrols_without_a_r
             identity_dir: Some(id_dir.clone()),
             renew_below: Some(Duration::from_secs(2 * 86_400)),
             liveness: Default::default(),
+            roster_key: None,
         },
     )
     .unwrap();
@@ -109,6 +110,7 @@ async fn certificates_renew_before_expiry_and_a_lapsed_van_re_enrols_without_a_r
             identity_dir: Some(id_dir2.clone()),
             renew_below: None,
             liveness: Default::default(),
+            roster_key: None,
         },
     )
     .unwrap();

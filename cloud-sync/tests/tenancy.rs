@@ -123,6 +123,8 @@ async fn no_role_of_another_organisation_and_no_role_without_the_permission_reac
             }
             ("post", "/api/v1/admin/users/{username}/disable" | "/api/v1/admin/users/{username}/reset-link") => None,
             ("post", "/api/v1/auth/logout") => None,
+            ("put", "/api/v1/auth/pin") => Some(("application/json", br#"{"pin":"604182"}"#.to_vec())),
+            ("delete", "/api/v1/admin/users/{username}/pin") => None,
             (m, p) => panic!("no probe body for {m} {p}: add one"),
         }
     };

@@ -19,6 +19,9 @@ pub struct Config {
     /// The X-ray unit, if the van has one.
     #[serde(default)]
     pub xray: Option<XrayConfig>,
+    /// Crew login: the PIN key and session timeouts.
+    #[serde(default)]
+    pub crew: crate::crew::CrewSettings,
 }
 
 /// The `[xray]` table.

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod config;
+pub mod crew;
 pub mod identity;
 pub mod sync;
 pub mod xray;
@@ -82,6 +83,7 @@ pub async fn start_sync(config: &config::Config, store: &Store) -> anyhow::Resul
         identity_dir: Some(dir.clone()),
         renew_below: None,
         liveness: Default::default(),
+        roster_key: crew_key(config)?,
     };
     match sync::spawn(store.clone(), settings) {
         Ok(handle) => Ok(handle),
@@ -90,6 +92,17 @@ pub async fn start_sync(config: &config::Config, store: &Store) -> anyhow::Resul
             Ok(sync::SyncHandle::identity_unusable(format!(
                 "sync could not start ({e:#}); if the van's certificate or key is damaged, enrol again with `edge-agent enrol --token ...`"
             )))
+        }
+    }
+}
+
+/// The PIN key, if this van has one (configured, or systemd's credential).
+pub fn crew_key(config: &config::Config) -> anyhow::Result<Option<[u8; 32]>> {
+    match config.crew.key_file() {
+        Some(path) if path.exists() || config.crew.pin_key_file.is_some() => Ok(Some(crew::load_key(&path)?)),
+        _ => {
+            tracing::warn!("no PIN key: crew PIN login is off on this van (break-glass still works)");
+            Ok(None)
         }
     }
 }
@@ -116,8 +129,11 @@ pub async fn serve(
     let limit = usize::try_from(config.agent.max_attachment_mib * 1024 * 1024).unwrap_or(usize::MAX);
     let sync = start_sync(&config, &store).await?;
     let xray = start_xray(&config, &store)?;
-    let state =
-        api::AppState::new(store.clone(), config.agent.org_id.clone(), limit).with_sync(sync).with_xray(xray.clone());
+    let crew = crew::Crew::new(store.clone(), crew_key(&config)?, config.crew.clone());
+    let state = api::AppState::new(store.clone(), config.agent.org_id.clone(), limit)
+        .with_sync(sync)
+        .with_xray(xray.clone())
+        .with_crew(crew);
     let app = api::app(state);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("Failed to serve the local API")?;
     // Disarm the unit before the store closes.

@@ -27,6 +27,8 @@ pub struct StoreReplica {
     pending: BTreeMap<DocId, Vec<u8>>,
     /// Signs the audit log's tree heads; without it the log is not sent.
     signer: Option<std::sync::Arc<AuditSigner>>,
+    /// Seals the crew roster as it arrives; without it no roster is taken.
+    roster_key: Option<[u8; 32]>,
 }
 
 /// Signs tree heads of the van's audit log with the van's device key (ECDSA P-256), so the
@@ -71,7 +73,20 @@ impl StoreReplica {
     /// The store as the peer named `peer` syncs with it.
     pub fn new(store: Store, peer: &str) -> anyhow::Result<StoreReplica> {
         let actor = UserId::parse(&format!("sync:{peer}"))?;
-        Ok(StoreReplica { store, peer: peer.to_owned(), actor, pending: BTreeMap::new(), signer: None })
+        Ok(StoreReplica {
+            store,
+            peer: peer.to_owned(),
+            actor,
+            pending: BTreeMap::new(),
+            signer: None,
+            roster_key: None,
+        })
+    }
+
+    /// Takes the crew roster from the hub, sealed with the van's PIN key.
+    pub fn with_roster_key(mut self, key: Option<[u8; 32]>) -> StoreReplica {
+        self.roster_key = key;
+        self
     }
 
     /// Sends the store's audit log too, its tree heads signed by `signer`.
@@ -238,6 +253,24 @@ impl Replica for StoreReplica {
         Some((records, SignedHead { size: head.size, root: head.root, signature }))
     }
 
+    fn receive_roster(
+        &mut self,
+        _digest: [u8; 32],
+        members: Vec<sync_proto::CrewMember>,
+    ) -> Result<(), ReplicaRefusal> {
+        let Some(key) = self.roster_key else {
+            return Err(ReplicaRefusal {
+                reason: RefusalReason::NotAuthorised,
+                detail: "this van has no PIN key; crew PIN login is off".into(),
+            });
+        };
+        let n = members.len();
+        blocking(|| crate::crew::store_roster(&self.store, &key, &members))
+            .map_err(|e| ReplicaRefusal { reason: RefusalReason::Malformed, detail: e.to_string() })?;
+        tracing::info!(members = n, "crew roster updated");
+        Ok(())
+    }
+
     fn audit_acked(&self) -> u64 {
         let value = blocking(|| self.store.peer_value(&self.peer, AUDIT_ACKED)).ok().flatten();
         value.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
@@ -305,6 +338,8 @@ pub struct SyncSettings {
     pub renew_below: Option<std::time::Duration>,
     /// How fast a dead link is noticed.
     pub liveness: sync_quic::driver::Liveness,
+    /// The PIN key, to take the crew roster with; `None`: no roster is taken.
+    pub roster_key: Option<[u8; 32]>,
 }
 
 /// The running sync service.
@@ -539,7 +574,8 @@ async fn session(
     // Changes made before this connection are covered by the inventory exchange.
     while local.try_recv().is_ok() {}
     let signer = std::sync::Arc::new(AuditSigner::for_identity(&settings.identity)?);
-    let mut replica = StoreReplica::new(store.clone(), "hub")?.with_audit_signer(signer);
+    let mut replica =
+        StoreReplica::new(store.clone(), "hub")?.with_audit_signer(signer).with_roster_key(settings.roster_key);
     loop {
         let (mut send, mut recv) = connected.conn.open_bi().await?;
         let mut session = sync_proto::Session::new(sync_proto::Role::Van);

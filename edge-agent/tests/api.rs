@@ -16,6 +16,8 @@ struct Agent {
     dir: tempfile::TempDir,
     store: Store,
     router: axum::Router,
+    /// Crew session tokens by user name.
+    tokens: std::collections::HashMap<String, String>,
 }
 
 fn agent() -> Agent {
@@ -25,8 +27,9 @@ fn agent() -> Agent {
     let mut config = StoreConfig::new(dir.path().join("data"), &key, VanId::parse("van-12").unwrap());
     config.create_if_missing = true;
     let store = Store::open(config).unwrap();
-    let router = app(AppState::new(store.clone(), OrgId::parse("org-north").unwrap(), 1 << 20));
-    Agent { dir, store, router }
+    let (crew, tokens) = edge_agent::crew::with_members(&store, &[("ana", "604182"), ("dr-osei", "771903")]);
+    let router = app(AppState::new(store.clone(), OrgId::parse("org-north").unwrap(), 1 << 20).with_crew(crew));
+    Agent { dir, store, router, tokens }
 }
 
 impl Agent {
@@ -40,7 +43,7 @@ impl Agent {
     ) -> (StatusCode, Vec<u8>) {
         let mut req = Request::builder().method(method).uri(uri).header("content-type", content_type);
         if let Some(u) = user {
-            req = req.header("x-medvan-user", u);
+            req = req.header("authorization", format!("Bearer {}", self.tokens[u]));
         }
         let resp = self.router.clone().oneshot(req.body(body).unwrap()).await.unwrap();
         let status = resp.status();
@@ -122,7 +125,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let (status, bytes) =
         a.call(Method::GET, &format!("/api/v1/cases/{id}"), None, Body::empty(), "application/json").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(String::from_utf8_lossy(&bytes).contains("x-medvan-user"));
+    assert!(String::from_utf8_lossy(&bytes).contains("log in"), "{}", String::from_utf8_lossy(&bytes));
 
     let (status, _) = a.json(Method::GET, "/api/v1/cases?status=flying", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -353,7 +356,7 @@ async fn every_operation_in_the_openapi_document_is_served() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 22);
+    assert_eq!(operations, 26);
 }
 
 #[tokio::test]

@@ -88,6 +88,7 @@ async fn the_van_syncs_by_itself_notices_a_dead_link_and_catches_up() {
         identity_dir: None,
         renew_below: None,
         liveness: fast,
+        roster_key: None,
     };
     let sync = spawn(van_store.clone(), settings).unwrap();
 

@@ -27,6 +27,7 @@ struct Van {
     sim: Simulator,
     xray: XrayHandle,
     router: axum::Router,
+    token: String,
 }
 
 fn van() -> Van {
@@ -38,8 +39,11 @@ fn van() -> Van {
     let store = Store::open(config).unwrap();
     let sim = Simulator::start(GenConfig::default(), 11).unwrap();
     let xray = XrayHandle::start(store.clone(), sim.path(), Box::new(Simulated::new(640, 800, 3))).unwrap();
-    let router = app(AppState::new(store.clone(), OrgId::parse("org-north").unwrap(), 1 << 20).with_xray(xray.clone()));
-    Van { _dir: dir, store, sim, xray, router }
+    let (crew, tokens) = edge_agent::crew::with_members(&store, &[("ana", "604182")]);
+    let router = app(AppState::new(store.clone(), OrgId::parse("org-north").unwrap(), 1 << 20)
+        .with_xray(xray.clone())
+        .with_crew(crew));
+    Van { _dir: dir, store, sim, xray, router, token: tokens["ana"].clone() }
 }
 
 impl Van {
@@ -48,7 +52,7 @@ impl Van {
             .method(method)
             .uri(uri)
             .header("content-type", "application/json")
-            .header("x-medvan-user", "ana")
+            .header("authorization", format!("Bearer {}", self.token))
             .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
             .unwrap();
         let resp = self.router.clone().oneshot(req).await.unwrap();
@@ -58,7 +62,11 @@ impl Van {
     }
 
     async fn bytes(&self, uri: &str) -> Vec<u8> {
-        let req = Request::builder().uri(uri).header("x-medvan-user", "ana").body(Body::empty()).unwrap();
+        let req = Request::builder()
+            .uri(uri)
+            .header("authorization", format!("Bearer {}", self.token))
+            .body(Body::empty())
+            .unwrap();
         let resp = self.router.clone().oneshot(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "{uri}");
         resp.into_body().collect().await.unwrap().to_bytes().to_vec()
@@ -376,14 +384,39 @@ async fn every_fault_during_an_exposure_ends_safe_with_the_abort_recorded_and_no
     }
 }
 
-/// A minimal HTTP/1.1 client for the agent process (one request per connection).
+/// A minimal HTTP/1.1 client for the agent process (one request per connection), logged
+/// in by break-glass (the process has no PIN key); a restarted agent gets a new login.
 fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    static SESSIONS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+    let cached = SESSIONS.lock().unwrap().iter().find(|(a, _)| a == addr).map(|(_, t)| t.clone());
+    let token = match cached {
+        Some(t) => t,
+        None => {
+            let reason = json!({ "name": "Test Crew", "reason": "the roster has not reached this test van" });
+            let (code, v) = raw_http(addr, "POST", "/api/v1/crew/break-glass", Some(&reason), None);
+            assert_eq!(code, 201, "{v}");
+            let t = v["token"].as_str().unwrap().to_owned();
+            SESSIONS.lock().unwrap().push((addr.to_owned(), t.clone()));
+            t
+        }
+    };
+    let (code, v) = raw_http(addr, method, path, body, Some(&token));
+    if code == 401 {
+        // The agent restarted: its sessions went with it.
+        SESSIONS.lock().unwrap().retain(|(a, _)| a != addr);
+        return http(addr, method, path, body);
+    }
+    (code, v)
+}
+
+fn raw_http(addr: &str, method: &str, path: &str, body: Option<&Value>, token: Option<&str>) -> (u16, Value) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let body = body.map(Value::to_string).unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nX-Medvan-User: ana\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

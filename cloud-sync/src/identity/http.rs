@@ -26,6 +26,8 @@ pub(crate) fn routes() -> crate::Routes {
         .route("/api/v1/auth/mfa/enrol", post(mfa_enrol))
         .route("/api/v1/auth/mfa/confirm", post(mfa_confirm))
         .route("/api/v1/auth/password/reset", post(password_reset))
+        .route("/api/v1/auth/pin", axum::routing::put(set_pin))
+        .route("/api/v1/admin/users/{username}/pin", axum::routing::delete(clear_pin))
         .route("/api/v1/admin/users", get(list_users).post(add_user))
         .route("/api/v1/admin/users/{username}/disable", post(disable_user))
         .route("/api/v1/admin/users/{username}/reset-link", post(reset_link))
@@ -309,4 +311,32 @@ async fn reset_link(
         axum::Json(serde_json::json!({ "reset_token": token, "valid_s": RESET_LINK_S })),
     )
         .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinRequest {
+    pin: String,
+}
+
+/// Sets the caller's own PIN for the vans' touchscreens.
+async fn set_pin(
+    State(state): State<Arc<HubState>>,
+    Caller(p): Caller,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let req: PinRequest = json_body(&body, r#"{"pin": "604182"}"#)?;
+    run(&state, move |id| id.set_pin(&p.org, &p.user, &req.pin, now_s())).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn clear_pin(
+    State(state): State<Arc<HubState>>,
+    Caller(p): Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&p, Permission::UserAdmin)?;
+    let user = username(&name)?;
+    run(&state, move |id| id.clear_pin(p.user.as_str(), &p.org, &user, now_s())).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -23,7 +23,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use sha2::{Digest, Sha256};
 use tokens::jwt::KeySet;
 
-use self::records::{RESET, Reset, SESSION, SIGNING_KEY, Session, SigningKey, Totp, USER, User, Vault};
+use self::records::{RESET, ROSTER_ACK, Reset, SESSION, SIGNING_KEY, Session, SigningKey, Totp, USER, User, Vault};
 use self::roles::{Permission, Role};
 use crate::storage::crypto::Sealer;
 use crate::storage::{Storage, StorageError};
@@ -277,6 +277,21 @@ pub fn check_password_rules(password: &str, username: &str) -> Result<(), Identi
     Ok(())
 }
 
+/// Checks a new PIN: six to eight digits, not one digit repeated, not a run up or down.
+pub fn check_pin_rules(pin: &str) -> Result<(), IdentityError> {
+    let digits: Vec<u8> = pin.bytes().collect();
+    if !(6..=8).contains(&digits.len()) || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(IdentityError::WeakPassword("a PIN is 6 to 8 digits".into()));
+    }
+    let steps: Vec<i16> = digits.windows(2).map(|w| i16::from(w[1]) - i16::from(w[0])).collect();
+    if steps.iter().all(|d| *d == 0) || steps.iter().all(|d| *d == 1) || steps.iter().all(|d| *d == -1) {
+        return Err(IdentityError::WeakPassword(
+            "the PIN is too easy to guess (one digit repeated, or a run like 123456); choose another".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl Identity {
     /// Opens the service over `storage`, making a signing key if none is fresh enough.
     pub fn open(
@@ -406,6 +421,7 @@ impl Identity {
             attempts: Default::default(),
             disabled: false,
             created_at: now,
+            pin: None,
         };
         let key = User::key(org.as_str(), username.as_str());
         let roles_text: Vec<&str> = roles.iter().map(|r| r.name()).collect();
@@ -523,6 +539,92 @@ impl Identity {
                 Ok(UserSummary { username: u.username, roles: u.roles, disabled: u.disabled, mfa_enrolled })
             })
             .collect()
+    }
+
+    // ---- crew PINs and the vans' roster ------------------------------------------------
+
+    /// Sets the caller's PIN for the vans' touchscreens (6 to 8 digits, not a run or a
+    /// repeat); it reaches the organisation's vans with their next sync.
+    pub fn set_pin(&self, org: &OrgId, username: &UserId, pin: &str, now: i64) -> Result<(), IdentityError> {
+        check_pin_rules(pin)?;
+        let verifier = accounts::password::hash(pin, self.random::<16>());
+        let key = User::key(org.as_str(), username.as_str());
+        self.update_user(&key, |u| {
+            u.pin = Some(verifier.clone());
+            Ok(())
+        })?;
+        self.storage.audit(&self.audit(
+            username.as_str(),
+            "user.pin_set",
+            audit::Outcome::Allowed,
+            format!("user={key}"),
+            now,
+        ))?;
+        Ok(())
+    }
+
+    /// Removes an account's PIN: it stops working on the vans after their next sync.
+    pub fn clear_pin(&self, actor: &str, org: &OrgId, username: &UserId, now: i64) -> Result<(), IdentityError> {
+        let key = User::key(org.as_str(), username.as_str());
+        self.update_user(&key, |u| {
+            u.pin = None;
+            Ok(())
+        })?;
+        self.storage.audit(&self.audit(
+            actor,
+            "user.pin_cleared",
+            audit::Outcome::Allowed,
+            format!("user={key}"),
+            now,
+        ))?;
+        Ok(())
+    }
+
+    /// The crew roster of an organisation's vans: its paramedics with a PIN, not disabled,
+    /// by name, and a digest of it.
+    pub fn roster(&self, org: &str) -> Result<([u8; 32], Vec<sync_proto::CrewMember>), IdentityError> {
+        let mut members = Vec::new();
+        for row in self.storage.identities(USER, org)? {
+            let u: User = records::open(&self.sealer, &row)?;
+            if u.disabled || !u.roles.contains(&Role::Paramedic) {
+                continue;
+            }
+            if let Some(pin) = u.pin {
+                members.push(sync_proto::CrewMember {
+                    username: u.username,
+                    roles: u.roles.iter().map(|r| r.name().to_owned()).collect(),
+                    pin_verifier: pin,
+                });
+            }
+        }
+        members.sort_by(|a, b| a.username.cmp(&b.username));
+        let mut h = Sha256::new();
+        for m in &members {
+            h.update(serde_json::to_vec(&(&m.username, &m.roles, &m.pin_verifier)).unwrap_or_default());
+            h.update([0]);
+        }
+        Ok((h.finalize().into(), members))
+    }
+
+    /// The digest of the roster a van last confirmed.
+    pub fn roster_acked(&self, org: &str, van: &str) -> Result<Option<[u8; 32]>, IdentityError> {
+        let id = format!("{org}/{van}");
+        Ok(self.vault().load::<String>(ROSTER_ACK, &id)?.and_then(|(h, _)| hex::decode(h).ok()?.try_into().ok()))
+    }
+
+    /// Records that a van stored the roster with `digest`.
+    pub fn set_roster_acked(&self, org: &str, van: &str, digest: [u8; 32]) -> Result<(), IdentityError> {
+        let id = format!("{org}/{van}");
+        loop {
+            let version = self.vault().load::<String>(ROSTER_ACK, &id)?.map_or(0, |(_, v)| v);
+            match self.vault().store(ROSTER_ACK, &id, org, version, &hex::encode(digest), None) {
+                Err(StorageError::Conflict) => continue,
+                other => {
+                    other?;
+                    return Ok(());
+                }
+            }
+        }
     }
 
     // ---- logins ---------------------------------------------------------------------

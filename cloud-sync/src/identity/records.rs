@@ -17,6 +17,7 @@ pub(crate) const USER: &str = "user";
 pub(crate) const SESSION: &str = "session";
 pub(crate) const SIGNING_KEY: &str = "signing_key";
 pub(crate) const RESET: &str = "reset";
+pub(crate) const ROSTER_ACK: &str = "roster_ack";
 
 /// An account.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -39,6 +40,10 @@ pub(crate) struct User {
     #[serde(default)]
     pub(crate) disabled: bool,
     pub(crate) created_at: i64,
+    /// The argon2id verifier of the PIN crew use on the vans' touchscreens, which goes to
+    /// the organisation's vans in the roster.
+    #[serde(default)]
+    pub(crate) pin: Option<String>,
 }
 
 impl User {

@@ -681,6 +681,18 @@ impl Store {
         Ok(audit::after(&conn, after, limit)?)
     }
 
+    /// Records an event that touches no case (a crew login, a refused PIN, a break-glass
+    /// login) in the audit log, durably.
+    pub fn record_event(
+        &self,
+        ctx: &EditContext,
+        action: &str,
+        outcome: audit::Outcome,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        self.write(vec![Op::Audit(record(ctx, action, None, outcome, detail))])
+    }
+
     /// How many entries the audit log holds (its last position).
     pub fn audit_size(&self) -> Result<u64, StoreError> {
         let conn = lock(&self.inner.reader);

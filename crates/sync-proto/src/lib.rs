@@ -32,6 +32,9 @@
 //!    extend it (an entry changed or removed, a tail cut after a head was signed) is answered
 //!    with [`Message::AuditRefused`] and an alarm at the hub. An idle van whose log has not
 //!    grown sends nothing.
+//! 7. From version 2 the hub sends the crew roster (who may log in on the van offline, with
+//!    their PIN verifiers) when it changed since the van last confirmed it
+//!    ([`Message::Roster`], [`Message::RosterAck`]).
 //!
 //! Messages travel as length-prefixed frames ([`frame`]); a frame over the size limit or
 //! that does not decode ends the session with an error naming the problem.
@@ -41,7 +44,7 @@ pub mod frame;
 mod message;
 mod session;
 
-pub use message::{AuditRecord, DocId, Message, Priority, RefusalReason, SignedHead};
+pub use message::{AuditRecord, CrewMember, DocId, Message, Priority, RefusalReason, SignedHead};
 pub use session::{AUDIT_BATCH, BlobState, CHUNK, Event, Replica, ReplicaRefusal, Role, Session, SyncError};
 
 /// The newest protocol version this build speaks (2: the van's audit log travels too).

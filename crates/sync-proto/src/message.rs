@@ -131,6 +131,19 @@ pub enum Message {
         /// Entries held.
         size: u64,
     },
+    /// Hub to van (version 2 on): the crew allowed on the van, whole, when it changed since
+    /// the van last confirmed it.
+    Roster {
+        /// Digest of the roster, for the confirmation.
+        digest: [u8; 32],
+        /// The members.
+        members: Vec<CrewMember>,
+    },
+    /// Van to hub: the roster with this digest is stored.
+    RosterAck {
+        /// The roster's digest.
+        digest: [u8; 32],
+    },
     /// Hub to van: the batch does not extend what the hub holds of the van's log (an entry
     /// changed, removed or reordered, or a tail cut after a head was signed). The hub has
     /// raised an alarm; the van stops sending its log this session.
@@ -174,6 +187,18 @@ pub struct SignedHead {
     pub root: [u8; 32],
     /// The van's signature (ECDSA P-256, ASN.1) over the head's signing bytes.
     pub signature: Vec<u8>,
+}
+
+/// A crew member allowed on the van: who, in which roles, and the verifier of their PIN
+/// (an argon2id PHC string; never the PIN).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrewMember {
+    /// The user name.
+    pub username: String,
+    /// Roles in the organisation.
+    pub roles: Vec<String>,
+    /// The PIN's verifier.
+    pub pin_verifier: String,
 }
 
 impl Message {

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use automerge::sync;
 use sha2::{Digest, Sha256};
 
-use crate::message::{AuditRecord, DocId, Message, Priority, RefusalReason, SignedHead};
+use crate::message::{AuditRecord, CrewMember, DocId, Message, Priority, RefusalReason, SignedHead};
 use crate::{AUDIT_VERSION, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// Which side of the connection this session is.
@@ -104,6 +104,17 @@ pub trait Replica {
         Err(ReplicaRefusal { reason: RefusalReason::NotAuthorised, detail: "this side keeps no blobs".into() })
     }
 
+    /// The hub: the crew roster for this van, if it differs from the one the van last
+    /// confirmed.
+    fn roster_update(&mut self) -> Option<([u8; 32], Vec<CrewMember>)> {
+        None
+    }
+    /// The hub: the van confirmed storing the roster with this digest.
+    fn roster_acked(&mut self, _digest: [u8; 32]) {}
+    /// The van: stores the roster (replacing the last); durable on return.
+    fn receive_roster(&mut self, _digest: [u8; 32], _members: Vec<CrewMember>) -> Result<(), ReplicaRefusal> {
+        Err(ReplicaRefusal { reason: RefusalReason::NotAuthorised, detail: "this side keeps no crew roster".into() })
+    }
     /// The hub: the van's public key (the raw P-256 point of its certificate), to check its
     /// signed tree heads with.
     fn set_peer_key(&mut self, _key: &[u8]) {}
@@ -173,6 +184,13 @@ pub enum Event {
     },
     /// The hub confirmed holding the van's audit log up to this size.
     AuditDelivered(u64),
+    /// The van stored a new crew roster.
+    RosterReceived,
+    /// The van could not store the crew roster (it comes again next session).
+    RosterNotStored {
+        /// Why.
+        detail: String,
+    },
     /// A van's audit log does not extend the copy the hub holds (hub: this side found it;
     /// van: the hub said so).
     AuditTampered {
@@ -496,6 +514,21 @@ impl Session {
                 }
                 Ok(())
             }
+            (Phase::Syncing, Message::Roster { digest, members }) if self.role == Role::Van => {
+                match replica.receive_roster(digest, members) {
+                    Ok(()) => {
+                        self.events.push_back(Event::RosterReceived);
+                        self.queue(Message::RosterAck { digest });
+                    }
+                    // Not confirmed: the hub sends it again next session.
+                    Err(refusal) => self.events.push_back(Event::RosterNotStored { detail: refusal.detail }),
+                }
+                Ok(())
+            }
+            (Phase::Syncing, Message::RosterAck { digest }) if self.role == Role::Hub => {
+                replica.roster_acked(digest);
+                Ok(())
+            }
             (Phase::Syncing, Message::AuditRefused { detail }) if self.role == Role::Van => {
                 self.audit_waiting = false;
                 self.audit_stopped = true;
@@ -620,6 +653,12 @@ impl Session {
         self.events.push_back(Event::Ready { in_sync });
         self.offer_early_changes(replica);
         self.push_audit(replica);
+        if self.role == Role::Hub
+            && self.version >= AUDIT_VERSION
+            && let Some((digest, members)) = replica.roster_update()
+        {
+            self.queue(Message::Roster { digest, members });
+        }
     }
 
     /// The van: sends the next batch of its audit log the hub has not confirmed, one batch
@@ -717,5 +756,7 @@ fn name(msg: &Message) -> &'static str {
         Message::AuditBatch { .. } => "AuditBatch",
         Message::AuditAck { .. } => "AuditAck",
         Message::AuditRefused { .. } => "AuditRefused",
+        Message::Roster { .. } => "Roster",
+        Message::RosterAck { .. } => "RosterAck",
     }
 }

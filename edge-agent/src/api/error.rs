@@ -16,6 +16,8 @@ pub(crate) enum ApiError {
     Unauthenticated(String),
     /// A body over the size limit (bytes).
     TooLarge(usize),
+    /// Too many attempts: wait this many seconds.
+    TooMany(String, i64),
     /// A bug or an unexpected failure: logged, answered with a generic message.
     Internal(String),
     /// The store refused or failed.
@@ -50,7 +52,14 @@ const INTERNAL: &str = "the agent could not complete the request, and it may not
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::TooMany(message, wait) = self {
+            let body = serde_json::json!({ "error": "too_many_attempts", "message": message });
+            let mut r = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(wait.max(1) as u64));
+            return r;
+        }
         let (status, code, message) = match self {
+            ApiError::TooMany(..) => unreachable!("answered above"),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
             ApiError::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, "unauthenticated", m),
             ApiError::Conflict(code, m) => (StatusCode::CONFLICT, code, m),

@@ -1,10 +1,13 @@
 //! The local HTTP API the touchscreen uses. Described by `openapi.json`, served at
 //! `/openapi.json`.
 //!
-//! Until crew login lands, the acting user comes from the `X-Medvan-User` header and the
-//! API listens on loopback only (the config refuses anything else).
+//! Every route but health, this document and the two ways in (PIN login and break-glass)
+//! needs a crew session: `Authorization: Bearer <token>` from `POST /api/v1/crew/login`.
+//! The acting user recorded on every edit and audit entry is the session's. The API listens
+//! on loopback only (the config refuses anything else).
 
 mod cases;
+mod crew;
 mod error;
 mod xray;
 
@@ -16,7 +19,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use case_model::{EditContext, OrgId, Timestamp, UserId};
+use case_model::{EditContext, OrgId, Timestamp};
 use case_store::Store;
 
 pub(crate) use error::ApiError;
@@ -32,18 +35,26 @@ pub struct AppState {
     pub(crate) org: OrgId,
     pub(crate) max_attachment_bytes: usize,
     pub(crate) xray: crate::xray::XrayHandle,
+    pub(crate) crew: Arc<crate::crew::Crew>,
 }
 
 impl AppState {
     /// State over an open store; new cases belong to `org`.
     pub fn new(store: Store, org: OrgId, max_attachment_bytes: usize) -> AppState {
         AppState {
-            store,
             org,
             max_attachment_bytes,
             sync: crate::sync::SyncHandle::not_configured(),
             xray: crate::xray::XrayHandle::not_configured(),
+            crew: Arc::new(crate::crew::Crew::new(store.clone(), None, Default::default())),
+            store,
         }
+    }
+
+    /// Logs crew in with this service.
+    pub fn with_crew(mut self, crew: crate::crew::Crew) -> AppState {
+        self.crew = Arc::new(crew);
+        self
     }
 
     /// Drives this X-ray unit at `/api/v1/xray`.
@@ -82,7 +93,11 @@ pub fn app(state: AppState) -> Router {
         .route("/xray/disarm", post(xray::disarm))
         .route("/xray/confirm", post(xray::press))
         .route("/xray/confirm/{token}/hold", post(xray::hold))
-        .route("/xray/confirm/{token}/release", post(xray::release));
+        .route("/xray/confirm/{token}/release", post(xray::release))
+        .route("/crew/login", post(crew::login))
+        .route("/crew/break-glass", post(crew::break_glass))
+        .route("/crew/logout", post(crew::logout))
+        .route("/crew/me", get(crew::me));
     Router::new()
         .route("/health", get(health))
         .route("/openapi.json", get(openapi))
@@ -115,19 +130,12 @@ async fn openapi() -> impl IntoResponse {
 #[derive(Debug)]
 pub(crate) struct Actor(pub(crate) EditContext);
 
-/// The header carrying the acting user until crew login lands.
-pub(crate) const USER_HEADER: &str = "x-medvan-user";
-
-impl<S: Send + Sync> FromRequestParts<S> for Actor {
+impl FromRequestParts<Arc<AppState>> for Actor {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let raw = parts.headers.get(USER_HEADER).ok_or_else(|| {
-            ApiError::Unauthenticated(format!("send the acting user's id in the {USER_HEADER} header"))
-        })?;
-        let text = raw.to_str().map_err(|_| ApiError::Unauthenticated(format!("{USER_HEADER} must be plain ASCII")))?;
-        let user = UserId::parse(text).map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
-        Ok(Actor(EditContext { user, now: now() }))
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let session = crew::session(parts, state)?;
+        Ok(Actor(EditContext { user: session.user, now: now() }))
     }
 }
 
