@@ -262,6 +262,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .transpose()?;
             let source = van.as_ref().map_or("medvan-hub".to_owned(), |d| format!("edge-agent {}/{}", d.org, d.van));
+            // Recorded before anything is shown.
+            audit_admin(&hub, "audit.export", format!("log={source} format={format} after={after}"))?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let mut next = after;
             loop {
@@ -278,7 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             std::io::Write::flush(&mut out)?;
-            audit_admin(&hub, "audit.export", format!("log={source} format={format} after={after} through={next}"))
+            Ok(())
         }
         Command::Case(CaseCommand::Assign { org, case, van }) => {
             let hub = cloud_sync::fleet::Hub::open(&config)?;
@@ -305,9 +307,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let (hub, sync) = (hub.clone(), sync.clone());
                     tokio::spawn(async move { hub.serve_sync(sync).await })
                 };
+                // Signing keys rotate when due, and keys other hub processes made are picked up.
+                let keys = {
+                    let identity = hub.identity.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+                            let id = identity.clone();
+                            match tokio::task::spawn_blocking(move || id.maintain_keys(now_s())).await {
+                                Ok(Err(e)) => tracing::error!(error = %e, "could not maintain the signing keys"),
+                                Err(e) => tracing::error!(error = %e, "signing key maintenance failed"),
+                                Ok(Ok(())) => {}
+                            }
+                        }
+                    })
+                };
                 cloud_sync::serve(state, listener, shutdown).await?;
                 sync.close();
                 serving.abort();
+                keys.abort();
                 tracing::info!("hub stopped cleanly");
                 Ok(())
             })

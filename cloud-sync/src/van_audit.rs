@@ -33,7 +33,8 @@ fn entry(r: AuditRecord) -> audit::Entry {
     }
 }
 
-/// Takes a run of a van's log; answers how much of it the hub now holds.
+/// Takes a run of a van's log; answers how much of it the hub now holds. Only a run that
+/// does not extend the copy, or a head the van did not sign, is refused (and raised).
 pub(crate) fn receive(
     storage: &dyn Storage,
     device: &DeviceId,
@@ -42,16 +43,31 @@ pub(crate) fn receive(
     head: SignedHead,
 ) -> Result<u64, ReplicaRefusal> {
     let (org, van) = (device.org.as_str(), device.van.as_str());
-    let failed = |e: StorageError| ReplicaRefusal {
-        reason: RefusalReason::NotAuthorised,
-        detail: format!("the hub could not store the audit log ({e}); it is sent again next session"),
+    // A storage failure is not the van's doing: the answer says what is held (nothing new),
+    // and the van sends again next session.
+    let unstored = |e: StorageError, held: u64| {
+        tracing::error!(error = %e, org, van, "could not store a van's audit log; it comes again");
+        held
     };
-    let held = storage.van_audit_hashes(org, van).map_err(failed)?;
+    let held = match storage.van_audit_hashes(org, van) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, org, van, "could not read a van's audit log copy");
+            return Err(ReplicaRefusal {
+                reason: RefusalReason::NotAuthorised,
+                detail: format!("the hub could not read its copy of this van's audit log ({e})"),
+            });
+        }
+    };
+    let n = held.len() as u64;
     let tree = TreeHead { size: head.size, root: head.root };
-    if let Some(key) = peer_key
-        && UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key)
-            .verify(&tree.signing_bytes(&log_id(device)), &head.signature)
-            .is_err()
+    let Some(key) = peer_key else {
+        // No certificate key to check the head with (not a QUIC connection): take nothing.
+        return Ok(n);
+    };
+    if UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key)
+        .verify(&tree.signing_bytes(&log_id(device)), &head.signature)
+        .is_err()
     {
         return Err(alarm(storage, device, "the tree head's signature does not verify with the van's certificate key"));
     }
@@ -67,8 +83,8 @@ pub(crate) fn receive(
     match storage.append_van_audit(org, van, new, &stored) {
         Ok(()) => Ok(head.size),
         // Another connection of the van stored first: say what is held now.
-        Err(StorageError::Conflict) => Ok(storage.van_audit_hashes(org, van).map_err(failed)?.len() as u64),
-        Err(e) => Err(failed(e)),
+        Err(StorageError::Conflict) => Ok(storage.van_audit_hashes(org, van).map_or(n, |h| h.len() as u64)),
+        Err(e) => Ok(unstored(e, n)),
     }
 }
 

@@ -353,3 +353,47 @@ async fn roles_limit_what_each_user_does_rate_limits_answer_429_and_metrics_coun
     assert!(text.contains("medvan_front_door_refusals_total{reason=\"rate_limited\"} 1"), "{text}");
     assert!(!text.contains("0190a7c4"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_stops_access_tokens_parallel_guesses_all_count_and_logins_take_json_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_config, hub, router) = hub_with(dir.path(), "[front_door]\nlogins_per_address_per_min = 1000.0\n");
+    let (tokens, _) = create_and_login(&hub.identity, "org-north", "pat.medic", &[Role::Paramedic]);
+    // Logged out: the access token stops working too, not only the refresh token.
+    let sid = tokens.refresh_token.split('.').next().unwrap().to_owned();
+    hub.identity.logout(&sid, now_s()).unwrap();
+    assert_eq!(call(&router, get("/api/v1/cases", &tokens.access_token)).await.status, StatusCode::UNAUTHORIZED);
+    // A made-up refresh secret for a known session id does not end that session.
+    let (live, _) = create_and_login(&hub.identity, "org-north", "pat.two", &[Role::Paramedic]);
+    let live_sid = live.refresh_token.split('.').next().unwrap();
+    let forged = format!("{live_sid}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    assert!(hub.identity.refresh(&forged, now_s()).is_err());
+    assert!(hub.identity.refresh(&live.refresh_token, now_s()).is_ok(), "the real login goes on");
+
+    // Twenty wrong passwords at once: every one is counted, so the account is locked after.
+    let id = hub.identity.clone();
+    let guesses: Vec<_> = (0..20)
+        .map(|i| {
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || {
+                id.login("org-north", "pat.two", &format!("guess number {i}"), None, now_s())
+            })
+        })
+        .collect();
+    for g in guesses {
+        assert!(g.await.unwrap().is_err());
+    }
+    let after = hub.identity.login("org-north", "pat.two", PASSWORD, None, now_s());
+    assert!(matches!(after, Err(cloud_sync::identity::IdentityError::LockedOut(_))), "{after:?}");
+
+    // A cross-site form cannot post a login.
+    let form = Request::builder()
+        .method("POST")
+        .uri("/api/v1/auth/login")
+        .header("content-type", "text/plain")
+        .body(Body::from(
+            serde_json::json!({"org": "org-north", "username": "pat.medic", "password": PASSWORD}).to_string(),
+        ))
+        .unwrap();
+    assert_eq!(call(&router, form).await.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}

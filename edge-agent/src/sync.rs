@@ -271,9 +271,15 @@ impl Replica for StoreReplica {
         Ok(())
     }
 
-    fn audit_acked(&self) -> u64 {
-        let value = blocking(|| self.store.peer_value(&self.peer, AUDIT_ACKED)).ok().flatten();
-        value.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
+    fn audit_acked(&self) -> Option<u64> {
+        match blocking(|| self.store.peer_value(&self.peer, AUDIT_ACKED)) {
+            Ok(value) => Some(value.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)),
+            // Unknown: sending from 0 would look, to the hub, like a log cut short.
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the hub's audit confirmation; the log waits");
+                None
+            }
+        }
     }
 
     fn set_audit_acked(&mut self, size: u64) {

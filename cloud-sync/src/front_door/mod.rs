@@ -144,7 +144,8 @@ fn client_addr(req: &Request, trust_forwarded: bool) -> String {
             .headers()
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
+            // The proxy appends the address it saw; what comes before is the client's to write.
+            .and_then(|v| v.split(',').next_back())
             .and_then(|v| v.trim().parse::<IpAddr>().ok())
     {
         return ip.to_string();
@@ -200,9 +201,20 @@ fn authenticate(identity: &Identity, req: &Request, now: i64) -> Result<Principa
             unauthorised("log in first: send `Authorization: Bearer <access token>` (POST /api/v1/auth/login)"),
         )));
     };
-    let p = identity.authenticate_cookie(cookie, now).map_err(|e| {
-        tracing::info!(reason = %e, "session cookie refused");
-        Box::new(("unauthenticated", unauthorised("your session has ended; log in again")))
+    let p = identity.authenticate_cookie(cookie, now).map_err(|e| match e {
+        // A storage failure is not a logout.
+        crate::identity::AuthError::Storage(why) => {
+            tracing::error!(error = %why, "could not check a session");
+            Box::new((
+                "unavailable",
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, "the hub could not check your session; try again".into())
+                    .into_response(),
+            ))
+        }
+        e => {
+            tracing::info!(reason = %e, "session cookie refused");
+            Box::new(("unauthenticated", unauthorised("your session has ended; log in again")))
+        }
     })?;
     let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if !safe {
@@ -229,6 +241,11 @@ pub async fn middleware(State(state): State<Arc<HubState>>, mut req: Request, ne
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
     let route_label = route.clone().unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().clone();
+    // Only the methods HTTP defines get their own label: the metrics stay bounded.
+    let method_label = match method.as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+        _ => "OTHER",
+    };
     let addr = client_addr(&req, door.limits.trust_forwarded_for);
     let public = route.as_deref().is_none_or(|r| PUBLIC.contains(&r));
     let login_route = route.as_deref().is_some_and(|r| r.starts_with("/api/v1/auth/") && PUBLIC.contains(&r));
@@ -275,7 +292,7 @@ pub async fn middleware(State(state): State<Arc<HubState>>, mut req: Request, ne
     }
     let status = response.status().as_u16();
     let elapsed = started.elapsed().as_secs_f64();
-    door.metrics.observe(method.as_str(), &route_label, status, elapsed);
+    door.metrics.observe(method_label, &route_label, status, elapsed);
     let (user, org) = who.unwrap_or_default();
     tracing::info!(
         target: "medvan_hub::access",

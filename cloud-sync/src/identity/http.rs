@@ -117,7 +117,23 @@ struct LoginRequest {
     recovery_code: Option<String>,
 }
 
-async fn login(State(state): State<Arc<HubState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+/// The login routes take JSON only: a cross-site form (text/plain) cannot log a browser in
+/// to someone else's account.
+fn json_only(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if ct.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")) {
+        Ok(())
+    } else {
+        Err(ApiError(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send the body as Content-Type: application/json".into()))
+    }
+}
+
+async fn login(
+    State(state): State<Arc<HubState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    json_only(&headers)?;
     let req: LoginRequest =
         json_body(&body, r#"{"org": "...", "username": "...", "password": "...", "totp": "123456"}"#)?;
     let second = match (req.totp, req.recovery_code) {

@@ -222,10 +222,16 @@ pub struct Identity {
     sealer: Sealer,
     settings: Settings,
     keys: RwLock<KeySet>,
-    /// The newest key's creation time.
-    newest_key_at: RwLock<i64>,
+    /// When the keys were last read from storage (seconds).
+    keys_loaded_at: RwLock<i64>,
+    /// Whether each session seen with a bearer token was live, and when that was checked:
+    /// a logout or a disabled account stops its access tokens within [`SESSION_RECHECK_S`].
+    session_checks: std::sync::Mutex<std::collections::HashMap<String, (bool, i64)>>,
     rng: SystemRandom,
 }
+
+/// How long a bearer token's session is taken as live before it is looked at again.
+pub const SESSION_RECHECK_S: i64 = 5;
 
 fn sha_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
@@ -236,6 +242,12 @@ fn sha_hex(s: &str) -> String {
 fn decoy_verifier() -> &'static str {
     static DECOY: OnceLock<String> = OnceLock::new();
     DECOY.get_or_init(|| accounts::password::hash("decoy password, never matches", [7; 16]))
+}
+
+/// Text from a request as it may go into the log: at most 64 characters of a name's
+/// alphabet, anything else shown as `?`.
+fn printable(s: &str) -> String {
+    s.chars().take(64).map(|c| if c.is_ascii_alphanumeric() || "._:@/-".contains(c) { c } else { '?' }).collect()
 }
 
 /// Where a session token (`<session id>.<secret>`) splits.
@@ -301,8 +313,16 @@ impl Identity {
         now: i64,
     ) -> Result<Identity, StorageError> {
         let rng = SystemRandom::new();
-        let (keys, newest) = Self::load_keys(&*storage, &sealer, &settings, &rng, now)?;
-        Ok(Identity { storage, sealer, settings, keys: RwLock::new(keys), newest_key_at: RwLock::new(newest), rng })
+        let keys = Self::load_keys(&*storage, &sealer, &settings, &rng, now)?;
+        Ok(Identity {
+            storage,
+            sealer,
+            settings,
+            keys: RwLock::new(keys),
+            keys_loaded_at: RwLock::new(now),
+            session_checks: Default::default(),
+            rng,
+        })
     }
 
     fn load_keys(
@@ -311,7 +331,7 @@ impl Identity {
         settings: &Settings,
         rng: &SystemRandom,
         now: i64,
-    ) -> Result<(KeySet, i64), StorageError> {
+    ) -> Result<KeySet, StorageError> {
         let mut stored: Vec<(String, SigningKey)> = storage
             .identities(SIGNING_KEY, "")?
             .iter()
@@ -348,14 +368,14 @@ impl Identity {
         }
         let mut set = set.ok_or_else(|| StorageError::Database("no signing key".into()))?;
         set.prune(now);
-        Ok((set, stored.last().map_or(now, |(_, k)| k.created_at)))
+        Ok(set)
     }
 
     /// Rotates the signing key if it is due, and picks up keys another hub process made.
     pub fn maintain_keys(&self, now: i64) -> Result<(), StorageError> {
-        let (keys, newest) = Self::load_keys(&*self.storage, &self.sealer, &self.settings, &self.rng, now)?;
+        let keys = Self::load_keys(&*self.storage, &self.sealer, &self.settings, &self.rng, now)?;
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
-        *self.newest_key_at.write().unwrap_or_else(|p| p.into_inner()) = newest;
+        *self.keys_loaded_at.write().unwrap_or_else(|p| p.into_inner()) = now;
         Ok(())
     }
 
@@ -493,7 +513,7 @@ impl Identity {
             format!("user={key}"),
             now,
         ))?;
-        self.end_sessions_of(&reset.org, &reset.username)?;
+        self.end_sessions_of(&reset.org, &reset.username, now)?;
         Ok(())
     }
 
@@ -505,7 +525,7 @@ impl Identity {
             Ok(())
         })?;
         self.storage.audit(&self.audit(actor, "user.disable", audit::Outcome::Allowed, format!("user={key}"), now))?;
-        self.end_sessions_of(org.as_str(), username.as_str())?;
+        self.end_sessions_of(org.as_str(), username.as_str(), now)?;
         Ok(())
     }
 
@@ -644,24 +664,32 @@ impl Identity {
         } else {
             None
         };
-        let Some((user, _)) = found else {
-            // The same work as for a real account: timing does not tell who exists.
+        if found.is_none() {
+            // The same work as for a real account: timing does not tell who exists. Names
+            // that cannot exist are not written to the log as given.
             let _ = accounts::password::verify(password, decoy_verifier());
+            let actor = if UserId::parse(username).is_ok() { username } else { "unknown" };
             self.storage.audit(&self.audit(
-                username,
+                actor,
                 "auth.login",
                 audit::Outcome::Refused,
-                format!("org={org} unknown user"),
+                format!("org={} unknown user", printable(org)),
                 now,
             ))?;
             return Err(IdentityError::BadCredentials);
-        };
-        if let Err(l) = user.attempts.check(now) {
-            return Err(IdentityError::LockedOut(l.retry_after_s));
         }
+        // The attempt counts as failed before it is checked, so guesses sent in parallel all
+        // count; only a complete login clears the count.
+        let user = self.update_user(&key, |u| {
+            if let Err(l) = u.attempts.check(now) {
+                return Err(IdentityError::LockedOut(l.retry_after_s));
+            }
+            u.attempts.failed(now);
+            Ok(())
+        })?;
         let password_ok = user.password.as_deref().is_some_and(|v| accounts::password::verify(password, v));
         if !password_ok {
-            self.fail(&key, username, "wrong password", now)?;
+            self.audit_failure(&key, &user, "wrong password", now)?;
             return Err(IdentityError::BadCredentials);
         }
         if user.disabled {
@@ -673,17 +701,19 @@ impl Identity {
             return Ok(LoginOutcome::EnrolMfa { enrolment_token: sid.cookie });
         }
         if enrolled {
-            match second {
-                None => return Err(IdentityError::SecondFactorRequired),
-                Some(f) => {
-                    if let Err(why) = self.check_second_factor(&key, f, now) {
-                        self.fail(&key, username, "wrong second factor", now)?;
-                        return Err(why);
-                    }
-                }
+            // Without a code the attempt stays counted: a password alone must not clear
+            // the count that limits code guessing.
+            let f = second.ok_or(IdentityError::SecondFactorRequired)?;
+            if let Err(why) = self.check_second_factor(&key, f, now) {
+                self.audit_failure(&key, &user, "wrong second factor", now)?;
+                return Err(why);
             }
         }
-        self.update_user(&key, |u| {
+        // Disabled meanwhile (an administrator acting during the password check): no session.
+        let user = self.update_user(&key, |u| {
+            if u.disabled {
+                return Err(IdentityError::Disabled);
+            }
             u.attempts.succeeded();
             Ok(())
         })?;
@@ -691,15 +721,11 @@ impl Identity {
         Ok(LoginOutcome::Session(Box::new(tokens)))
     }
 
-    fn fail(&self, key: &str, username: &str, why: &str, now: i64) -> Result<(), IdentityError> {
-        let user = self.update_user(key, |u| {
-            u.attempts.failed(now);
-            Ok(())
-        })?;
+    fn audit_failure(&self, key: &str, user: &User, why: &str, now: i64) -> Result<(), IdentityError> {
         let locked =
             user.attempts.check(now).err().map(|l| format!(" locked_for={}s", l.retry_after_s)).unwrap_or_default();
         self.storage.audit(&self.audit(
-            username,
+            &user.username,
             "auth.login",
             audit::Outcome::Refused,
             format!("user={key} {why} failures={}{locked}", user.attempts.failures()),
@@ -831,15 +857,34 @@ impl Identity {
     pub fn mfa_confirm(&self, enrolment_token: &str, code: &str, now: i64) -> Result<Tokens, IdentityError> {
         let (sid, s, version) = self.enrolment(enrolment_token, now)?;
         let key = User::key(&s.org, &s.username);
-        let user = self.update_user(&key, |u| {
+        let confirmed = self.update_user(&key, |u| {
+            if let Err(l) = u.attempts.check(now) {
+                return Err(IdentityError::LockedOut(l.retry_after_s));
+            }
             let t = u.totp.as_mut().ok_or_else(|| IdentityError::Invalid("start the enrolment first".into()))?;
+            // An authenticator confirmed already is not confirmed again through another
+            // enrolment (that would be code guessing without a lock).
+            if t.confirmed {
+                return Err(IdentityError::Invalid("this account has an authenticator already; log in".into()));
+            }
             let step = accounts::totp::verify(&t.secret, code, now, t.last_step)
                 .map_err(|e| IdentityError::SecondFactor(e.to_string()))?;
             t.last_step = Some(step);
             t.confirmed = true;
             u.attempts.succeeded();
             Ok(())
-        })?;
+        });
+        let user = match confirmed {
+            Err(IdentityError::SecondFactor(why)) => {
+                let user = self.update_user(&key, |u| {
+                    u.attempts.failed(now);
+                    Ok(())
+                })?;
+                self.audit_failure(&key, &user, "wrong code at enrolment", now)?;
+                return Err(IdentityError::SecondFactor(why));
+            }
+            other => other?,
+        };
         // The enrolment session ends; the login is a new session.
         let mut ended = s;
         ended.ended = true;
@@ -860,11 +905,20 @@ impl Identity {
             if s.mfa_pending {
                 return Err(bad("the refresh token is not known; log in again"));
             }
-            let outcome = if self.live(&s, now) {
+            let disabled =
+                self.vault().load::<User>(USER, &User::key(&s.org, &s.username))?.is_none_or(|(u, _)| u.disabled);
+            let outcome = if disabled {
+                Err(tokens::refresh::RefreshError::Revoked)
+            } else if self.live(&s, now) {
                 s.refresh.refresh(secret, now, self.settings.absolute_timeout_s, self.random::<32>())
             } else {
                 Err(tokens::refresh::RefreshError::Expired)
             };
+            // A secret this session never issued proves nothing about its holder (anyone can
+            // read a session id): it is refused without ending the session.
+            if outcome == Err(tokens::refresh::RefreshError::Unknown) {
+                return Err(bad("the refresh token is not known; log in again"));
+            }
             let (audit, result) = match outcome {
                 Ok(issued) => {
                     s.last_seen = now;
@@ -925,11 +979,11 @@ impl Identity {
         }
     }
 
-    fn end_sessions_of(&self, org: &str, username: &str) -> Result<(), IdentityError> {
+    fn end_sessions_of(&self, org: &str, username: &str, now: i64) -> Result<(), IdentityError> {
         for row in self.storage.identities(SESSION, org)? {
             let s: Session = records::open(&self.sealer, &row)?;
             if s.username == username && !s.ended {
-                self.end_session(&row.id, "auth.session_revoked", s.last_seen)?;
+                self.end_session(&row.id, "auth.session_revoked", now)?;
             }
         }
         Ok(())
@@ -943,7 +997,8 @@ impl Identity {
         let claims = match verified {
             // Another hub process may have rotated the key: look once more.
             Err(tokens::jwt::TokenError::UnknownKey(_)) => {
-                let due = *self.newest_key_at.read().unwrap_or_else(|p| p.into_inner()) + 60 < now;
+                // At most once a minute, whatever keys tokens name.
+                let due = *self.keys_loaded_at.read().unwrap_or_else(|p| p.into_inner()) + 60 < now;
                 if due {
                     self.maintain_keys(now).map_err(|e| AuthError::Storage(e.to_string()))?;
                 }
@@ -952,6 +1007,9 @@ impl Identity {
             other => other?,
         };
         let session = claims.jti.split('.').next().unwrap_or_default().to_owned();
+        if !self.session_live(&session, now)? {
+            return Err(AuthError::NoSession);
+        }
         Ok(Principal {
             user: UserId::parse(&claims.sub).map_err(|_| AuthError::Token(tokens::jwt::TokenError::Malformed))?,
             org: OrgId::parse(&claims.org).map_err(|_| AuthError::Token(tokens::jwt::TokenError::Malformed))?,
@@ -960,6 +1018,28 @@ impl Identity {
             by_cookie: false,
             csrf_hash: None,
         })
+    }
+
+    /// Whether a bearer token's session still stands (not logged out, revoked or timed
+    /// out), looked at in storage at most every [`SESSION_RECHECK_S`] per session.
+    fn session_live(&self, sid: &str, now: i64) -> Result<bool, AuthError> {
+        {
+            let checks = self.session_checks.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((live, at)) = checks.get(sid)
+                && now < at + SESSION_RECHECK_S
+            {
+                return Ok(*live);
+            }
+        }
+        let s = self.vault().load::<Session>(SESSION, sid).map_err(|e| AuthError::Storage(e.to_string()))?;
+        let live =
+            s.is_some_and(|(s, _)| !s.ended && !s.mfa_pending && now < s.created_at + self.settings.absolute_timeout_s);
+        let mut checks = self.session_checks.lock().unwrap_or_else(|p| p.into_inner());
+        if checks.len() > 100_000 {
+            checks.retain(|_, (_, at)| now < *at + SESSION_RECHECK_S);
+        }
+        checks.insert(sid.to_owned(), (live, now));
+        Ok(live)
     }
 
     /// Checks a browser session cookie, and keeps the session alive.
@@ -1036,13 +1116,15 @@ mod tests {
         id.maintain_keys(t + 600).unwrap();
         let second = kids(&id);
         assert_eq!(second.len(), 2);
-        assert!(id.authenticate_bearer(&old_token, t + 700).is_ok());
+        assert!(id.keys.read().unwrap().verify(&old_token, t + 700).is_ok());
         let new_token = issue(&id, t + 700);
         let header: serde_json::Value =
             serde_json::from_slice(&B64.decode(new_token.split('.').next().unwrap()).unwrap()).unwrap();
         assert_ne!(header["kid"], first[0].as_str(), "the new key signs");
-        // Another process picks the new key up by itself.
-        assert!(again.authenticate_bearer(&new_token, t + 700).is_ok());
+        // Another process picks the new key up by itself: the token passes the signature
+        // check and is refused only because these test tokens belong to no session.
+        assert_eq!(again.authenticate_bearer(&new_token, t + 700).unwrap_err(), AuthError::NoSession);
+        assert!(again.keys.read().unwrap().verify(&new_token, t + 700).is_ok());
         // Two rotations on, the first key is gone from storage and from the key set.
         id.maintain_keys(t + 1200).unwrap();
         assert!(!kids(&id).contains(&first[0]));

@@ -123,9 +123,10 @@ pub trait Replica {
     fn audit_batch(&mut self, _after: u64, _max: usize) -> Option<(Vec<AuditRecord>, SignedHead)> {
         None
     }
-    /// The van: how much of its log the hub has confirmed (persisted across sessions).
-    fn audit_acked(&self) -> u64 {
-        0
+    /// The van: how much of its log the hub has confirmed (persisted across sessions);
+    /// `None` when it cannot be read (then nothing is sent).
+    fn audit_acked(&self) -> Option<u64> {
+        Some(0)
     }
     /// The van: the hub confirmed holding its log up to `size`; persist it.
     fn set_audit_acked(&mut self, _size: u64) {}
@@ -259,6 +260,9 @@ pub struct Session {
     /// The van: an audit batch awaits the hub's answer, or the hub refused the log.
     audit_waiting: bool,
     audit_stopped: bool,
+    /// The van: what the hub confirmed, as this session knows it (kept here so a van that
+    /// cannot persist it does not send the same batch again and again).
+    audit_acked: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -315,6 +319,7 @@ impl Session {
             version: MIN_PROTOCOL_VERSION,
             audit_waiting: false,
             audit_stopped: false,
+            audit_acked: None,
         }
     }
 
@@ -499,19 +504,19 @@ impl Session {
             }
             (Phase::Syncing, Message::AuditAck { size }) if self.role == Role::Van && self.audit_waiting => {
                 self.audit_waiting = false;
-                let acked = replica.audit_acked();
+                let acked = self.audit_acked.unwrap_or(0);
+                self.audit_acked = Some(size);
+                replica.set_audit_acked(size);
                 if size > acked {
-                    replica.set_audit_acked(size);
                     self.events.push_back(Event::AuditDelivered(size));
                     self.push_audit(replica);
-                } else {
+                } else if size < acked {
                     // The hub holds less than it confirmed before (a restored database):
-                    // send again from what it holds, once.
-                    replica.set_audit_acked(size);
-                    if size < acked {
-                        self.push_audit(replica);
-                    }
+                    // send again from what it holds.
+                    self.push_audit(replica);
                 }
+                // The same size: the hub took nothing this time (it could not store it);
+                // the next session tries again.
                 Ok(())
             }
             (Phase::Syncing, Message::Roster { digest, members }) if self.role == Role::Van => {
@@ -668,7 +673,8 @@ impl Session {
         if self.role != Role::Van || self.version < AUDIT_VERSION || self.audit_waiting || self.audit_stopped {
             return;
         }
-        let acked = replica.audit_acked();
+        let Some(acked) = self.audit_acked.or_else(|| replica.audit_acked()) else { return };
+        self.audit_acked = Some(acked);
         if let Some((entries, head)) = replica.audit_batch(acked, AUDIT_BATCH) {
             self.audit_waiting = true;
             self.queue(Message::AuditBatch { first_seq: acked + 1, entries, head });
