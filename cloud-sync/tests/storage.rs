@@ -90,6 +90,7 @@ on_both!(
     the_audit_chain_records_access_and_refusals_and_verifies,
     an_image_attached_on_a_van_reaches_the_hub_and_the_assigned_van,
     a_vans_dicom_is_filed_for_its_organisation_and_linked_to_its_case,
+    identity_rows_and_van_audit_copies_keep_versions_order_and_organisations,
 );
 
 fn ctx(user: &str) -> EditContext {
@@ -478,4 +479,60 @@ fn a_vans_dicom_is_filed_for_its_organisation_and_linked_to_its_case(b: Backend)
     assert!(!row.sealed_meta.windows(3).any(|w| w == b"T-1"));
     let audit = b.storage.audit_of_case(&case.to_string()).unwrap();
     assert!(audit.iter().any(|e| e.action == "dicom.store" && e.actor == "van:org-north/van-12"), "{audit:#?}");
+}
+
+fn identity_rows_and_van_audit_copies_keep_versions_order_and_organisations(b: Backend) {
+    use cloud_sync::storage::{StorageError, VanHead};
+    let st = &b.storage;
+    // Identity rows: created once, updated at the version read, listed per organisation.
+    assert_eq!(st.put_identity("user", "org-north/ana", "org-north", 0, b"v1", None).unwrap(), 1);
+    assert!(matches!(
+        st.put_identity("user", "org-north/ana", "org-north", 0, b"again", None),
+        Err(StorageError::Conflict)
+    ));
+    assert_eq!(st.put_identity("user", "org-north/ana", "org-north", 1, b"v2", None).unwrap(), 2);
+    assert!(matches!(
+        st.put_identity("user", "org-north/ana", "org-north", 1, b"stale", None),
+        Err(StorageError::Conflict)
+    ));
+    st.put_identity("user", "org-south/sam", "org-south", 0, b"s", None).unwrap();
+    let north = st.identities("user", "org-north").unwrap();
+    assert_eq!(north.len(), 1);
+    assert_eq!((north[0].version, north[0].sealed.as_slice()), (2, &b"v2"[..]));
+    assert!(st.delete_identity("user", "org-north/ana", None).unwrap());
+    assert!(!st.delete_identity("user", "org-north/ana", None).unwrap());
+    assert!(st.identity("user", "org-north/ana").unwrap().is_none());
+
+    // A van's audit copy: appended in order only, read back whole, searched per organisation.
+    let conn = rusqlite::Connection::open_in_memory().unwrap();
+    conn.execute_batch(audit::SCHEMA_SQL).unwrap();
+    for (i, action) in ["case.create", "auth.break_glass", "case.read"].iter().enumerate() {
+        let r = audit::Record {
+            at: 1_000 + i as i64,
+            actor: "ana".into(),
+            action: (*action).into(),
+            case_id: None,
+            outcome: audit::Outcome::Allowed,
+            detail: format!("entry {i}"),
+        };
+        audit::append(&conn, &r).unwrap();
+    }
+    let entries = audit::after(&conn, 0, 10).unwrap();
+    let head = VanHead { size: 2, root: [1; 32], signature: vec![2; 64], received_at: 5 };
+    st.append_van_audit("org-north", "van-1", &entries[..2], &head).unwrap();
+    // Not following what is held: refused, nothing stored.
+    assert!(matches!(st.append_van_audit("org-north", "van-1", &entries[..1], &head), Err(StorageError::Conflict)));
+    let head3 = VanHead { size: 3, root: [3; 32], signature: vec![4; 64], received_at: 6 };
+    st.append_van_audit("org-north", "van-1", &entries[2..], &head3).unwrap();
+    let hashes = st.van_audit_hashes("org-north", "van-1").unwrap();
+    assert_eq!(
+        hashes.iter().map(hex::encode).collect::<Vec<_>>(),
+        entries.iter().map(|e| e.hash.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(st.van_audit_entries("org-north", "van-1", 1, 10).unwrap(), entries[1..].to_vec());
+    assert_eq!(st.van_audit_head("org-north", "van-1").unwrap(), Some(head3));
+    let found = st.van_audit_by_action("org-north", "auth.break_glass", 10).unwrap();
+    assert_eq!(found, vec![("van-1".to_owned(), entries[1].clone())]);
+    assert!(st.van_audit_by_action("org-south", "auth.break_glass", 10).unwrap().is_empty());
+    assert!(st.van_audit_hashes("org-south", "van-1").unwrap().is_empty());
 }

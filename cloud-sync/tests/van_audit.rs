@@ -6,6 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use case_model::{Edit, EditContext, Timestamp, UserId};
+use cloud_sync::identity::roles::Role;
 use edge_agent::sync::{AuditSigner, StoreReplica};
 use sync_proto::{Event, Replica};
 use sync_quic::identity::DeviceId;
@@ -128,4 +129,58 @@ fn the_hub_keeps_each_vans_signed_audit_log_and_catches_one_cut_and_rewritten_af
     at_hub.set_peer_key(&public);
     let (events, _) = common::pump(&mut van, &mut at_hub);
     assert!(tampered(&events).is_some_and(|w| w.contains("signature")), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_break_glass_login_on_a_van_shows_up_for_review_at_the_hub() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (config, hub, doctors) = common::two_org_hub(dir.path());
+    let vdir = tempfile::tempdir().unwrap();
+    let (store, _) = common::van_case(&hub, vdir.path());
+    let (key, csr) = sync_quic::identity::new_device_key().unwrap();
+    let device = DeviceId::new("org-north", "van-1").unwrap();
+    let now = OffsetDateTime::now_utc();
+    let cert = hub.ca.sign_device_request(&csr, &device, now - Duration::hours(1), now + Duration::days(1)).unwrap();
+    let signer = Arc::new(AuditSigner::new(key.secret_der(), "org-north/van-1").unwrap());
+    // In the van, with no network: a break-glass login.
+    let crew = edge_agent::crew::Crew::new(store.clone(), None, Default::default());
+    crew.break_glass("Kim Osei", "cardiac arrest, PIN pad broken", common::now_s()).unwrap();
+    // The next sync carries it to the hub with the rest of the van's log.
+    let mut van = StoreReplica::new(store.clone(), "hub").unwrap().with_audit_signer(signer);
+    let mut at_hub = hub.cases.replica_for(&device);
+    at_hub.set_peer_key(&sync_quic::identity::public_key(&cert).unwrap());
+    common::pump(&mut van, &mut at_hub);
+
+    let router = cloud_sync::app(cloud_sync::HubState::open(&config).unwrap().with_hub(&hub));
+    let (admin, _) = common::create_and_login(&hub.identity, "org-north", "adm.kim", &[Role::Admin]);
+    let (south_admin, _) = common::create_and_login(&hub.identity, "org-south", "adm.lou", &[Role::Admin]);
+    let get = |token: String| {
+        let router = router.clone();
+        async move {
+            let req = Request::builder()
+                .uri("/api/v1/admin/break-glass")
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap();
+            let resp = router.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let body: serde_json::Value =
+                serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap_or_default();
+            (status, body)
+        }
+    };
+    let (status, list) = get(admin.access_token).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["van"], "van-1");
+    assert!(list[0]["detail"].as_str().unwrap().contains("PIN pad broken"));
+    assert!(list[0]["user"].as_str().unwrap().starts_with("break-glass:"));
+    // Another organisation's admin sees none of it; a doctor may not look.
+    assert_eq!(get(south_admin.access_token).await.1.as_array().unwrap().len(), 0);
+    assert_eq!(get(doctors.north).await.0, StatusCode::FORBIDDEN);
 }

@@ -28,6 +28,7 @@ pub(crate) fn routes() -> crate::Routes {
         .route("/api/v1/auth/password/reset", post(password_reset))
         .route("/api/v1/auth/pin", axum::routing::put(set_pin))
         .route("/api/v1/admin/users/{username}/pin", axum::routing::delete(clear_pin))
+        .route("/api/v1/admin/break-glass", get(break_glass_logins))
         .route("/api/v1/admin/users", get(list_users).post(add_user))
         .route("/api/v1/admin/users/{username}/disable", post(disable_user))
         .route("/api/v1/admin/users/{username}/reset-link", post(reset_link))
@@ -355,4 +356,43 @@ async fn clear_pin(
     let user = username(&name)?;
     run(&state, move |id| id.clear_pin(p.user.as_str(), &p.org, &user, now_s())).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Break-glass logins on the organisation's vans, newest first, for review: from the vans'
+/// audit logs as the hub holds them. Reading them is audited.
+async fn break_glass_logins(State(state): State<Arc<HubState>>, Caller(p): Caller) -> Result<Response, ApiError> {
+    require(&p, Permission::AuditRead)?;
+    let id = identity(&state)?;
+    let (org, user) = (p.org.to_string(), p.user.to_string());
+    let storage = id.storage();
+    let found = tokio::task::spawn_blocking(move || {
+        storage.audit(&audit::Record {
+            at: now_s() * 1000,
+            actor: user,
+            action: "audit.break_glass_review".into(),
+            case_id: None,
+            outcome: audit::Outcome::Allowed,
+            detail: format!("org={org}"),
+        })?;
+        storage.van_audit_by_action(&org, "auth.break_glass", 1000)
+    })
+    .await
+    .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the request failed inside the hub".into()))?
+    .map_err(|e| {
+        tracing::error!(error = %e, "could not read the vans' audit logs");
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, "the hub could not reach its storage; try again".into())
+    })?;
+    let list: Vec<serde_json::Value> = found
+        .into_iter()
+        .map(|(van, e)| {
+            serde_json::json!({
+                "van": van,
+                "at": audit::export::ecs(&e, "edge-agent")["@timestamp"],
+                "user": e.actor,
+                "detail": e.detail,
+                "seq": e.seq,
+            })
+        })
+        .collect();
+    Ok(axum::Json(list).into_response())
 }

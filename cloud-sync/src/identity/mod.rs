@@ -379,6 +379,11 @@ impl Identity {
         Ok(())
     }
 
+    /// The storage the accounts live in (for routes that read beside them).
+    pub(crate) fn storage(&self) -> Arc<dyn Storage> {
+        self.storage.clone()
+    }
+
     /// The settings in force.
     pub fn settings(&self) -> &Settings {
         &self.settings

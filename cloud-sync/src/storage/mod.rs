@@ -280,6 +280,14 @@ pub trait Storage: Registry {
         after: u64,
         limit: u32,
     ) -> Result<Vec<audit::Entry>, StorageError>;
+    /// Entries with `action` in the audit logs of an organisation's vans, newest first:
+    /// `(van, entry)`.
+    fn van_audit_by_action(
+        &self,
+        org: &str,
+        action: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, audit::Entry)>, StorageError>;
     /// The last signed head accepted from a van.
     fn van_audit_head(&self, org: &str, van: &str) -> Result<Option<VanHead>, StorageError>;
     /// Appends an audit record on its own.

@@ -860,6 +860,24 @@ impl Storage for PgStorage {
         })
     }
 
+    fn van_audit_by_action(
+        &self,
+        org: &str,
+        action: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, audit::Entry)>, StorageError> {
+        self.with(async |c| {
+            let rows = c
+                .query(
+                    "SELECT seq, at, actor, action, case_id, outcome, detail, prev, hash, van FROM van_audit
+                     WHERE org = $1 AND action = $2 ORDER BY at DESC LIMIT $3",
+                    &[&org, &action, &i64::from(limit)],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| (r.get::<_, String>(9), entry(r))).collect())
+        })
+    }
+
     fn van_audit_head(&self, org: &str, van: &str) -> Result<Option<VanHead>, StorageError> {
         self.with(async |c| {
             let row = c

@@ -701,6 +701,36 @@ impl Storage for SqliteStorage {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn van_audit_by_action(
+        &self,
+        org: &str,
+        action: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, audit::Entry)>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT van, seq, at, actor, action, case_id, outcome, detail, prev, hash FROM van_audit
+             WHERE org = ?1 AND action = ?2 ORDER BY at DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![org, action, i64::from(limit)], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                audit::Entry {
+                    seq: r.get::<_, i64>(1)? as u64,
+                    at: r.get(2)?,
+                    actor: r.get(3)?,
+                    action: r.get(4)?,
+                    case_id: r.get(5)?,
+                    outcome: audit::Outcome::parse(&r.get::<_, String>(6)?).unwrap_or(audit::Outcome::Refused),
+                    detail: r.get(7)?,
+                    prev: hex::encode(r.get::<_, Vec<u8>>(8)?),
+                    hash: hex::encode(r.get::<_, Vec<u8>>(9)?),
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn van_audit_head(&self, org: &str, van: &str) -> Result<Option<VanHead>, StorageError> {
         let conn = self.conn();
         let row = conn
