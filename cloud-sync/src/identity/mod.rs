@@ -227,6 +227,8 @@ pub struct Identity {
     /// Whether each session seen with a bearer token was live, and when that was checked:
     /// a logout or a disabled account stops its access tokens within [`SESSION_RECHECK_S`].
     session_checks: std::sync::Mutex<std::collections::HashMap<String, (bool, i64)>>,
+    /// Claims of access tokens whose signature was checked, by the token's SHA-256.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], tokens::jwt::Claims>>,
     rng: SystemRandom,
 }
 
@@ -321,6 +323,7 @@ impl Identity {
             keys: RwLock::new(keys),
             keys_loaded_at: RwLock::new(now),
             session_checks: Default::default(),
+            verified: Default::default(),
             rng,
         })
     }
@@ -998,18 +1001,24 @@ impl Identity {
 
     /// Checks a bearer access token.
     pub fn authenticate_bearer(&self, token: &str, now: i64) -> Result<Principal, AuthError> {
-        let verified = self.keys.read().unwrap_or_else(|p| p.into_inner()).verify(token, now);
-        let claims = match verified {
-            // Another hub process may have rotated the key: look once more.
-            Err(tokens::jwt::TokenError::UnknownKey(_)) => {
-                // At most once a minute, whatever keys tokens name.
-                let due = *self.keys_loaded_at.read().unwrap_or_else(|p| p.into_inner()) + 60 < now;
-                if due {
-                    self.maintain_keys(now).map_err(|e| AuthError::Storage(e.to_string()))?;
+        // A token verified before is not verified again (an Ed25519 check costs tens of
+        // microseconds; a hash, one): the cache holds the claims until the token expires.
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let cached = {
+            let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            verified.get(&digest).filter(|c| now < c.exp + tokens::jwt::LEEWAY_S).cloned()
+        };
+        let claims = match cached {
+            Some(c) => c,
+            None => {
+                let c = self.verify_signature(token, now)?;
+                let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+                if verified.len() >= 50_000 {
+                    verified.retain(|_, c| now < c.exp + tokens::jwt::LEEWAY_S);
                 }
-                self.keys.read().unwrap_or_else(|p| p.into_inner()).verify(token, now)?
+                verified.insert(digest, c.clone());
+                c
             }
-            other => other?,
         };
         let session = claims.jti.split('.').next().unwrap_or_default().to_owned();
         if !self.session_live(&session, now)? {
@@ -1023,6 +1032,23 @@ impl Identity {
             by_cookie: false,
             csrf_hash: None,
         })
+    }
+
+    fn verify_signature(&self, token: &str, now: i64) -> Result<tokens::jwt::Claims, AuthError> {
+        let verified = self.keys.read().unwrap_or_else(|p| p.into_inner()).verify(token, now);
+        let claims = match verified {
+            // Another hub process may have rotated the key: look once more.
+            Err(tokens::jwt::TokenError::UnknownKey(_)) => {
+                // At most once a minute, whatever keys tokens name.
+                let due = *self.keys_loaded_at.read().unwrap_or_else(|p| p.into_inner()) + 60 < now;
+                if due {
+                    self.maintain_keys(now).map_err(|e| AuthError::Storage(e.to_string()))?;
+                }
+                self.keys.read().unwrap_or_else(|p| p.into_inner()).verify(token, now)?
+            }
+            other => other?,
+        };
+        Ok(claims)
     }
 
     /// Whether a bearer token's session still stands (not logged out, revoked or timed

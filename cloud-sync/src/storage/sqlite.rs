@@ -116,6 +116,22 @@ fn in_tx<T>(
     Ok(out)
 }
 
+/// An audit entry of a van's copy from a row whose columns, from `first`, are seq, at, actor,
+/// action, case_id, outcome, detail, prev, hash.
+fn van_entry(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<audit::Entry> {
+    Ok(audit::Entry {
+        seq: r.get::<_, i64>(first)? as u64,
+        at: r.get(first + 1)?,
+        actor: r.get(first + 2)?,
+        action: r.get(first + 3)?,
+        case_id: r.get(first + 4)?,
+        outcome: audit::Outcome::parse(&r.get::<_, String>(first + 5)?).unwrap_or(audit::Outcome::Refused),
+        detail: r.get(first + 6)?,
+        prev: hex::encode(r.get::<_, Vec<u8>>(first + 7)?),
+        hash: hex::encode(r.get::<_, Vec<u8>>(first + 8)?),
+    })
+}
+
 fn append_audit(tx: &Connection, rec: &audit::Record) -> Result<(), StorageError> {
     audit::append(tx, rec).map_err(|e| StorageError::Database(e.to_string()))?;
     Ok(())
@@ -685,19 +701,7 @@ impl Storage for SqliteStorage {
             "SELECT seq, at, actor, action, case_id, outcome, detail, prev, hash FROM van_audit
              WHERE org = ?1 AND van = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
         )?;
-        let rows = stmt.query_map(params![org, van, after as i64, i64::from(limit)], |r| {
-            Ok(audit::Entry {
-                seq: r.get::<_, i64>(0)? as u64,
-                at: r.get(1)?,
-                actor: r.get(2)?,
-                action: r.get(3)?,
-                case_id: r.get(4)?,
-                outcome: audit::Outcome::parse(&r.get::<_, String>(5)?).unwrap_or(audit::Outcome::Refused),
-                detail: r.get(6)?,
-                prev: hex::encode(r.get::<_, Vec<u8>>(7)?),
-                hash: hex::encode(r.get::<_, Vec<u8>>(8)?),
-            })
-        })?;
+        let rows = stmt.query_map(params![org, van, after as i64, i64::from(limit)], |r| van_entry(r, 0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -712,22 +716,8 @@ impl Storage for SqliteStorage {
             "SELECT van, seq, at, actor, action, case_id, outcome, detail, prev, hash FROM van_audit
              WHERE org = ?1 AND action = ?2 ORDER BY at DESC LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![org, action, i64::from(limit)], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                audit::Entry {
-                    seq: r.get::<_, i64>(1)? as u64,
-                    at: r.get(2)?,
-                    actor: r.get(3)?,
-                    action: r.get(4)?,
-                    case_id: r.get(5)?,
-                    outcome: audit::Outcome::parse(&r.get::<_, String>(6)?).unwrap_or(audit::Outcome::Refused),
-                    detail: r.get(7)?,
-                    prev: hex::encode(r.get::<_, Vec<u8>>(8)?),
-                    hash: hex::encode(r.get::<_, Vec<u8>>(9)?),
-                },
-            ))
-        })?;
+        let rows =
+            stmt.query_map(params![org, action, i64::from(limit)], |r| Ok((r.get::<_, String>(0)?, van_entry(r, 1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
