@@ -177,10 +177,10 @@ fn cookie_value<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// Who the request is from, or the response that refuses it.
 /// A refusal: why (for the metrics) and the answer.
 type Refusal = Box<(&'static str, Response)>;
 
+/// Who the request is from, or the response that refuses it.
 fn authenticate(identity: &Identity, req: &Request, now: i64) -> Result<Principal, Refusal> {
     let unauthorised = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_owned()).into_response();
     if let Some(value) = req.headers().get(header::AUTHORIZATION) {

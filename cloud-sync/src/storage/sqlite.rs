@@ -73,7 +73,7 @@ impl SqliteStorage {
     pub fn open(dir: &Path, sealer: &Sealer) -> Result<SqliteStorage, StorageError> {
         fs::create_dir_all(dir.join("blobs"))?;
         let conn = Connection::open(dir.join("hub.db"))?;
-        conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(sealer.sqlcipher_key())))?;
+        case_store::apply_sqlcipher_key(&conn, sealer.sqlcipher_key())?;
         // The first read tells a wrong key from a good one.
         conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).map_err(|_| {
             StorageError::Unsealed(format!(

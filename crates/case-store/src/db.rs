@@ -128,7 +128,7 @@ pub(crate) fn open(
     // SQLCipher's own logging writes to stderr; the store reports errors itself.
     let _ = conn.execute_batch("PRAGMA cipher_log_level = NONE;");
     // A raw key skips SQLCipher's passphrase derivation: the key is already random.
-    conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(keys.sqlcipher))).map_err(sql_err)?;
+    crate::key::apply_sqlcipher_key(&conn, &keys.sqlcipher).map_err(sql_err)?;
     // Prove the file readable before writing anything.
     let version: i64 = match conn.query_row("PRAGMA user_version", [], |r| r.get(0)) {
         Ok(v) => v,
@@ -180,10 +180,8 @@ pub(crate) fn open_reader(paths: &Paths, keys: &Keys, vfs: Option<&str>) -> rusq
         Some(v) => Connection::open_with_flags_and_vfs(&paths.db, flags, v)?,
         None => Connection::open_with_flags(&paths.db, flags)?,
     };
-    conn.execute_batch(&format!(
-        "PRAGMA key = \"x'{}'\"; PRAGMA temp_store = MEMORY; PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;",
-        hex::encode(keys.sqlcipher)
-    ))?;
+    crate::key::apply_sqlcipher_key(&conn, &keys.sqlcipher)?;
+    conn.execute_batch("PRAGMA temp_store = MEMORY; PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")?;
     Ok(conn)
 }
 

@@ -116,6 +116,20 @@ pub fn generate_key_file(path: &Path) -> std::io::Result<()> {
     fs::File::open(parent)?.sync_all()
 }
 
+/// Keys an SQLCipher connection with a raw 256-bit key and makes it read its first page,
+/// one connection at a time in the process: SQLCipher sets up its codec on the first use
+/// of a key, and connections keyed at the same instant on several threads have been seen
+/// to fail with "An error occurred with PRAGMA key". Every SQLCipher database of the
+/// process (the van's store, the hub's) is keyed through here.
+pub fn apply_sqlcipher_key(conn: &rusqlite::Connection, key: &[u8; 32]) -> rusqlite::Result<()> {
+    static KEYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = KEYING.lock().unwrap_or_else(|p| p.into_inner());
+    conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(key)))?;
+    // The codec is set up on the first read; a wrong key shows here too (callers check).
+    let _ = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

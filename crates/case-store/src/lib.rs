@@ -36,7 +36,7 @@ pub use audit::{ChainError, ChainHead, Entry as AuditEntry, Outcome};
 pub use blobs::BlobRef;
 pub use db::Durability;
 pub use error::{OpenError, StoreError};
-pub use key::{generate_key_file, read_key_file};
+pub use key::{apply_sqlcipher_key, generate_key_file, read_key_file};
 
 use writer::{IndexRow, Op, Writer};
 
@@ -865,7 +865,7 @@ impl Store {
         let keys = key::Keys::load(&config.key_file)?;
         let paths = db::Paths::new(&config.data_dir);
         let conn = Connection::open(&paths.db).map_err(|source| OpenError::Sqlite { db: paths.db.clone(), source })?;
-        conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(keys.sqlcipher)))
+        key::apply_sqlcipher_key(&conn, &keys.sqlcipher)
             .map_err(|source| OpenError::Sqlite { db: paths.db.clone(), source })?;
         Ok(conn)
     }
