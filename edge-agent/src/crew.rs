@@ -120,6 +120,9 @@ pub struct Crew {
     settings: CrewSettings,
     /// Sessions by the SHA-256 of their token.
     sessions: Mutex<HashMap<[u8; 32], CrewSession>>,
+    /// PIN checks run one at a time, so guesses sent in parallel are all counted before
+    /// the next is checked (a van has one touchscreen; logins are rare).
+    checking: Mutex<()>,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -156,7 +159,7 @@ pub fn store_roster(store: &Store, key: &[u8; 32], members: &[CrewMember]) -> Re
 impl Crew {
     /// Crew logins over `store`, with the PIN key if this van has one.
     pub fn new(store: Store, key: Option<[u8; 32]>, settings: CrewSettings) -> Crew {
-        Crew { store, key, settings, sessions: Mutex::new(HashMap::new()) }
+        Crew { store, key, settings, sessions: Mutex::new(HashMap::new()), checking: Mutex::new(()) }
     }
 
     /// The PIN key (to seal rosters as they arrive).
@@ -202,6 +205,7 @@ impl Crew {
     /// A PIN login at `now` (seconds). Blocks for the PIN check (argon2id).
     pub fn login(&self, username: &str, pin: &str, now: i64) -> Result<(String, CrewSession), CrewError> {
         let key = self.key.ok_or(CrewError::NoKey)?;
+        let _one_at_a_time = self.checking.lock().unwrap_or_else(|p| p.into_inner());
         let name_ok = UserId::parse(username).is_ok();
         let account = if name_ok { username } else { "unknown" };
         let mut attempts = self.attempts(account)?;
