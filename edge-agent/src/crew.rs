@@ -162,11 +162,6 @@ impl Crew {
         Crew { store, key, settings, sessions: Mutex::new(HashMap::new()), checking: Mutex::new(()) }
     }
 
-    /// The PIN key (to seal rosters as they arrive).
-    pub fn key(&self) -> Option<[u8; 32]> {
-        self.key
-    }
-
     fn roster(&self, key: &[u8; 32]) -> Result<Vec<CrewMember>, CrewError> {
         let Some(value) = self.store.peer_value(PEER, ROSTER)? else { return Ok(Vec::new()) };
         if value.len() < 24 {

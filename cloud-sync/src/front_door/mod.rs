@@ -120,10 +120,6 @@ pub(crate) fn now_s() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-/// The id of a request, as the log and the response carry it.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
 fn request_id(req: &Request) -> String {
     let given = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
     let sane = !given.is_empty()
@@ -282,7 +278,6 @@ pub async fn middleware(State(state): State<Arc<HubState>>, mut req: Request, ne
                 }
             }
         }
-        req.extensions_mut().insert(RequestId(id.clone()));
         as_json_error(next.run(req).await).await
     };
 

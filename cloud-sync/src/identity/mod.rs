@@ -87,10 +87,8 @@ pub struct Principal {
     pub roles: Vec<Role>,
     /// The login session.
     pub session: String,
-    /// Authenticated by the browser cookie (state-changing requests then need the CSRF
-    /// token), rather than by a bearer token.
-    pub by_cookie: bool,
-    /// The SHA-256 (hex) of the session's CSRF token, for cookie callers.
+    /// For callers by the browser cookie: the SHA-256 (hex) of the session's CSRF token,
+    /// which their state-changing requests must carry.
     pub(crate) csrf_hash: Option<String>,
 }
 
@@ -1029,7 +1027,6 @@ impl Identity {
             org: OrgId::parse(&claims.org).map_err(|_| AuthError::Token(tokens::jwt::TokenError::Malformed))?,
             roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
             session,
-            by_cookie: false,
             csrf_hash: None,
         })
     }
@@ -1098,7 +1095,6 @@ impl Identity {
             org: OrgId::parse(&s.org).map_err(|_| AuthError::NoSession)?,
             roles: s.roles.clone(),
             session: sid.to_owned(),
-            by_cookie: true,
             csrf_hash: Some(s.csrf_hash),
         })
     }

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
-use crate::crew::{CrewError, CrewSession};
+use crate::crew::{Crew, CrewError, CrewSession};
 
 fn now_s() -> i64 {
     super::now().unix_millis() / 1000
@@ -43,6 +43,15 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     })
 }
 
+/// Runs crew work that blocks (the PIN check, store writes) off the async threads.
+async fn blocking<T: Send + 'static>(
+    state: &Arc<AppState>,
+    f: impl FnOnce(&Crew) -> Result<T, CrewError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let crew = state.crew.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&crew)).await.map_err(|e| ApiError::Internal(e.to_string()))??)
+}
+
 fn answer(status: StatusCode, token: String, s: &CrewSession) -> Response {
     (
         status,
@@ -69,10 +78,7 @@ pub(crate) async fn login(
     body: Result<Json<LoginRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
-    let crew = state.crew.clone();
-    let (token, session) = tokio::task::spawn_blocking(move || crew.login(&req.username, &req.pin, now_s()))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let (token, session) = blocking(&state, move |crew| crew.login(&req.username, &req.pin, now_s())).await?;
     Ok(answer(StatusCode::OK, token, &session))
 }
 
@@ -88,10 +94,7 @@ pub(crate) async fn break_glass(
     body: Result<Json<BreakGlassRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
-    let crew = state.crew.clone();
-    let (token, session) = tokio::task::spawn_blocking(move || crew.break_glass(&req.name, &req.reason, now_s()))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let (token, session) = blocking(&state, move |crew| crew.break_glass(&req.name, &req.reason, now_s())).await?;
     tracing::warn!(user = %session.user, "break-glass login: flagged for review");
     Ok(answer(StatusCode::CREATED, token, &session))
 }
@@ -99,10 +102,7 @@ pub(crate) async fn break_glass(
 pub(crate) async fn logout(State(state): State<Arc<AppState>>, parts: Parts) -> Result<Response, ApiError> {
     session(&parts, &state)?;
     let token = bearer(&parts)?.to_owned();
-    let crew = state.crew.clone();
-    tokio::task::spawn_blocking(move || crew.logout(&token, now_s()))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    blocking(&state, move |crew| crew.logout(&token, now_s())).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
