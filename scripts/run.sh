@@ -153,6 +153,8 @@ State (keys, databases) is in $state. Ctrl-C stops both.
 TXT
 
 if $smoke; then
+  # Checks read a whole response through grep (not grep -q, which stops at the first
+  # match and leaves curl writing into a closed pipe: exit 23 under pipefail).
   [ -n "$crew_token" ] || { echo "smoke: the crew roster did not reach the van" >&2; exit 1; }
   crew="Authorization: Bearer $crew_token"
   echo "smoke: the paramedic's PIN, set at the hub, logs in on the van"
@@ -160,8 +162,8 @@ if $smoke; then
   id=$(curl -fsS -X POST -H "$crew" "$api/cases" | sed -E 's/.*"id":"([^"]+)".*/\1/')
   curl -fsS -X POST -H "$crew" -H 'Content-Type: application/json' \
     -d '{"edits":[{"op":"add_vitals","heart_rate":92,"spo2":97}]}' "$api/cases/$id/edits" >/dev/null
-  curl -fsS -H "$crew" "$api/cases/$id" | grep -q '"heart_rate":92'
-  curl -fsS -H "$crew" "$api/audit/verify" | grep -q '"intact":true'
+  curl -fsS -H "$crew" "$api/cases/$id" | grep '"heart_rate":92' >/dev/null
+  curl -fsS -H "$crew" "$api/audit/verify" | grep '"intact":true' >/dev/null
   echo "smoke: case $id created, edited, read back, audit chain intact"
   # An X-ray of the left hand: set up, arm, hold the confirm until the exposure is recorded.
   curl -fsS -X PUT -H "$crew" -H 'Content-Type: application/json' \
@@ -169,46 +171,46 @@ if $smoke; then
     "$api/xray/session" >/dev/null
   curl -fsS -X POST -H "$crew" "$api/xray/arm" >/dev/null
   for _ in $(seq 1 50); do
-    curl -fsS -H "$crew" "$api/xray" | grep -q '"armed":true' && break
+    curl -fsS -H "$crew" "$api/xray" | grep '"armed":true' >/dev/null && break
     sleep 0.1
   done
   token=$(curl -fsS -X POST -H "$crew" "$api/xray/confirm" | sed -E 's/.*"token":"([0-9a-f]+)".*/\1/')
   for _ in $(seq 1 50); do
     curl -fsS -X POST -H "$crew" "$api/xray/confirm/$token/hold" >/dev/null
-    curl -fsS -H "$crew" "$api/xray" | grep -q '"outcome":"exposed"' && break
+    curl -fsS -H "$crew" "$api/xray" | grep '"outcome":"exposed"' >/dev/null && break
     sleep 0.1
   done
   curl -fsS -X POST -H "$crew" "$api/xray/confirm/$token/release" >/dev/null
-  curl -fsS -H "$crew" "$api/cases/$id" | grep -q '"media_type":"application/dicom"'
+  curl -fsS -H "$crew" "$api/cases/$id" | grep '"media_type":"application/dicom"' >/dev/null
   echo "smoke: an X-ray exposure was recorded with its dose, preview and DICOM object"
   # The case reaches the hub over QUIC without anyone pressing sync...
   hubapi="http://127.0.0.1:$hub_port/api/v1"
   auth="Authorization: Bearer $(hub_login)"
   for _ in $(seq 1 100); do
-    curl -fsS -H "$auth" "$hubapi/cases/$id" 2>/dev/null | grep -q '"heart_rate":92' && break
+    curl -fsS -H "$auth" "$hubapi/cases/$id" 2>/dev/null | grep '"heart_rate":92' >/dev/null && break
     sleep 0.1
   done
-  curl -fsS -H "$auth" "$hubapi/cases/$id" | grep -q '"heart_rate":92'
+  curl -fsS -H "$auth" "$hubapi/cases/$id" | grep '"heart_rate":92' >/dev/null
   echo "smoke: the case reached the hub"
   # ...with its X-ray, which the hub files for DICOMweb: a standard client finds the study.
   for _ in $(seq 1 100); do
-    curl -fsS -H "$auth" "http://127.0.0.1:$hub_port/dicomweb/studies?ModalitiesInStudy=DX" | grep -q '"DX"' && break
+    curl -fsS -H "$auth" "http://127.0.0.1:$hub_port/dicomweb/studies?ModalitiesInStudy=DX" | grep '"DX"' >/dev/null && break
     sleep 0.1
   done
-  curl -fsS -H "$auth" "http://127.0.0.1:$hub_port/dicomweb/studies?ModalitiesInStudy=DX" | grep -q '"DX"'
+  curl -fsS -H "$auth" "http://127.0.0.1:$hub_port/dicomweb/studies?ModalitiesInStudy=DX" | grep '"DX"' >/dev/null
   echo "smoke: the X-ray is searchable at the hub over DICOMweb (QIDO-RS)"
   # ...and the doctor's note comes back to the van.
   curl -fsS -X POST -H "$auth" -H 'Content-Type: application/json' \
     -d '{"edits":[{"op":"add_note","text":"splint and x-ray on arrival"}]}' "$hubapi/cases/$id/edits" >/dev/null
   for _ in $(seq 1 100); do
-    curl -fsS -H "$crew" "$api/cases/$id" | grep -q 'splint and x-ray' && break
+    curl -fsS -H "$crew" "$api/cases/$id" | grep 'splint and x-ray' >/dev/null && break
     sleep 0.1
   done
-  curl -fsS -H "$crew" "$api/cases/$id" | grep -q 'splint and x-ray'
+  curl -fsS -H "$crew" "$api/cases/$id" | grep 'splint and x-ray' >/dev/null
   echo "smoke: the doctor's note reached the van"
   # The front door: no token, no data; metrics counted the doctor's requests.
   [ "$(curl -s -o /dev/null -w '%{http_code}' "$hubapi/cases")" = 401 ]
-  curl -fsS "http://127.0.0.1:$hub_port/metrics" | grep -q 'medvan_http_requests_total{route="/api/v1/cases/{id}",method="GET",status="200"}'
+  curl -fsS "http://127.0.0.1:$hub_port/metrics" | grep 'medvan_http_requests_total{route="/api/v1/cases/{id}",method="GET",status="200"}' >/dev/null
   echo "smoke: the hub's front door refuses callers without a token and counts requests"
   # The van's audit log came along, under heads the van signed: the hub holds a copy.
   for _ in $(seq 1 100); do
