@@ -60,7 +60,7 @@ TOML
 
 hub() { target/release/medvan-hub --config "$state/hub.toml" "$@"; }
 hub init >/dev/null
-hub org list | grep -q '^org-north' || hub org create org-north --name "North EMS" >/dev/null
+hub org list | grep '^org-north' >/dev/null || hub org create org-north --name "North EMS" >/dev/null
 # A doctor of org-north. Doctors need an authenticator app: scripts/hub-login.py plays it,
 # keeping the TOTP secret in $state/doctor.totp.
 if [ ! -f "$state/doctor.password" ]; then
