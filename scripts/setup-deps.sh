@@ -22,6 +22,11 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node runs the JavaScript parties of the tests (scripts/setup-jstools.sh): Debian's nodejs
+# and npm unless a Node 18 or newer is installed already (from elsewhere, say).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup-deps: missing Debian packages: ${missing[*]}; run this script as root" >&2
@@ -31,6 +36,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+node_major=$(node --version | sed -E 's/^v([0-9]+).*/\1/')
+if [ "${node_major:-0}" -lt 18 ]; then
+  echo "setup-deps: node $(node --version) is too old; the tests need Node 18 or newer" >&2
+  exit 1
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

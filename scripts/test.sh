@@ -14,6 +14,7 @@ stage() {
 
 stage "install dependencies" scripts/setup-deps.sh
 stage "python test clients" scripts/setup-pytools.sh
+stage "javascript test parties" scripts/setup-jstools.sh
 stage "format check" cargo fmt --all -- --check
 stage "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 stage "tests" cargo test --workspace --locked

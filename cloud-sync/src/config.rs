@@ -21,6 +21,9 @@ pub struct Config {
     /// The `[front_door]` table: rate limits.
     #[serde(default)]
     pub front_door: crate::front_door::Limits,
+    /// The `[[sso]]` tables: organisations' identity providers for single sign-on.
+    #[serde(default)]
+    pub sso: Vec<crate::identity::sso::SsoConfig>,
 }
 
 /// The `[identity]` table.

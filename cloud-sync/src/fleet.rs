@@ -29,6 +29,8 @@ pub struct Hub {
     pub enroller: Arc<Enroller>,
     /// Accounts, logins and tokens.
     pub identity: Arc<Identity>,
+    /// Organisations' identity providers (single sign-on).
+    pub sso: Arc<crate::identity::sso::Sso>,
     server_name: String,
 }
 
@@ -95,14 +97,16 @@ impl Hub {
         let sealer = Sealer::load(&config.key_file())?;
         let storage = open_storage(config, &sealer)?;
         let ca = load_ca(&*storage, &sealer)?.context("This hub has no fleet CA yet; run `medvan-hub init` first")?;
-        Hub::assemble_with(
+        let mut hub = Hub::assemble_with(
             storage,
             sealer,
             ca,
             config.hub.certificate_days,
             &config.hub.server_name,
             config.identity_settings(),
-        )
+        )?;
+        hub.sso = Arc::new(crate::identity::sso::Sso::new(&config.sso, config.hub.public_url.as_deref())?);
+        Ok(hub)
     }
 
     /// A hub over given parts, with the default token settings (tests, tools).
@@ -135,7 +139,7 @@ impl Hub {
                 .context("Failed to load the token signing keys")?,
         );
         let cases = Arc::new(CaseHub::new(storage.clone(), sealer));
-        Ok(Hub { storage, cases, ca, enroller, identity, server_name: server_name.to_owned() })
+        Ok(Hub { storage, cases, ca, enroller, identity, sso: Default::default(), server_name: server_name.to_owned() })
     }
 
     /// Binds the sync endpoint with a fresh hub certificate from the fleet CA.

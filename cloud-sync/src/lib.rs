@@ -16,6 +16,7 @@ mod dicomweb;
 pub mod fleet;
 pub mod front_door;
 pub mod identity;
+pub mod outbound;
 pub mod storage;
 pub mod van_audit;
 
@@ -47,6 +48,7 @@ pub struct HubState {
     public_url: Option<String>,
     cases: Option<Arc<CaseHub>>,
     identity: Option<Arc<Identity>>,
+    sso: Arc<identity::sso::Sso>,
     door: Arc<FrontDoor>,
 }
 
@@ -68,6 +70,7 @@ impl HubState {
             public_url,
             cases: None,
             identity: None,
+            sso: Default::default(),
             door: Arc::new(FrontDoor::new(config.front_door.clone())),
         })
     }
@@ -76,6 +79,7 @@ impl HubState {
     pub fn with_hub(mut self, hub: &fleet::Hub) -> HubState {
         self.cases = Some(hub.cases.clone());
         self.identity = Some(hub.identity.clone());
+        self.sso = hub.sso.clone();
         self
     }
 }

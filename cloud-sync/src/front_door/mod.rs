@@ -47,6 +47,9 @@ pub const PUBLIC: &[&str] = &[
     "/api/v1/auth/mfa/enrol",
     "/api/v1/auth/mfa/confirm",
     "/api/v1/auth/password/reset",
+    "/api/v1/auth/sso",
+    "/api/v1/auth/sso/{org}/start",
+    "/api/v1/auth/sso/{org}/callback",
 ];
 
 /// Rate limits, from the `[front_door]` config table.
@@ -162,8 +165,9 @@ fn too_many(retry_after: u64, what: &str) -> Response {
     r
 }
 
-fn cookie_value<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
-    req.headers()
+/// The value of the cookie `name` the request carries.
+pub(crate) fn cookie_value<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -191,7 +195,7 @@ fn authenticate(identity: &Identity, req: &Request, now: i64) -> Result<Principa
             ))
         });
     }
-    let Some(cookie) = cookie_value(req, SESSION_COOKIE) else {
+    let Some(cookie) = cookie_value(req.headers(), SESSION_COOKIE) else {
         return Err(Box::new((
             "unauthenticated",
             unauthorised("log in first: send `Authorization: Bearer <access token>` (POST /api/v1/auth/login)"),

@@ -11,8 +11,9 @@ use case_model::UserId;
 use serde::Deserialize;
 
 use super::roles::{Permission, Role};
+use super::sso::SsoError;
 use super::{Identity, IdentityError, LoginOutcome, RESET_LINK_S, SETUP_LINK_S, SecondFactor, Tokens};
-use crate::front_door::{Caller, SESSION_COOKIE, now_s, require};
+use crate::front_door::{Caller, SESSION_COOKIE, cookie_value, now_s, require};
 use crate::{ApiError, HubState};
 
 /// The routes of this module.
@@ -26,6 +27,9 @@ pub(crate) fn routes() -> crate::Routes {
         .route("/api/v1/auth/mfa/enrol", post(mfa_enrol))
         .route("/api/v1/auth/mfa/confirm", post(mfa_confirm))
         .route("/api/v1/auth/password/reset", post(password_reset))
+        .route("/api/v1/auth/sso", get(sso_list))
+        .route("/api/v1/auth/sso/{org}/start", get(sso_start))
+        .route("/api/v1/auth/sso/{org}/callback", get(sso_callback))
         .route("/api/v1/auth/pin", axum::routing::put(set_pin))
         .route("/api/v1/admin/users/{username}/pin", axum::routing::delete(clear_pin))
         .route("/api/v1/admin/break-glass", get(break_glass_logins))
@@ -84,22 +88,34 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result
 
 /// A login's answer: the tokens, and the session cookie for browsers.
 fn with_cookie(tokens: Tokens, max_age: i64) -> Response {
-    let cookie = if tokens.cookie.is_empty() {
-        None
-    } else {
-        HeaderValue::from_str(&format!(
-            "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}",
-            tokens.cookie
-        ))
-        .ok()
-    };
     let mut resp = axum::Json(&tokens).into_response();
-    if let Some(c) = cookie {
-        resp.headers_mut().insert(header::SET_COOKIE, c);
-    }
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    set_session_cookies(&mut resp, &tokens, max_age);
     resp
 }
+
+/// The browser's session cookie (HttpOnly), and its CSRF token in a cookie the page's own
+/// script reads to send back as `X-CSRF-Token` (another site can neither read it nor
+/// forge the header).
+fn set_session_cookies(resp: &mut Response, tokens: &Tokens, max_age: i64) {
+    if !tokens.cookie.is_empty() {
+        let cookies = [
+            format!("{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}", tokens.cookie),
+            format!("{CSRF_COOKIE}={}; Path=/; Secure; SameSite=Strict; Max-Age={max_age}", tokens.csrf_token),
+        ];
+        for c in cookies {
+            if let Ok(v) = HeaderValue::from_str(&c) {
+                resp.headers_mut().append(header::SET_COOKIE, v);
+            }
+        }
+    }
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+/// The cookie holding a browser's CSRF token.
+pub(crate) const CSRF_COOKIE: &str = "__Host-medvan_csrf";
+/// The cookie binding a single sign-on to the browser that started it. SameSite=Lax: it
+/// must come along on the provider's top-level redirect back to the hub.
+const SSO_COOKIE: &str = "__Host-medvan_sso";
 
 async fn jwks(State(state): State<Arc<HubState>>) -> Result<Response, ApiError> {
     let keys = identity(&state)?.jwks();
@@ -395,4 +411,137 @@ async fn break_glass_logins(State(state): State<Arc<HubState>>, Caller(p): Calle
         })
         .collect();
     Ok(axum::Json(list).into_response())
+}
+
+// ---- single sign-on ---------------------------------------------------------------------
+
+impl From<SsoError> for ApiError {
+    fn from(e: SsoError) -> Self {
+        let e = match e {
+            SsoError::Identity(i) => return ApiError::from(i),
+            other => other,
+        };
+        let status = match &e {
+            SsoError::NotConfigured(_) => StatusCode::NOT_FOUND,
+            SsoError::Unreachable(_) => StatusCode::BAD_GATEWAY,
+            SsoError::Protocol(oidc::OidcError::Refused { .. }) => StatusCode::UNAUTHORIZED,
+            SsoError::Protocol(oidc::OidcError::Callback(_) | oidc::OidcError::StateMismatch) => {
+                StatusCode::BAD_REQUEST
+            }
+            SsoError::Protocol(_) => {
+                tracing::warn!(error = %e, "an identity provider's answer was refused");
+                StatusCode::BAD_GATEWAY
+            }
+            SsoError::Stale => StatusCode::BAD_REQUEST,
+            SsoError::NoAccount { .. } | SsoError::SubjectMismatch(_) => StatusCode::FORBIDDEN,
+            SsoError::Identity(_) => unreachable!("answered above"),
+            SsoError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+/// The organisations whose users can log in through their identity provider.
+async fn sso_list(State(state): State<Arc<HubState>>) -> Response {
+    axum::Json(state.sso.entries()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct StartQuery {
+    #[serde(default)]
+    return_to: Option<String>,
+}
+
+/// Where a browser may be sent after a login: a path of this hub, never another site.
+fn local_path(p: Option<&str>) -> Result<String, ApiError> {
+    match p {
+        None => Ok("/".into()),
+        Some(p)
+            if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') && !p.chars().any(char::is_control) =>
+        {
+            Ok(p.to_owned())
+        }
+        Some(_) => Err(ApiError(StatusCode::BAD_REQUEST, "return_to must be a path on this hub, like /cases".into())),
+    }
+}
+
+/// Sends the browser to the organisation's identity provider.
+async fn sso_start(
+    State(state): State<Arc<HubState>>,
+    Path(org): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<StartQuery>,
+) -> Result<Response, ApiError> {
+    let return_to = local_path(q.return_to.as_deref())?;
+    let id = identity(&state)?;
+    let (url, browser_state) = state.sso.start(&id, &org, &return_to, now_s()).await?;
+    let mut r = axum::response::Redirect::to(&url).into_response();
+    let cookie = format!(
+        "{SSO_COOKIE}={browser_state}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={}",
+        super::sso::PENDING_S
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+/// Where the identity provider sends the browser back: the hub session starts here, and a
+/// small page moves the browser on (a page of this site, so the SameSite=Strict session
+/// cookie goes with the next request).
+async fn sso_callback(
+    State(state): State<Arc<HubState>>,
+    Path(org): Path<String>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let browser_state = cookie_value(&headers, SSO_COOKIE).map(str::to_owned);
+    let query = uri.query().unwrap_or("").to_owned();
+    let outcome = match identity(&state) {
+        Ok(id) => state.sso.finish(&id, &org, &query, browser_state.as_deref(), now_s()).await.map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    let clear = format!("{SSO_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0");
+    let mut resp = match outcome {
+        Ok((tokens, return_to)) => {
+            let max_age = state.identity.as_ref().map_or(0, |i| i.settings().absolute_timeout_s);
+            let target = html_escape(&return_to);
+            let page = format!(
+                "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Logged in</title>\
+                 <meta http-equiv=\"refresh\" content=\"0;url={target}\"></head>\
+                 <body><p>You are logged in as {} ({}). <a href=\"{target}\">Continue</a></p></body></html>",
+                html_escape(&tokens.user),
+                html_escape(&tokens.org),
+            );
+            let mut r = axum::response::Html(page).into_response();
+            set_session_cookies(&mut r, &tokens, max_age);
+            r
+        }
+        Err(ApiError(status, message)) => {
+            let page = format!(
+                "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Login failed</title></head>\
+                 <body><h1>Login failed</h1><p role=\"alert\">{}</p><p><a href=\"/\">Back to the start</a></p></body></html>",
+                html_escape(&message)
+            );
+            (status, axum::response::Html(page)).into_response()
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&clear) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn html_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '<' => "&lt;".into(),
+            '>' => "&gt;".into(),
+            '&' => "&amp;".into(),
+            '"' => "&quot;".into(),
+            '\'' => "&#39;".into(),
+            c => c.to_string(),
+        })
+        .collect()
 }

@@ -7,12 +7,14 @@
 //!   admins, lockout with back-off, sessions with idle and absolute timeouts, access tokens
 //!   (EdDSA JWTs under rotating keys) and rotating refresh tokens, browser cookies with a
 //!   CSRF token, single-use reset links.
+//! - [`sso`]: logins through an organisation's OpenID Connect provider.
 //!
 //! Every method takes the time from its caller, so tests drive timeouts without waiting.
 
 pub(crate) mod http;
 pub(crate) mod records;
 pub mod roles;
+pub mod sso;
 
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -372,8 +374,16 @@ impl Identity {
         Ok(set)
     }
 
-    /// Rotates the signing key if it is due, and picks up keys another hub process made.
+    /// Rotates the signing key if it is due, picks up keys another hub process made, and
+    /// sweeps single sign-ons started and never finished.
     pub fn maintain_keys(&self, now: i64) -> Result<(), StorageError> {
+        for row in self.storage.identities(records::SSO_PENDING, "")? {
+            let stale = records::open::<sso::PendingSso>(&self.sealer, &row)
+                .map_or(true, |p| now >= p.created_at + sso::PENDING_S);
+            if stale {
+                self.storage.delete_identity(records::SSO_PENDING, &row.id, None)?;
+            }
+        }
         let keys = Self::load_keys(&*self.storage, &self.sealer, &self.settings, &self.rng, now)?;
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
         *self.keys_loaded_at.write().unwrap_or_else(|p| p.into_inner()) = now;
@@ -448,6 +458,7 @@ impl Identity {
             disabled: false,
             created_at: now,
             pin: None,
+            sso_subject: None,
         };
         let key = User::key(org.as_str(), username.as_str());
         let roles_text: Vec<&str> = roles.iter().map(|r| r.name()).collect();

@@ -18,6 +18,7 @@ pub(crate) const SESSION: &str = "session";
 pub(crate) const SIGNING_KEY: &str = "signing_key";
 pub(crate) const RESET: &str = "reset";
 pub(crate) const ROSTER_ACK: &str = "roster_ack";
+pub(crate) const SSO_PENDING: &str = "sso_pending";
 
 /// An account.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -44,6 +45,10 @@ pub(crate) struct User {
     /// the organisation's vans in the roster.
     #[serde(default)]
     pub(crate) pin: Option<String>,
+    /// The identity provider's person this account is linked to (`issuer|sub`), set by the
+    /// first single sign-on.
+    #[serde(default)]
+    pub(crate) sso_subject: Option<String>,
 }
 
 impl User {
