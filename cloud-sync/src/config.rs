@@ -24,6 +24,9 @@ pub struct Config {
     /// The `[[sso]]` tables: organisations' identity providers for single sign-on.
     #[serde(default)]
     pub sso: Vec<crate::identity::sso::SsoConfig>,
+    /// The `[mail]` table: the relay the hub's mail (password reset links) goes through.
+    #[serde(default)]
+    pub mail: Option<crate::mail::MailConfig>,
 }
 
 /// The `[identity]` table.
@@ -229,6 +232,29 @@ per_user_burst = 100
 logins_per_address_per_min = 20.0
 # Behind a reverse proxy that sets X-Forwarded-For:
 # trust_forwarded_for = true
+
+# Single sign-on: an organisation's users log in through its OpenID provider (authorization
+# code flow with PKCE). Register the hub there as a client with the redirect URI
+# <hub.public_url>/api/v1/auth/sso/<org>/callback. The provider's claim `username_claim`
+# names the hub user; the first login links the account to the provider's subject.
+# [[sso]]
+# org = "org-north"
+# name = "St Mary's Hospital"
+# issuer = "https://login.stmary.example"
+# client_id = "medvan-hub"
+# client_secret_file = "/etc/medvan/sso-org-north.secret"
+# username_claim = "preferred_username"
+# scopes = ["profile"]
+# ca_file = "/etc/medvan/stmary-ca.pem"   (default: the system's CAs)
+
+# Mail: password reset links go to the address on the account through this relay.
+# [mail]
+# relay = "smtp.hospital.example:587"
+# tls = "starttls"            # or "implicit" (port 465); "none" only for a relay on this machine
+# from = "Medvan <noreply@hospital.example>"
+# username = "medvan-hub"
+# password_file = "/etc/medvan/smtp.secret"
+# ca_file = "/etc/medvan/relay-ca.pem"   (default: the system's CAs)
 "#;
 
 #[cfg(test)]

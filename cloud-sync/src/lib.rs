@@ -16,6 +16,7 @@ mod dicomweb;
 pub mod fleet;
 pub mod front_door;
 pub mod identity;
+pub mod mail;
 pub mod outbound;
 pub mod storage;
 pub mod van_audit;
@@ -49,6 +50,7 @@ pub struct HubState {
     cases: Option<Arc<CaseHub>>,
     identity: Option<Arc<Identity>>,
     sso: Arc<identity::sso::Sso>,
+    mailer: Option<Arc<mail::Mailer>>,
     door: Arc<FrontDoor>,
 }
 
@@ -71,6 +73,7 @@ impl HubState {
             cases: None,
             identity: None,
             sso: Default::default(),
+            mailer: config.mail.as_ref().map(mail::Mailer::new).transpose()?.map(Arc::new),
             door: Arc::new(FrontDoor::new(config.front_door.clone())),
         })
     }

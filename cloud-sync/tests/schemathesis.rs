@@ -27,6 +27,17 @@ async fn schemathesis_finds_no_server_error_and_no_response_off_its_schema() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     config.hub.public_url = Some(format!("http://{addr}"));
+    // A relay, so the forgotten-password route is in service (no account here has a mail
+    // address, so nothing is ever sent to it).
+    config.mail = Some(cloud_sync::mail::MailConfig {
+        relay: "127.0.0.1:25".into(),
+        tls: cloud_sync::mail::TlsMode::Starttls,
+        from: "noreply@medvan.test".into(),
+        username: None,
+        password_file: None,
+        ca_file: None,
+        helo_name: "medvan-hub".into(),
+    });
     // Tokens that outlive the run.
     let long = cloud_sync::identity::Settings { access_lifetime_s: 3600, ..hub.identity.settings().clone() };
     let identity = cloud_sync::identity::Identity::open(

@@ -2,6 +2,8 @@
 //! over HTTPS): the hub is the relying party, a Python `requests` session plays the
 //! browser at the provider, and the hub's router answers the browser's requests.
 
+mod common;
+
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 
@@ -29,23 +31,6 @@ impl Drop for Provider {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
-fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "St Mary's test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
-    let paths = (dir.join("ca.pem"), dir.join("idp.pem"), dir.join("idp-key.pem"));
-    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
-    std::fs::write(&paths.1, leaf.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
 }
 
 fn start_provider(cert: &Path, key: &Path) -> Provider {
@@ -134,7 +119,7 @@ async fn sso(router: &axum::Router, login: &str, password: &str, ca: &Path) -> (
 #[tokio::test(flavor = "multi_thread")]
 async fn a_login_through_the_hospitals_openid_provider_ends_with_a_hub_session_for_the_mapped_user() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(dir.path());
+    let (ca, cert, key) = common::certificates(dir.path());
     let provider = start_provider(&cert, &key);
     std::fs::write(dir.path().join("sso-secret"), SECRET).unwrap();
     let config = cloud_sync::config::Config::parse(&format!(

@@ -47,6 +47,7 @@ pub const PUBLIC: &[&str] = &[
     "/api/v1/auth/mfa/enrol",
     "/api/v1/auth/mfa/confirm",
     "/api/v1/auth/password/reset",
+    "/api/v1/auth/password/forgot",
     "/api/v1/auth/sso",
     "/api/v1/auth/sso/{org}/start",
     "/api/v1/auth/sso/{org}/callback",

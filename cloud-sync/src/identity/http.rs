@@ -27,6 +27,7 @@ pub(crate) fn routes() -> crate::Routes {
         .route("/api/v1/auth/mfa/enrol", post(mfa_enrol))
         .route("/api/v1/auth/mfa/confirm", post(mfa_confirm))
         .route("/api/v1/auth/password/reset", post(password_reset))
+        .route("/api/v1/auth/password/forgot", post(password_forgot))
         .route("/api/v1/auth/sso", get(sso_list))
         .route("/api/v1/auth/sso/{org}/start", get(sso_start))
         .route("/api/v1/auth/sso/{org}/callback", get(sso_callback))
@@ -277,6 +278,73 @@ async fn password_reset(State(state): State<Arc<HubState>>, body: axum::body::By
     let req: ResetRequest = json_body(&body, r#"{"token": "...", "password": "..."}"#)?;
     run(&state, move |id| id.redeem_reset(&req.token, &req.password, now_s())).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForgotRequest {
+    org: String,
+    username: String,
+}
+
+/// A user who forgot their password asks for a reset link by mail. The answer is the same
+/// whether or not the account exists, has an address, or was sent a link a moment ago, and
+/// comes before any of that is looked at: neither its words nor its timing tell who has an
+/// account.
+async fn password_forgot(
+    State(state): State<Arc<HubState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    json_only(&headers)?;
+    let req: ForgotRequest = json_body(&body, r#"{"org": "org-north", "username": "dr.osei"}"#)?;
+    let Some(mailer) = state.mailer.clone() else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this hub sends no mail; ask your administrator for a reset link".into(),
+        ));
+    };
+    let id = identity(&state)?;
+    let public_url = state.public_url.clone();
+    tokio::spawn(async move {
+        let found = tokio::task::spawn_blocking(move || id.reset_by_mail(&req.org, &req.username, now_s())).await;
+        let reset = match found {
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => return tracing::error!(error = %e, "could not make a reset link"),
+            Err(_) => return tracing::error!("making a reset link failed inside the hub"),
+        };
+        let minutes = RESET_LINK_S / 60;
+        let open = match &public_url {
+            Some(url) => format!(
+                "Open this link within {minutes} minutes to choose a new password:\n\n{url}/reset-password#token={}\n",
+                reset.token
+            ),
+            None => {
+                format!("Enter this code on the password reset page within {minutes} minutes:\n\n{}\n", reset.token)
+            }
+        };
+        let text = format!(
+            "Hello {user},\n\nSomeone, we hope you, asked to reset the password of your Medvan account \"{user}\" \
+             ({org}).\n\n{open}\nThe link works once. If you did not ask for it, ignore this mail: your password \
+             stays as it is.\n\n-- \nMedvan\n",
+            user = reset.username,
+            org = reset.org,
+        );
+        match mailer.send(&reset.to, "Reset your Medvan password", &text).await {
+            Ok(()) => tracing::info!(user = %reset.username, org = %reset.org, "mailed a password reset link"),
+            Err(e) => {
+                tracing::warn!(user = %reset.username, org = %reset.org, error = %e, "could not mail a password reset link")
+            }
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({
+            "message": "If the account exists and has a mail address, a reset link is on its way; it works once, for 30 minutes.",
+        })),
+    )
+        .into_response())
 }
 
 async fn list_users(State(state): State<Arc<HubState>>, Caller(p): Caller) -> Result<Response, ApiError> {

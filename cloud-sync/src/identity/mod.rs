@@ -34,6 +34,21 @@ use crate::storage::{Storage, StorageError};
 pub const SETUP_LINK_S: i64 = 72 * 3600;
 /// How long a password reset link works, seconds.
 pub const RESET_LINK_S: i64 = accounts::reset::LIFETIME_S;
+/// A second reset mail for one account is not sent sooner than this, seconds.
+pub const RESET_MAIL_INTERVAL_S: i64 = 60;
+
+/// A reset link to mail.
+#[derive(Debug, Clone)]
+pub struct ResetMail {
+    /// The account's mail address.
+    pub to: String,
+    /// The single-use token.
+    pub token: String,
+    /// The account.
+    pub username: String,
+    /// Its organisation.
+    pub org: String,
+}
 
 /// An account as an administrator sees it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -459,6 +474,7 @@ impl Identity {
             created_at: now,
             pin: None,
             sso_subject: None,
+            reset_mailed_at: None,
         };
         let key = User::key(org.as_str(), username.as_str());
         let roles_text: Vec<&str> = roles.iter().map(|r| r.name()).collect();
@@ -496,6 +512,42 @@ impl Identity {
         let rec = self.audit(actor, "user.reset_link", audit::Outcome::Allowed, format!("user={key}"), now);
         self.vault().store(RESET, &sha_hex(&token), org.as_str(), 0, &reset, Some(&rec))?;
         Ok(token)
+    }
+
+    /// A reset link for a user who forgot their password, to mail to the address on their
+    /// account: none for an unknown, disabled or address-less account, or when one was
+    /// mailed less than [`RESET_MAIL_INTERVAL_S`] ago (so nobody floods a mailbox). The
+    /// caller answers the same whatever this finds.
+    pub fn reset_by_mail(&self, org: &str, username: &str, now: i64) -> Result<Option<ResetMail>, IdentityError> {
+        let (Ok(o), Ok(u)) = (OrgId::parse(org), UserId::parse(username)) else { return Ok(None) };
+        let key = User::key(org, username);
+        let mut why_not = None;
+        let user = self.update_user(&key, |user| {
+            why_not = if user.disabled {
+                Some("disabled")
+            } else if user.email.is_none() {
+                Some("no mail address")
+            } else if user.reset_mailed_at.is_some_and(|t| now - t < RESET_MAIL_INTERVAL_S) {
+                Some("mailed a moment ago")
+            } else {
+                user.reset_mailed_at = Some(now);
+                None
+            };
+            Ok(())
+        });
+        let user = match user {
+            Ok(user) => user,
+            Err(IdentityError::NoSuchUser(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let detail = format!("user={key} by=mail");
+        if let Some(why) = why_not {
+            let rec = self.audit(username, "user.reset_link", audit::Outcome::Refused, format!("{detail} {why}"), now);
+            self.storage.audit(&rec)?;
+            return Ok(None);
+        }
+        let token = self.reset_link(username, &o, &u, now, RESET_LINK_S)?;
+        Ok(user.email.map(|to| ResetMail { to, token, username: user.username, org: user.org }))
     }
 
     /// Sets a password with a reset link token; the token is spent and every login of the

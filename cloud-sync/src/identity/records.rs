@@ -49,6 +49,9 @@ pub(crate) struct User {
     /// first single sign-on.
     #[serde(default)]
     pub(crate) sso_subject: Option<String>,
+    /// When a reset link was last mailed to the account's address.
+    #[serde(default)]
+    pub(crate) reset_mailed_at: Option<i64>,
 }
 
 impl User {

@@ -248,3 +248,22 @@ pub(crate) fn van_case(
     pump(&mut edge_agent::sync::StoreReplica::new(store.clone(), "hub").unwrap(), &mut hub.cases.replica_for(&device));
     (store, view)
 }
+
+/// A CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`: `(ca.pem,
+/// cert.pem, key.pem)`, for the TLS servers tests run (an identity provider, a mail relay).
+#[allow(dead_code)]
+pub(crate) fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "Medvan test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
+    let paths = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server-key.pem"));
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
