@@ -160,7 +160,9 @@ impl Hub {
             socket,
             Arc::new(quinn::TokioRuntime),
         )?;
-        Ok(HubServer::new(endpoint, self.enroller.clone()).with_changes(self.cases.changes()))
+        Ok(HubServer::new(endpoint, self.enroller.clone())
+            .with_changes(self.cases.changes())
+            .with_roster_changes(self.identity.roster_changes()))
     }
 
     /// Serves vans on `server` until its endpoint closes.

@@ -64,3 +64,72 @@ fn pins_set_at_the_hub_work_on_the_van_offline_and_a_removed_one_stops_after_the
     assert!(events.contains(&Event::RosterReceived), "{events:?}");
     assert!(matches!(crew.login("pat.medic", "604182", now()), Err(CrewError::Wrong)));
 }
+
+/// Waits up to `limit` for `check`.
+async fn eventually(what: &str, limit: std::time::Duration, mut check: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_removed_at_the_hub_stops_working_on_a_van_that_stays_connected() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let (_config, hub, _) = common::two_org_hub(dir.path());
+    let north = OrgId::parse("org-north").unwrap();
+    let medic = UserId::parse("pat.medic").unwrap();
+    common::create_and_login(&hub.identity, "org-north", "pat.medic", &[Role::Paramedic]);
+    hub.identity.set_pin(&north, &medic, "604182", now()).unwrap();
+
+    // The hub over real QUIC, and an enrolled van syncing in the background.
+    let server = hub.bind_sync("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = server.local_addr();
+    {
+        let (hub, server) = (hub.clone(), server.clone());
+        tokio::spawn(async move { hub.serve_sync(server).await });
+    }
+    let token = hub.enroller.issue(DeviceId::new("org-north", "van-1").unwrap(), now() + 600).unwrap();
+    let enrolled = sync_quic::enrol::enrol(addr, "hub.medvan.local", &token.encode()).await.unwrap();
+    let vdir = tempfile::tempdir().unwrap();
+    let (store, _) = common::van_case(&hub, vdir.path());
+    let key = [11u8; 32];
+    let sync = edge_agent::sync::spawn(
+        store.clone(),
+        edge_agent::sync::SyncSettings {
+            address: addr.to_string(),
+            server_name: "hub.medvan.local".into(),
+            identity: edge_agent::identity::Identity { ca: enrolled.ca, cert: enrolled.cert, key: enrolled.key },
+            identity_dir: None,
+            renew_below: None,
+            liveness: Default::default(),
+            roster_key: Some(key),
+        },
+    )
+    .unwrap();
+    let crew = Crew::new(store.clone(), Some(key), CrewSettings::default());
+    eventually("the roster reaches the van", Duration::from_secs(10), || {
+        crew.login("pat.medic", "604182", now()).is_ok()
+    })
+    .await;
+    assert_eq!(sync.status().connections, 1);
+
+    // The admin removes the PIN while the van is connected: the open session carries the
+    // new roster, and the PIN stops working without the van reconnecting.
+    let removed = std::time::Instant::now();
+    hub.identity.clear_pin("adm.kim", &north, &medic, now()).unwrap();
+    eventually("the removed PIN stops working", Duration::from_secs(10), || {
+        matches!(crew.login("pat.medic", "604182", now()), Err(CrewError::Wrong))
+    })
+    .await;
+    println!(
+        "a PIN removed at the hub stopped working on the connected van after {} ms",
+        removed.elapsed().as_millis()
+    );
+    assert_eq!(sync.status().connections, 1, "the same connection carried it");
+    // A PIN set again comes back the same way.
+    hub.identity.set_pin(&north, &medic, "604183", now()).unwrap();
+    eventually("the new PIN works", Duration::from_secs(10), || crew.login("pat.medic", "604183", now()).is_ok()).await;
+}

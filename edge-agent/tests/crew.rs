@@ -169,3 +169,13 @@ async fn every_documented_route_outside_the_way_in_needs_a_crew_session() {
     }
     assert!(checked >= 18, "{checked}");
 }
+
+#[test]
+fn every_route_the_agent_serves_is_documented_and_every_documented_route_is_served() {
+    let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+    let documented: std::collections::BTreeSet<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    let served: std::collections::BTreeSet<String> = edge_agent::api::served_paths().into_iter().collect();
+    assert!(served.len() >= 20, "{served:?}");
+    assert_eq!(served.difference(&documented).collect::<Vec<_>>(), Vec::<&String>::new(), "served, not documented");
+    assert_eq!(documented.difference(&served).collect::<Vec<_>>(), Vec::<&String>::new(), "documented, not served");
+}

@@ -244,6 +244,8 @@ pub struct Identity {
     session_checks: std::sync::Mutex<std::collections::HashMap<String, (bool, i64)>>,
     /// Claims of access tokens whose signature was checked, by the token's SHA-256.
     verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], tokens::jwt::Claims>>,
+    /// Organisations whose crew roster changed.
+    rosters: tokio::sync::broadcast::Sender<String>,
     rng: SystemRandom,
 }
 
@@ -339,6 +341,7 @@ impl Identity {
             keys_loaded_at: RwLock::new(now),
             session_checks: Default::default(),
             verified: Default::default(),
+            rosters: tokio::sync::broadcast::channel(64).0,
             rng,
         })
     }
@@ -595,6 +598,7 @@ impl Identity {
         })?;
         self.storage.audit(&self.audit(actor, "user.disable", audit::Outcome::Allowed, format!("user={key}"), now))?;
         self.end_sessions_of(org.as_str(), username.as_str(), now)?;
+        self.roster_changed(org.as_str());
         Ok(())
     }
 
@@ -649,10 +653,12 @@ impl Identity {
             format!("user={key}"),
             now,
         ))?;
+        self.roster_changed(org.as_str());
         Ok(())
     }
 
-    /// Removes an account's PIN: it stops working on the vans after their next sync.
+    /// Removes an account's PIN: it stops working on the vans connected to this hub process
+    /// within moments, and on the others at their next sync.
     pub fn clear_pin(&self, actor: &str, org: &OrgId, username: &UserId, now: i64) -> Result<(), IdentityError> {
         let key = User::key(org.as_str(), username.as_str());
         self.update_user(&key, |u| {
@@ -666,7 +672,20 @@ impl Identity {
             format!("user={key}"),
             now,
         ))?;
+        self.roster_changed(org.as_str());
         Ok(())
+    }
+
+    /// Where changes of organisations' crew rosters are announced (by organisation), so
+    /// connected vans get them in their open sync session. Only this process's changes are
+    /// announced; a van connected to another hub process gets them at its next session.
+    pub fn roster_changes(&self) -> tokio::sync::broadcast::Sender<String> {
+        self.rosters.clone()
+    }
+
+    fn roster_changed(&self, org: &str) {
+        // No receiver (no van connected) is fine: the roster goes at the next session.
+        let _ = self.rosters.send(org.to_owned());
     }
 
     /// The crew roster of an organisation's vans: its paramedics with a PIN, not disabled,

@@ -33,8 +33,9 @@
 //!    with [`Message::AuditRefused`] and an alarm at the hub. An idle van whose log has not
 //!    grown sends nothing.
 //! 7. From version 2 the hub sends the crew roster (who may log in on the van offline, with
-//!    their PIN verifiers) when it changed since the van last confirmed it
-//!    ([`Message::Roster`], [`Message::RosterAck`]).
+//!    their PIN verifiers) when it changed since the van last confirmed it: as the session
+//!    starts and, in a session that stays open, whenever the hub's side is told it changed
+//!    ([`Session::roster_changed`]; [`Message::Roster`], [`Message::RosterAck`]).
 //!
 //! Messages travel as length-prefixed frames ([`frame`]); a frame over the size limit or
 //! that does not decode ends the session with an error naming the problem.

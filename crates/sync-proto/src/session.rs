@@ -564,6 +564,15 @@ impl Session {
         }
     }
 
+    /// The hub: tells the session the van's crew roster may have changed (a PIN set or
+    /// removed, an account disabled), so a van that stays connected gets it now rather
+    /// than at its next session.
+    pub fn roster_changed(&mut self, replica: &mut impl Replica) {
+        if self.phase == Phase::Syncing {
+            self.offer_roster(replica);
+        }
+    }
+
     /// Tells the session this side now holds a blob the peer may need.
     pub fn local_blob(&mut self, sha256: [u8; 32], size: u64, priority: Priority) {
         if self.phase == Phase::Syncing {
@@ -658,6 +667,11 @@ impl Session {
         self.events.push_back(Event::Ready { in_sync });
         self.offer_early_changes(replica);
         self.push_audit(replica);
+        self.offer_roster(replica);
+    }
+
+    /// The hub: sends the roster if the van's differs from the current one.
+    fn offer_roster(&mut self, replica: &mut impl Replica) {
         if self.role == Role::Hub
             && self.version >= AUDIT_VERSION
             && let Some((digest, members)) = replica.roster_update()

@@ -322,6 +322,8 @@ pub enum LocalChange {
         /// How urgent it is.
         priority: sync_proto::Priority,
     },
+    /// The hub: the van's crew roster may have changed.
+    Roster,
 }
 
 impl From<sync_proto::DocId> for LocalChange {
@@ -461,6 +463,7 @@ async fn drive(
             changed = local_next => match changed {
                 Some(LocalChange::Doc(doc)) => session.local_change(doc, replica),
                 Some(LocalChange::Blob { sha256, size, priority }) => session.local_blob(sha256, size, priority),
+                Some(LocalChange::Roster) => session.roster_changed(replica),
                 None => break Ok(()),
             },
             _ = quiet_timer, if out.is_none() && session.is_idle() => break Ok(()),

@@ -9,7 +9,7 @@ use rustls::pki_types::CertificateDer;
 use sync_proto::{DocId, Replica, Role, Session};
 use tokio::sync::broadcast;
 
-use crate::driver::run_live;
+use crate::driver::{LocalChange, run_live};
 use crate::enrol::{ENROL_ALPN, Enroller};
 use crate::identity::{DeviceId, device_of, fingerprint};
 use crate::registry::RegistryError;
@@ -35,6 +35,7 @@ pub struct HubServer {
     enroller: Arc<Enroller>,
     live: Arc<Mutex<LiveConnections>>,
     changes: Option<broadcast::Sender<DocId>>,
+    rosters: Option<broadcast::Sender<String>>,
 }
 
 /// How long an enrolment may take before the hub hangs up: a client that connects and
@@ -49,13 +50,20 @@ impl HubServer {
     /// A hub serving on `endpoint` (built with [`crate::driver::server_config`]); revocations
     /// are kept in the enroller's registry.
     pub fn new(endpoint: quinn::Endpoint, enroller: Arc<Enroller>) -> HubServer {
-        HubServer { endpoint, enroller, live: Default::default(), changes: None }
+        HubServer { endpoint, enroller, live: Default::default(), changes: None, rosters: None }
     }
 
     /// Documents changed on the hub (a doctor's note) are announced on `changes`; each van's
     /// session offers them, and its replica decides whether that van may have them.
     pub fn with_changes(mut self, changes: broadcast::Sender<DocId>) -> HubServer {
         self.changes = Some(changes);
+        self
+    }
+
+    /// Organisations whose crew roster changed are announced on `rosters`; each van of the
+    /// organisation that is connected gets its new roster in its open session.
+    pub fn with_roster_changes(mut self, rosters: broadcast::Sender<String>) -> HubServer {
+        self.rosters = Some(rosters);
         self
     }
 
@@ -206,6 +214,22 @@ impl HubServer {
                         }
                     })
                 });
+                let forward_rosters = hub.rosters.as_ref().map(|c| {
+                    let (mut rx, tx, org) = (c.subscribe(), tx.clone(), device.org.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            let changed = match rx.recv().await {
+                                Ok(o) => o == org,
+                                // Fell behind: look anyway (the roster is only sent if it differs).
+                                Err(broadcast::error::RecvError::Lagged(_)) => true,
+                                Err(broadcast::error::RecvError::Closed) => return,
+                            };
+                            if changed && tx.send(LocalChange::Roster).is_err() {
+                                return;
+                            }
+                        }
+                    })
+                });
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     let mut session = Session::new(Role::Hub);
                     match run_live(&mut session, &mut replica, &mut send, &mut recv, &mut changed, |_| {}).await {
@@ -216,7 +240,7 @@ impl HubServer {
                         }
                     }
                 }
-                if let Some(f) = forward {
+                for f in [forward, forward_rosters].into_iter().flatten() {
                     f.abort();
                 }
                 drop(tx);

@@ -73,8 +73,32 @@ impl AppState {
 /// The agent's router.
 pub fn app(state: AppState) -> Router {
     let limit = state.max_attachment_bytes;
-    let state = Arc::new(state);
-    let api = Router::new()
+    routes(limit).router.with_state(Arc::new(state))
+}
+
+/// Every path template the agent serves: a test checks each is documented in its OpenAPI
+/// document.
+#[doc(hidden)]
+pub fn served_paths() -> Vec<String> {
+    routes(0).paths
+}
+
+/// The router before its state, with the paths it was given.
+struct Routes {
+    router: Router<Arc<AppState>>,
+    paths: Vec<String>,
+}
+
+impl Routes {
+    fn route(mut self, path: &str, methods: axum::routing::MethodRouter<Arc<AppState>>) -> Routes {
+        self.router = self.router.route(path, methods);
+        self.paths.push(path.to_owned());
+        self
+    }
+}
+
+fn routes(limit: usize) -> Routes {
+    let api = Routes { router: Router::new(), paths: Vec::new() }
         .route("/cases", post(cases::create).get(cases::list))
         .route("/cases/{id}", get(cases::read))
         .route("/cases/{id}/edits", post(cases::edit))
@@ -98,11 +122,12 @@ pub fn app(state: AppState) -> Router {
         .route("/crew/break-glass", post(crew::break_glass))
         .route("/crew/logout", post(crew::logout))
         .route("/crew/me", get(crew::me));
-    Router::new()
+    let top = Routes { router: Router::new(), paths: Vec::new() }
         .route("/health", get(health))
-        .route("/openapi.json", get(openapi))
-        .nest("/api/v1", api)
-        .with_state(state)
+        .route("/openapi.json", get(openapi));
+    let mut paths = top.paths;
+    paths.extend(api.paths.iter().map(|p| format!("/api/v1{p}")));
+    Routes { router: top.router.nest("/api/v1", api.router), paths }
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
