@@ -386,6 +386,23 @@ async fn logout_stops_access_tokens_parallel_guesses_all_count_and_logins_take_j
     let after = hub.identity.login("org-north", "pat.two", PASSWORD, None, now_s());
     assert!(matches!(after, Err(cloud_sync::identity::IdentityError::LockedOut(_))), "{after:?}");
 
+    // A name with no account locks the same way after the same failures, so a lockout does
+    // not tell an attacker which names exist.
+    let lock_point = |user: &'static str| {
+        (1..=10)
+            .find(|_| {
+                matches!(
+                    hub.identity.login("org-north", user, "wrong password here", None, now_s()),
+                    Err(cloud_sync::identity::IdentityError::LockedOut(_))
+                )
+            })
+            .unwrap_or(0)
+    };
+    create_and_login(&hub.identity, "org-north", "pat.three", &[Role::Paramedic]);
+    let real = lock_point("pat.three");
+    assert!(real > 1, "the account locks after some failures");
+    assert_eq!(lock_point("no.such.person"), real, "an unknown name locks at the same point");
+
     // A cross-site form cannot post a login.
     let form = Request::builder()
         .method("POST")

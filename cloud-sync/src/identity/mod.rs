@@ -246,8 +246,15 @@ pub struct Identity {
     verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], tokens::jwt::Claims>>,
     /// Organisations whose crew roster changed.
     rosters: tokio::sync::broadcast::Sender<String>,
+    /// Failed logins to names with no account, counted like an account's, so a lockout
+    /// does not tell which names exist.
+    decoy_attempts: std::sync::Mutex<std::collections::HashMap<String, accounts::lockout::Attempts>>,
     rng: SystemRandom,
 }
+
+/// The most names without an account whose failed logins are counted at once (memory
+/// bound; beyond it, counts that lock nothing are forgotten first).
+const DECOY_ATTEMPTS_MAX: usize = 10_000;
 
 /// How long a bearer token's session is taken as live before it is looked at again.
 pub const SESSION_RECHECK_S: i64 = 5;
@@ -342,6 +349,7 @@ impl Identity {
             session_checks: Default::default(),
             verified: Default::default(),
             rosters: tokio::sync::broadcast::channel(64).0,
+            decoy_attempts: Default::default(),
             rng,
         })
     }
@@ -753,8 +761,23 @@ impl Identity {
             None
         };
         if found.is_none() {
-            // The same work as for a real account: timing does not tell who exists. Names
-            // that cannot exist are not written to the log as given.
+            // The same answers as for a real account, lockout included, and the same work:
+            // neither the words, the timing nor a lock that never comes tell who exists.
+            // Names that cannot exist are not written to the log as given.
+            {
+                let mut decoys = self.decoy_attempts.lock().unwrap_or_else(|p| p.into_inner());
+                if decoys.len() >= DECOY_ATTEMPTS_MAX && !decoys.contains_key(&key) {
+                    decoys.retain(|_, a| a.check(now).is_err());
+                    if decoys.len() >= DECOY_ATTEMPTS_MAX {
+                        decoys.clear();
+                    }
+                }
+                let a = decoys.entry(key.clone()).or_default();
+                if let Err(l) = a.check(now) {
+                    return Err(IdentityError::LockedOut(l.retry_after_s));
+                }
+                a.failed(now);
+            }
             let _ = accounts::password::verify(password, decoy_verifier());
             let actor = if UserId::parse(username).is_ok() { username } else { "unknown" };
             self.storage.audit(&self.audit(
