@@ -391,6 +391,30 @@ impl CaseHub {
         Ok(out)
     }
 
+    /// The open cases of an organisation that asked for a consult, for the doctors' queue;
+    /// one audit entry for the look.
+    pub fn consulting_cases(&self, user: &UserId, org: &OrgId) -> Result<Vec<case_model::CaseView>, CaseError> {
+        let mut out = Vec::new();
+        for doc in self.storage.cases_of_org(org.as_str())? {
+            let view = self.with_case(org, CaseId::from_bytes(doc.0), |slot| {
+                let doc = &slot.as_ref().expect("checked").doc;
+                Ok(doc.view())
+            });
+            match view {
+                Ok(v) if v.closed_at.is_none() && !v.consults.is_empty() => out.push(v),
+                Ok(_) | Err(CaseError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.storage.audit(&record(user.as_str(), "consult.list", None, audit::Outcome::Allowed, org.to_string()))?;
+        Ok(out)
+    }
+
+    /// The organisation a case belongs to, if the hub holds it.
+    pub fn org_of(&self, doc: DocId) -> Result<Option<String>, CaseError> {
+        Ok(self.storage.case_meta(doc)?.map(|m| m.org))
+    }
+
     fn audit_access<T>(
         &self,
         user: &UserId,

@@ -27,6 +27,9 @@ pub struct Config {
     /// The `[mail]` table: the relay the hub's mail (password reset links) goes through.
     #[serde(default)]
     pub mail: Option<crate::mail::MailConfig>,
+    /// The `[consults]` table: consult routing.
+    #[serde(default)]
+    pub consults: crate::consults::ConsultConfig,
 }
 
 /// The `[identity]` table.
@@ -76,6 +79,10 @@ pub struct HubConfig {
     pub server_name: String,
     /// Where the hub keeps its embedded store (SQLite and files).
     pub data_dir: PathBuf,
+    /// The built doctor app (`cloud-sync/web/dist`, made by `npm run build` there); served
+    /// at `/` when set.
+    #[serde(default)]
+    pub web_dir: Option<PathBuf>,
     /// The hub's address as its users reach it (`https://hub.example.org`), for the links it
     /// hands out (DICOMweb retrieve and bulk data URLs). Without it, links are built from
     /// each request's Host header.
@@ -236,7 +243,8 @@ logins_per_address_per_min = 20.0
 # Single sign-on: an organisation's users log in through its OpenID provider (authorization
 # code flow with PKCE). Register the hub there as a client with the redirect URI
 # <hub.public_url>/api/v1/auth/sso/<org>/callback. The provider's claim `username_claim`
-# names the hub user; the first login links the account to the provider's subject.
+# names the hub user; an account added without a password is bound to the person at the
+# provider by its first login, one with a password by an administrator.
 # [[sso]]
 # org = "org-north"
 # name = "St Mary's Hospital"

@@ -11,6 +11,7 @@
 
 pub mod cases;
 pub mod config;
+pub mod consults;
 pub mod dicom;
 mod dicomweb;
 pub mod fleet;
@@ -20,6 +21,7 @@ pub mod mail;
 pub mod outbound;
 pub mod storage;
 pub mod van_audit;
+mod web;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -51,6 +53,8 @@ pub struct HubState {
     identity: Option<Arc<Identity>>,
     sso: Arc<identity::sso::Sso>,
     mailer: Option<Arc<mail::Mailer>>,
+    consults: consults::ConsultConfig,
+    web_dir: Option<PathBuf>,
     door: Arc<FrontDoor>,
 }
 
@@ -74,6 +78,8 @@ impl HubState {
             identity: None,
             sso: Default::default(),
             mailer: config.mail.as_ref().map(mail::Mailer::new).transpose()?.map(Arc::new),
+            consults: config.consults.clone(),
+            web_dir: config.hub.web_dir.clone(),
             door: Arc::new(FrontDoor::new(config.front_door.clone())),
         })
     }
@@ -90,7 +96,11 @@ impl HubState {
 /// The hub's router: every route behind the front door.
 pub fn app(state: HubState) -> Router {
     let state = Arc::new(state);
-    routes().router.layer(axum::middleware::from_fn_with_state(state.clone(), front_door::middleware)).with_state(state)
+    routes()
+        .router
+        .merge(web::routes())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), front_door::middleware))
+        .with_state(state)
 }
 
 /// The hub's routes without the front door: for the front door's benchmark only.
@@ -116,6 +126,7 @@ fn routes() -> Routes {
         .route("/api/v1/cases/{id}/attachments/{sha256}", get(read_attachment))
         .route("/api/v1/cases/{id}/access-log", get(access_log))
         .merge(identity::http::routes())
+        .merge(consults::routes())
         .merge(dicomweb::routes())
 }
 

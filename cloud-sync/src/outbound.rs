@@ -1,5 +1,6 @@
-//! Connections the hub opens to other services, always over TLS: HTTPS to identity
-//! providers (single sign-on) and STARTTLS to the mail relay.
+//! Connections the hub opens to other services over TLS: HTTPS to identity providers
+//! (single sign-on, https only) and TLS to the mail relay (STARTTLS or from the start; a
+//! relay on the same machine may be configured without).
 //!
 //! Trust comes from a CA file given in the config, or the system's bundle: a hospital's
 //! identity provider often has a certificate from the hospital's own CA.

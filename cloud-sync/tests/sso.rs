@@ -139,7 +139,12 @@ async fn a_login_through_the_hospitals_openid_provider_ends_with_a_hub_session_f
     }
     let north = case_model::OrgId::parse("org-north").unwrap();
     let osei = case_model::UserId::parse("dr.osei").unwrap();
+    // dr.osei's account was made for single sign-on (no password here): his first SSO login
+    // binds it. dr.berg's account has a password: only an administrator binds it.
     hub.identity.add_user("admin", &north, &osei, &[Role::Doctor], None, common_now()).unwrap();
+    let berg = case_model::UserId::parse("dr.berg").unwrap();
+    let link = hub.identity.add_user("admin", &north, &berg, &[Role::Doctor], None, common_now()).unwrap();
+    hub.identity.redeem_reset(&link, "dr berg's own passphrase", common_now()).unwrap();
     let router = cloud_sync::app(cloud_sync::HubState::open(&config).unwrap().with_hub(&hub));
 
     // The login page lists the provider.
@@ -195,6 +200,55 @@ async fn a_login_through_the_hospitals_openid_provider_ends_with_a_hub_session_f
     let refused = get(&router, &callback, Some(&binding)).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
     assert!(refused.body.contains("linked to another identity"), "{}", refused.body);
+
+    // Ana Berg at the provider is not yet dr.berg here: the account has a password of its
+    // own, and a name from the provider is not enough to take it.
+    let (callback, binding) = sso(&router, "ana.berg", "ana berg password", &ca).await;
+    let refused = get(&router, &callback, Some(&binding)).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    assert!(refused.body.contains("not linked"), "{}", refused.body);
+    let subject = format!("{}|ana.berg", provider.issuer);
+    assert!(refused.body.contains(&subject), "the page names the identity to link: {}", refused.body);
+    // An administrator links it (PUT /api/v1/admin/users/dr.berg/sso); then it works.
+    let (admin, _) = common::create_and_login(&hub.identity, "org-north", "adm.kim", &[Role::Admin]);
+    let linked = router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method("PUT")
+                .uri("/api/v1/admin/users/dr.berg/sso")
+                .header(header::AUTHORIZATION, format!("Bearer {}", admin.access_token))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(serde_json::json!({ "subject": subject }).to_string()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(linked.status(), StatusCode::NO_CONTENT);
+    let (callback, binding) = sso(&router, "ana.berg", "ana berg password", &ca).await;
+    let done = get(&router, &callback, Some(&binding)).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert!(done.body.contains("dr.berg"), "{}", done.body);
+
+    // A crafted callback with a provider error for someone else's login shows nothing it
+    // carries and does not cancel their login.
+    let crafted = get(
+        &router,
+        "/api/v1/auth/sso/org-north/callback?error=access_denied&error_description=Call+0800+now&state=x",
+        Some(&binding),
+    )
+    .await;
+    assert_eq!(crafted.status, StatusCode::BAD_REQUEST, "{}", crafted.body);
+    assert!(!crafted.body.contains("0800"), "{}", crafted.body);
+    assert!(
+        set_cookie(&crafted, "__Host-medvan_sso").is_none()
+            && !crafted
+                .headers
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .any(|c| c.to_str().unwrap().starts_with("__Host-medvan_sso="))
+    );
+    assert_eq!(crafted.headers[header::REFERRER_POLICY], "no-referrer");
 
     // A wrong password at the provider gets no code at all.
     let start = get(&router, "/api/v1/auth/sso/org-north/start", None).await;

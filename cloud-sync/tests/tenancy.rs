@@ -32,6 +32,24 @@ async fn send(router: &axum::Router, req: Request<Body>) -> (StatusCode, Vec<u8>
     (status, resp.into_body().collect().await.unwrap().to_bytes().to_vec())
 }
 
+/// A request whose answer may not end (an event stream): the status, and what came within
+/// `wait`.
+async fn send_for(router: &axum::Router, req: Request<Body>, wait: std::time::Duration) -> (StatusCode, Vec<u8>) {
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                out.extend_from_slice(&data);
+            }
+        }
+    })
+    .await;
+    (status, out)
+}
+
 fn permission_named(name: &str) -> Permission {
     serde_json::from_value(serde_json::Value::String(name.into())).unwrap()
 }
@@ -94,7 +112,21 @@ async fn no_role_of_another_organisation_and_no_role_without_the_permission_reac
     let instances = hub.cases.dicom_instances(&north, None).unwrap();
     let row = instances[0].row.clone();
     let sha = hex::encode(row.sha256);
+    // The crew asked for a consult: its id is a probe too.
+    let ctx = case_model::EditContext {
+        user: UserId::parse("ana.medic").unwrap(),
+        now: case_model::Timestamp::from_unix_millis(common::now_s() * 1000),
+    };
+    hub.cases
+        .edit_case(
+            &ctx,
+            &north,
+            case,
+            &[case_model::Edit::RequestConsult { reason: "probe".into(), urgency: Default::default() }],
+        )
+        .unwrap();
     let before = hub.cases.read_case(&UserId::parse("dr.ana").unwrap(), &north, case).unwrap();
+    let consult = before.consults[0]["id"].as_str().unwrap().to_owned();
     assert!(before.attachments.iter().any(|a| a["sha256"] == sha.as_str()));
 
     // Everything that must never come back to anyone outside org-north.
@@ -108,6 +140,8 @@ async fn no_role_of_another_organisation_and_no_role_without_the_permission_reac
             "series" => row.series.clone(),
             "sop" => row.sop.clone(),
             "username" => "dr.ana".into(),
+            "case" => case.to_string(),
+            "consult" => consult.clone(),
             other => panic!("no probe id for path parameter {{{other}}}: add one"),
         }
     };
@@ -125,6 +159,11 @@ async fn no_role_of_another_organisation_and_no_role_without_the_permission_reac
             ("post", "/api/v1/auth/logout") => None,
             ("put", "/api/v1/auth/pin") => Some(("application/json", br#"{"pin":"604182"}"#.to_vec())),
             ("delete", "/api/v1/admin/users/{username}/pin") => None,
+            ("put", "/api/v1/admin/users/{username}/sso") => {
+                Some(("application/json", br#"{"subject":"https://evil.example|probe"}"#.to_vec()))
+            }
+            ("put", "/api/v1/consults/on-call") => Some(("application/json", br#"{"on_call":true}"#.to_vec())),
+            ("post", "/api/v1/consults/{case}/{consult}/claim") => None,
             (m, p) => panic!("no probe body for {m} {p}: add one"),
         }
     };
@@ -194,7 +233,12 @@ async fn no_role_of_another_organisation_and_no_role_without_the_permission_reac
                         }
                         None => Body::empty(),
                     };
-                    let (status, bytes) = send(&router, req.body(body).unwrap()).await;
+                    let (status, bytes) = if path == "/api/v1/events" {
+                        // A stream that does not end: what it sends in a moment is checked.
+                        send_for(&router, req.body(body).unwrap(), std::time::Duration::from_millis(200)).await
+                    } else {
+                        send(&router, req.body(body).unwrap()).await
+                    };
                     calls += 1;
                     checked.insert(format!("{method} {path}"));
                     let text = String::from_utf8_lossy(&bytes);
@@ -223,6 +267,7 @@ async fn no_role_of_another_organisation_and_no_role_without_the_permission_reac
     // org-north is as it was: no note, no attachment, no account touched.
     let after = hub.cases.read_case(&UserId::parse("dr.ana").unwrap(), &north, case).unwrap();
     assert_eq!(after.notes.len(), before.notes.len());
+    assert!(hub.cases.read_case(&UserId::parse("dr.ana").unwrap(), &north, case).unwrap().consults.len() == 1);
     assert_eq!(after.attachments.len(), before.attachments.len());
     assert_eq!(hub.cases.dicom_instances(&north, None).unwrap().len(), 1);
     let users = hub.identity.users(&north).unwrap();

@@ -51,6 +51,10 @@ pub const PUBLIC: &[&str] = &[
     "/api/v1/auth/sso",
     "/api/v1/auth/sso/{org}/start",
     "/api/v1/auth/sso/{org}/callback",
+    // The doctor app's files (its data comes from the routes above, behind the door).
+    "/",
+    "/reset-password",
+    "/app/{file}",
 ];
 
 /// Rate limits, from the `[front_door]` config table.

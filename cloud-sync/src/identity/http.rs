@@ -37,6 +37,7 @@ pub(crate) fn routes() -> crate::Routes {
         .route("/api/v1/admin/users", get(list_users).post(add_user))
         .route("/api/v1/admin/users/{username}/disable", post(disable_user))
         .route("/api/v1/admin/users/{username}/reset-link", post(reset_link))
+        .route("/api/v1/admin/users/{username}/sso", axum::routing::put(link_sso))
 }
 
 impl From<IdentityError> for ApiError {
@@ -213,10 +214,14 @@ async fn refresh(State(state): State<Arc<HubState>>, body: axum::body::Bytes) ->
 
 async fn logout(State(state): State<Arc<HubState>>, Caller(p): Caller) -> Result<Response, ApiError> {
     run(&state, move |id| id.logout(&p.session, now_s())).await?;
-    let clear = format!("{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
     let mut r = StatusCode::NO_CONTENT.into_response();
-    if let Ok(v) = HeaderValue::from_str(&clear) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
+    for clear in [
+        format!("{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0"),
+        format!("{CSRF_COOKIE}=; Path=/; Secure; SameSite=Strict; Max-Age=0"),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&clear) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
     }
     Ok(r)
 }
@@ -230,6 +235,7 @@ async fn me(Caller(p): Caller) -> Response {
         Permission::AuditRead,
         Permission::UserAdmin,
         Permission::FleetAdmin,
+        Permission::ConsultAnswer,
     ]
     .into_iter()
     .filter(|x| p.can(*x))
@@ -431,6 +437,26 @@ async fn set_pin(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkRequest {
+    subject: Option<String>,
+}
+
+/// Links an account to a person at the organisation's identity provider, or unlinks it.
+async fn link_sso(
+    State(state): State<Arc<HubState>>,
+    Caller(p): Caller,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    require(&p, Permission::UserAdmin)?;
+    let user = username(&name)?;
+    let req: LinkRequest = json_body(&body, r#"{"subject": "https://login.hospital.example|248289761001"}"#)?;
+    run(&state, move |id| id.set_sso_subject(p.user.as_str(), &p.org, &user, req.subject, now_s())).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn clear_pin(
     State(state): State<Arc<HubState>>,
     Caller(p): Caller,
@@ -491,8 +517,26 @@ impl From<SsoError> for ApiError {
         };
         let status = match &e {
             SsoError::NotConfigured(_) => StatusCode::NOT_FOUND,
-            SsoError::Unreachable(_) => StatusCode::BAD_GATEWAY,
-            SsoError::Protocol(oidc::OidcError::Refused { .. }) => StatusCode::UNAUTHORIZED,
+            // Host names and TLS details are for the operator's log, not the user's page.
+            SsoError::Unreachable(detail) => {
+                tracing::warn!(error = %detail, "an identity provider could not be reached");
+                return ApiError(
+                    StatusCode::BAD_GATEWAY,
+                    "the hospital's login service could not be reached; try again in a minute".into(),
+                );
+            }
+            // The provider's words came with the callback (or from its token endpoint): they
+            // go to the log; the page names only the error code, in its own alphabet.
+            SsoError::Protocol(oidc::OidcError::Refused { error, description }) => {
+                tracing::warn!(%error, description = description.as_deref().unwrap_or(""), "an identity provider refused a login");
+                let code: String = error.chars().filter(|c| c.is_ascii_lowercase() || *c == '_').take(40).collect();
+                return ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    format!(
+                        "the hospital's login service refused the login ({code}); try again or ask your administrator"
+                    ),
+                );
+            }
             SsoError::Protocol(oidc::OidcError::Callback(_) | oidc::OidcError::StateMismatch) => {
                 StatusCode::BAD_REQUEST
             }
@@ -501,7 +545,9 @@ impl From<SsoError> for ApiError {
                 StatusCode::BAD_GATEWAY
             }
             SsoError::Stale => StatusCode::BAD_REQUEST,
-            SsoError::NoAccount { .. } | SsoError::SubjectMismatch(_) => StatusCode::FORBIDDEN,
+            SsoError::NoAccount { .. } | SsoError::SubjectMismatch(_) | SsoError::NotLinked { .. } => {
+                StatusCode::FORBIDDEN
+            }
             SsoError::Identity(_) => unreachable!("answered above"),
             SsoError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -565,6 +611,9 @@ async fn sso_callback(
 ) -> Response {
     let browser_state = cookie_value(&headers, SSO_COOKIE).map(str::to_owned);
     let query = uri.query().unwrap_or("").to_owned();
+    // Only the browser whose login this is loses its binding cookie: a crafted link cannot
+    // cancel someone's login in progress.
+    let own = browser_state.is_some() && browser_state == oidc::Callback::state_of(&query);
     let outcome = match identity(&state) {
         Ok(id) => state.sso.finish(&id, &org, &query, browser_state.as_deref(), now_s()).await.map_err(ApiError::from),
         Err(e) => Err(e),
@@ -594,10 +643,20 @@ async fn sso_callback(
             (status, axum::response::Html(page)).into_response()
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&clear) {
+    if own && let Ok(v) = HeaderValue::from_str(&clear) {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The URL carried a code: it goes to no other site, and the page goes in no frame.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     resp
 }
 

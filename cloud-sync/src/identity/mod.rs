@@ -34,11 +34,17 @@ use crate::storage::{Storage, StorageError};
 pub const SETUP_LINK_S: i64 = 72 * 3600;
 /// How long a password reset link works, seconds.
 pub const RESET_LINK_S: i64 = accounts::reset::LIFETIME_S;
+impl std::fmt::Debug for ResetMail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResetMail").field("username", &self.username).field("org", &self.org).finish_non_exhaustive()
+    }
+}
+
 /// A second reset mail for one account is not sent sooner than this, seconds.
 pub const RESET_MAIL_INTERVAL_S: i64 = 60;
 
 /// A reset link to mail.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ResetMail {
     /// The account's mail address.
     pub to: String,
@@ -246,15 +252,8 @@ pub struct Identity {
     verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], tokens::jwt::Claims>>,
     /// Organisations whose crew roster changed.
     rosters: tokio::sync::broadcast::Sender<String>,
-    /// Failed logins to names with no account, counted like an account's, so a lockout
-    /// does not tell which names exist.
-    decoy_attempts: std::sync::Mutex<std::collections::HashMap<String, accounts::lockout::Attempts>>,
     rng: SystemRandom,
 }
-
-/// The most names without an account whose failed logins are counted at once (memory
-/// bound; beyond it, counts that lock nothing are forgotten first).
-const DECOY_ATTEMPTS_MAX: usize = 10_000;
 
 /// How long a bearer token's session is taken as live before it is looked at again.
 pub const SESSION_RECHECK_S: i64 = 5;
@@ -349,7 +348,6 @@ impl Identity {
             session_checks: Default::default(),
             verified: Default::default(),
             rosters: tokio::sync::broadcast::channel(64).0,
-            decoy_attempts: Default::default(),
             rng,
         })
     }
@@ -403,6 +401,20 @@ impl Identity {
     /// Rotates the signing key if it is due, picks up keys another hub process made, and
     /// sweeps single sign-ons started and never finished.
     pub fn maintain_keys(&self, now: i64) -> Result<(), StorageError> {
+        let keys = Self::load_keys(&*self.storage, &self.sealer, &self.settings, &self.rng, now)?;
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+        *self.keys_loaded_at.write().unwrap_or_else(|p| p.into_inner()) = now;
+        // The sweep is housekeeping: a failure is logged and tried again next time, and never
+        // holds up the keys above.
+        if let Err(e) = self.sweep(now) {
+            tracing::warn!(error = %e, "could not sweep stale login records; trying again later");
+        }
+        Ok(())
+    }
+
+    /// Removes single sign-ons started and never finished, and failure counts of unknown
+    /// names untouched for a day.
+    fn sweep(&self, now: i64) -> Result<(), StorageError> {
         for row in self.storage.identities(records::SSO_PENDING, "")? {
             let stale = records::open::<sso::PendingSso>(&self.sealer, &row)
                 .map_or(true, |p| now >= p.created_at + sso::PENDING_S);
@@ -410,10 +422,19 @@ impl Identity {
                 self.storage.delete_identity(records::SSO_PENDING, &row.id, None)?;
             }
         }
-        let keys = Self::load_keys(&*self.storage, &self.sealer, &self.settings, &self.rng, now)?;
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
-        *self.keys_loaded_at.write().unwrap_or_else(|p| p.into_inner()) = now;
+        for row in self.storage.identities(records::DECOY, "")? {
+            let stale = records::open::<records::Decoy>(&self.sealer, &row)
+                .map_or(true, |d| now - d.last >= 86_400 && d.attempts.check(now).is_ok());
+            if stale {
+                self.storage.delete_identity(records::DECOY, &row.id, None)?;
+            }
+        }
         Ok(())
+    }
+
+    /// The keys identity records are sealed with (for records kept beside them).
+    pub(crate) fn sealer(&self) -> &Sealer {
+        &self.sealer
     }
 
     /// The storage the accounts live in (for routes that read beside them).
@@ -538,6 +559,10 @@ impl Identity {
                 Some("disabled")
             } else if user.email.is_none() {
                 Some("no mail address")
+            } else if user.sso_subject.is_some() {
+                // Its login is the hospital's: a password set here would outlive the hospital
+                // switching the person off.
+                Some("logs in through single sign-on")
             } else if user.reset_mailed_at.is_some_and(|t| now - t < RESET_MAIL_INTERVAL_S) {
                 Some("mailed a moment ago")
             } else {
@@ -556,6 +581,12 @@ impl Identity {
             let rec = self.audit(username, "user.reset_link", audit::Outcome::Refused, format!("{detail} {why}"), now);
             self.storage.audit(&rec)?;
             return Ok(None);
+        }
+        // A new link replaces any earlier one: only the latest mail works.
+        for row in self.storage.identities(RESET, org)? {
+            if records::open::<Reset>(&self.sealer, &row).is_ok_and(|r| r.username == username) {
+                self.storage.delete_identity(RESET, &row.id, None)?;
+            }
         }
         let token = self.reset_link(username, &o, &u, now, RESET_LINK_S)?;
         Ok(user.email.map(|to| ResetMail { to, token, username: user.username, org: user.org }))
@@ -604,9 +635,9 @@ impl Identity {
             u.disabled = true;
             Ok(())
         })?;
+        self.roster_changed(org.as_str());
         self.storage.audit(&self.audit(actor, "user.disable", audit::Outcome::Allowed, format!("user={key}"), now))?;
         self.end_sessions_of(org.as_str(), username.as_str(), now)?;
-        self.roster_changed(org.as_str());
         Ok(())
     }
 
@@ -654,6 +685,7 @@ impl Identity {
             u.pin = Some(verifier.clone());
             Ok(())
         })?;
+        self.roster_changed(org.as_str());
         self.storage.audit(&self.audit(
             username.as_str(),
             "user.pin_set",
@@ -661,7 +693,6 @@ impl Identity {
             format!("user={key}"),
             now,
         ))?;
-        self.roster_changed(org.as_str());
         Ok(())
     }
 
@@ -673,6 +704,7 @@ impl Identity {
             u.pin = None;
             Ok(())
         })?;
+        self.roster_changed(org.as_str());
         self.storage.audit(&self.audit(
             actor,
             "user.pin_cleared",
@@ -680,7 +712,6 @@ impl Identity {
             format!("user={key}"),
             now,
         ))?;
-        self.roster_changed(org.as_str());
         Ok(())
     }
 
@@ -764,19 +795,10 @@ impl Identity {
             // The same answers as for a real account, lockout included, and the same work:
             // neither the words, the timing nor a lock that never comes tell who exists.
             // Names that cannot exist are not written to the log as given.
-            {
-                let mut decoys = self.decoy_attempts.lock().unwrap_or_else(|p| p.into_inner());
-                if decoys.len() >= DECOY_ATTEMPTS_MAX && !decoys.contains_key(&key) {
-                    decoys.retain(|_, a| a.check(now).is_err());
-                    if decoys.len() >= DECOY_ATTEMPTS_MAX {
-                        decoys.clear();
-                    }
-                }
-                let a = decoys.entry(key.clone()).or_default();
-                if let Err(l) = a.check(now) {
-                    return Err(IdentityError::LockedOut(l.retry_after_s));
-                }
-                a.failed(now);
+            // The count lives in storage like an account's (every hub process, and a restart,
+            // see the same one). A name that cannot be an account is not counted.
+            if OrgId::parse(org).is_ok() && UserId::parse(username).is_ok() {
+                self.count_decoy(&key, now)?;
             }
             let _ = accounts::password::verify(password, decoy_verifier());
             let actor = if UserId::parse(username).is_ok() { username } else { "unknown" };
@@ -830,6 +852,24 @@ impl Identity {
         })?;
         let tokens = self.start_session(&user, now, false, "password")?;
         Ok(LoginOutcome::Session(Box::new(tokens)))
+    }
+
+    /// Counts a failed login to a name with no account; locked out as an account would be.
+    fn count_decoy(&self, key: &str, now: i64) -> Result<(), IdentityError> {
+        let id = self.sealer.name_key(key);
+        loop {
+            let (mut d, version) = self.vault().load::<records::Decoy>(records::DECOY, &id)?.unwrap_or_default();
+            if let Err(l) = d.attempts.check(now) {
+                return Err(IdentityError::LockedOut(l.retry_after_s));
+            }
+            d.attempts.failed(now);
+            d.last = now;
+            match self.vault().store(records::DECOY, &id, "", version, &d, None) {
+                Ok(_) => return Ok(()),
+                Err(StorageError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     fn audit_failure(&self, key: &str, user: &User, why: &str, now: i64) -> Result<(), IdentityError> {

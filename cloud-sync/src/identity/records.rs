@@ -19,6 +19,7 @@ pub(crate) const SIGNING_KEY: &str = "signing_key";
 pub(crate) const RESET: &str = "reset";
 pub(crate) const ROSTER_ACK: &str = "roster_ack";
 pub(crate) const SSO_PENDING: &str = "sso_pending";
+pub(crate) const DECOY: &str = "decoy_attempts";
 
 /// An account.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -95,6 +96,15 @@ pub(crate) struct Session {
     pub(crate) ended: bool,
     /// How the user logged in (`password`, `sso`).
     pub(crate) method: String,
+}
+
+/// Failed logins to a name that has no account, counted like an account's so a lockout
+/// does not tell which names exist. Keyed by a keyed hash of the name.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Decoy {
+    pub(crate) attempts: accounts::lockout::Attempts,
+    /// The last failure, seconds: counts untouched for a day are swept.
+    pub(crate) last: i64,
 }
 
 /// A signing key of the access tokens.

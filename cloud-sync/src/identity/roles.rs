@@ -42,6 +42,8 @@ pub enum Permission {
     UserAdmin,
     /// Manage the organisation's vans.
     FleetAdmin,
+    /// Take and answer the organisation's consult requests (go on call, claim).
+    ConsultAnswer,
 }
 
 impl Role {
@@ -84,7 +86,7 @@ impl Role {
         use Permission::*;
         match self {
             Role::Paramedic => &[CaseRead, CaseWrite, ImageRead],
-            Role::Doctor => &[CaseRead, CaseWrite, ImageRead, ImageWrite],
+            Role::Doctor => &[CaseRead, CaseWrite, ImageRead, ImageWrite, ConsultAnswer],
             Role::Dispatcher => &[CaseRead],
             // Claims come with the billing service; until then a clerk reaches no case.
             Role::BillingClerk => &[],

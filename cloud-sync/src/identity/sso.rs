@@ -6,9 +6,13 @@
 //! it) and bound to the browser by a short-lived cookie. The provider sends the browser back
 //! to `/callback`; the hub spends the pending login (once), exchanges the code, checks the ID
 //! token, and maps the person to a hub account of that organisation by the claim the config
-//! names. The first SSO login links the account to the provider's subject; later logins must
-//! come from the same subject, so a provider account renamed to someone else's name does
-//! not take their hub account.
+//! names. Names are not identities (OpenID Connect Core §5.7: `preferred_username` is not
+//! unique and may change), so an account is bound to the provider's subject (`iss` and
+//! `sub`): an account made for single sign-on (no password, no authenticator of its own) is
+//! bound by its first SSO login; an account that has a password is bound only by an
+//! administrator (`PUT /api/v1/admin/users/{name}/sso`), so nobody at the provider takes
+//! over a password account by getting its name. A bound account takes logins of its subject
+//! only.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -90,6 +94,18 @@ pub enum SsoError {
     /// The account is linked to another person at the provider.
     #[error("the account {0:?} is linked to another identity at the provider; ask your administrator")]
     SubjectMismatch(String),
+    /// The account has a password here and no administrator linked it to a provider
+    /// identity yet.
+    #[error(
+        "the account {account:?} is not linked to your hospital login yet; ask your administrator to link it \
+         to your identity at the provider, {subject:?}"
+    )]
+    NotLinked {
+        /// The account.
+        account: String,
+        /// The provider identity (`issuer|sub`) to link.
+        subject: String,
+    },
     /// The account cannot log in.
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -239,10 +255,13 @@ impl Sso {
         now: i64,
     ) -> Result<(Tokens, String), SsoError> {
         let p = self.provider(org)?;
-        let callback = oidc::Callback::parse(query)?;
-        if browser_state != Some(callback.state.as_str()) {
+        // Nothing of the callback is trusted (not even a provider's error words) before its
+        // state is the one this browser started.
+        let state = oidc::Callback::state_of(query);
+        if state.is_none() || browser_state != state.as_deref() {
             return Err(SsoError::Stale);
         }
+        let callback = oidc::Callback::parse(query)?;
         // Spent before anything else: a callback replayed, even in parallel, finds nothing.
         let id = identity.clone();
         let key = state_key(&callback.state);
@@ -281,23 +300,40 @@ impl Provider {
     /// The discovery document and keys, fetched when missing or old; `refetch_keys` asks
     /// for the keys again (at most once a minute).
     async fn discovered(&self, now: i64, refetch_keys: bool) -> Result<(oidc::Provider, oidc::Jwks), SsoError> {
+        // One fetch at a time per provider (each bounded by the client's 10 s deadline); the
+        // others wait for its result rather than fetching again.
         let mut cache = self.cache.lock().await;
         if cache.as_ref().is_none_or(|f| now - f.at >= DISCOVERY_TTL_S) {
-            let url = format!("{}/.well-known/openid-configuration", self.config.issuer.trim_end_matches('/'));
-            let doc = self.http.get(&url).await?;
-            if doc.status != 200 {
-                return Err(oidc::OidcError::Discovery(format!("{url} answered HTTP {}", doc.status)).into());
+            match self.fetch_all().await {
+                Ok((provider, keys)) => *cache = Some(Fetched { provider, at: now, keys, keys_at: now }),
+                // A provider briefly unreachable at refresh time: the document and keys in
+                // hand still verify its tokens; try again in a minute.
+                Err(e) => match cache.as_mut() {
+                    Some(f) => {
+                        tracing::warn!(issuer = %self.config.issuer, error = %e, "could not refresh the identity provider's configuration; using the last one");
+                        f.at = now - DISCOVERY_TTL_S + JWKS_REFETCH_S;
+                    }
+                    None => return Err(e),
+                },
             }
-            let provider = oidc::Provider::from_discovery(&doc.body, &self.config.issuer)?;
-            let keys = self.fetch_keys(&provider).await?;
-            *cache = Some(Fetched { provider, at: now, keys, keys_at: now });
         } else if refetch_keys && cache.as_ref().is_some_and(|f| now - f.keys_at >= JWKS_REFETCH_S) {
             let f = cache.as_mut().expect("checked just above");
-            f.keys = self.fetch_keys(&f.provider).await?;
             f.keys_at = now;
+            f.keys = self.fetch_keys(&f.provider).await?;
         }
         let f = cache.as_ref().expect("filled just above");
         Ok((f.provider.clone(), f.keys.clone()))
+    }
+
+    async fn fetch_all(&self) -> Result<(oidc::Provider, oidc::Jwks), SsoError> {
+        let url = format!("{}/.well-known/openid-configuration", self.config.issuer.trim_end_matches('/'));
+        let doc = self.http.get(&url).await?;
+        if doc.status != 200 {
+            return Err(oidc::OidcError::Discovery(format!("{url} answered HTTP {}", doc.status)).into());
+        }
+        let provider = oidc::Provider::from_discovery(&doc.body, &self.config.issuer)?;
+        let keys = self.fetch_keys(&provider).await?;
+        Ok((provider, keys))
     }
 
     async fn fetch_keys(&self, provider: &oidc::Provider) -> Result<oidc::Jwks, SsoError> {
@@ -345,14 +381,22 @@ impl Identity {
             match &u.sso_subject {
                 Some(s) if *s != subject => Err(IdentityError::Invalid("subject".into())),
                 Some(_) => Ok(()),
-                None => {
+                // Only an account made for single sign-on is bound by its first login.
+                None if u.password.is_none() && u.totp.is_none() => {
                     u.sso_subject = Some(subject.clone());
                     Ok(())
                 }
+                None => Err(IdentityError::Invalid("not linked".into())),
             }
         });
         let user = match user {
             Ok(u) => u,
+            Err(IdentityError::Invalid(why)) if why == "not linked" => {
+                return refuse(
+                    &format!("account {key} has a password and is not linked to a provider identity"),
+                    SsoError::NotLinked { account: key, subject: subject.clone() },
+                );
+            }
             Err(IdentityError::Invalid(_)) => {
                 return refuse(&format!("account {key} is linked to another subject"), SsoError::SubjectMismatch(key));
             }
@@ -376,5 +420,37 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, SsoError> + S
 impl From<crate::storage::StorageError> for SsoError {
     fn from(e: crate::storage::StorageError) -> Self {
         SsoError::Identity(e.into())
+    }
+}
+
+impl Identity {
+    /// Links an account to a person at the organisation's identity provider (`subject`:
+    /// `issuer|sub`, as a refused SSO login shows it), or unlinks it (`None`).
+    pub fn set_sso_subject(
+        &self,
+        actor: &str,
+        org: &OrgId,
+        username: &UserId,
+        subject: Option<String>,
+        now: i64,
+    ) -> Result<(), IdentityError> {
+        if let Some(s) = &subject
+            && (s.len() > 512 || !s.contains('|') || s.chars().any(char::is_control))
+        {
+            return Err(IdentityError::Invalid(
+                "subject must be the provider identity as a refused login shows it: <issuer>|<sub>".into(),
+            ));
+        }
+        let key = User::key(org.as_str(), username.as_str());
+        self.update_user(&key, |u| {
+            u.sso_subject = subject.clone();
+            Ok(())
+        })?;
+        let what = match &subject {
+            Some(s) => format!("user={key} subject={}", super::printable(s)),
+            None => format!("user={key} unlinked"),
+        };
+        self.storage.audit(&self.audit(actor, "user.sso_link", audit::Outcome::Allowed, what, now))?;
+        Ok(())
     }
 }

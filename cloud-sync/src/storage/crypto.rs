@@ -24,6 +24,7 @@ pub struct Sealer {
     records: XChaCha20Poly1305,
     blobs: XChaCha20Poly1305,
     sqlcipher: [u8; 32],
+    names: ring::hmac::Key,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -53,7 +54,14 @@ impl Sealer {
             records: XChaCha20Poly1305::new(&derive(b"records").into()),
             blobs: XChaCha20Poly1305::new(&derive(b"blobs").into()),
             sqlcipher: derive(b"sqlcipher"),
+            names: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &derive(b"names")),
         }
+    }
+
+    /// A keyed hash (hex) of a name, to key a record by a name without storing the name (a
+    /// plain hash of a guessable name is reversed by guessing).
+    pub(crate) fn name_key(&self, name: &str) -> String {
+        hex::encode(ring::hmac::sign(&self.names, name.as_bytes()))
     }
 
     /// The raw key for SQLCipher.

@@ -14,11 +14,13 @@ const [port, certFile, keyFile, redirectUri, clientSecret] = process.argv.slice(
 const issuer = `https://127.0.0.1:${port}`;
 
 // The hospital's directory. `preferred_username` is what the hub maps to its user names;
-// the impostor claims a hub user's name under another subject.
+// the impostor claims a hub user's name under another subject; dr.berg's hub account has a
+// password of its own, so an administrator must link it.
 const accounts = {
   'kwame.osei': { password: 'correct horse battery', claims: { preferred_username: 'dr.osei', name: 'Kwame Osei', email: 'k.osei@stmary.example' } },
   stranger: { password: 'stranger password', claims: { preferred_username: 'no.such.doctor' } },
   impostor: { password: 'impostor password', claims: { preferred_username: 'dr.osei' } },
+  'ana.berg': { password: 'ana berg password', claims: { preferred_username: 'dr.berg', name: 'Ana Berg' } },
 };
 
 const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });

@@ -66,7 +66,7 @@ impl Provider {
 }
 
 /// This relying party as registered with the provider.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     /// The client id.
     pub client_id: String,
@@ -80,7 +80,7 @@ pub struct Client {
 }
 
 /// A login under way: what the caller keeps (secretly) between [`begin`] and [`finish`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pending {
     /// Binds the callback to this login (and to the browser that started it).
     pub state: String,
@@ -128,6 +128,15 @@ pub struct Callback {
 }
 
 impl Callback {
+    /// The `state` a callback's query carries, if it carries exactly one: to match against
+    /// the login (and the browser) before anything else of the callback is trusted.
+    pub fn state_of(query: &str) -> Option<String> {
+        let mut found =
+            form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == "state").map(|(_, v)| v.into_owned());
+        let first = found.next()?;
+        found.next().is_none().then_some(first)
+    }
+
     /// Reads the callback's query string. An error answer from the provider is
     /// [`OidcError::Refused`].
     pub fn parse(query: &str) -> Result<Callback, OidcError> {
@@ -155,7 +164,7 @@ impl Callback {
 }
 
 /// The code exchange to POST to the token endpoint (`application/x-www-form-urlencoded`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct TokenRequest {
     /// The token endpoint.
     pub url: String,
@@ -227,4 +236,28 @@ pub fn finish(
         provider_algs: &provider.id_token_algs,
     };
     Ok(id_token::verify(id_token, keys, &expect, now)?)
+}
+
+// Secrets (the client secret, the PKCE verifier, the code) stay out of debug output.
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("client_id", &self.client_id)
+            .field("confidential", &self.client_secret.is_some())
+            .field("redirect_uri", &self.redirect_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for TokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRequest").field("url", &self.url).finish_non_exhaustive()
+    }
 }

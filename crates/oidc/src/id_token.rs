@@ -79,7 +79,7 @@ pub(crate) fn verify(token: &str, keys: &Jwks, expect: &Expect<'_>, now: i64) ->
         None if audiences.len() > 1 => return Err(IdTokenError::Audience),
         _ => {}
     }
-    if now >= number("exp")? + LEEWAY_S {
+    if now >= number("exp")?.saturating_add(LEEWAY_S) {
         return Err(IdTokenError::Expired);
     }
     let iat = number("iat")?;

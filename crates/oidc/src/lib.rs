@@ -37,7 +37,9 @@ pub enum OidcError {
     /// The provider's keys (JWKS) are unusable.
     #[error("the identity provider's keys are unusable: {0}")]
     Keys(String),
-    /// The provider answered the authorization request with an error.
+    /// The provider answered the authorization request (or the token request) with an
+    /// error. The words of a callback come from its URL, which anyone can make: show them
+    /// only once the callback's state matched the login ([`Callback::state_of`]).
     #[error("the identity provider refused the login: {error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
     Refused {
         /// The OAuth error code (`access_denied`, `login_required`, ...).
