@@ -175,6 +175,15 @@ impl Crew {
         Ok(serde_json::from_slice(&plain).map_err(|e| StoreError::Failed(e.to_string()))?)
     }
 
+    /// The user names of the crew who can log in on this van, sorted: the touchscreen shows
+    /// them as tiles to tap (no keyboard is assumed). Names only, never verifiers.
+    pub fn members(&self) -> Result<Vec<String>, CrewError> {
+        let key = self.key.ok_or(CrewError::NoKey)?;
+        let mut names: Vec<String> = self.roster(&key)?.into_iter().map(|m| m.username).collect();
+        names.sort();
+        Ok(names)
+    }
+
     fn attempts(&self, username: &str) -> Result<accounts::lockout::Attempts, CrewError> {
         let raw = self.store.peer_value(PEER, &format!("attempts/{username}"))?;
         Ok(raw.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default())

@@ -116,3 +116,11 @@ pub(crate) async fn me(State(state): State<Arc<AppState>>, parts: Parts) -> Resu
     }))
     .into_response())
 }
+
+/// Who can log in on this van: names for the touchscreen's login tiles. It needs no
+/// session (it is the way in); it gives names only.
+pub(crate) async fn members(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let names = blocking(&state, |c| c.members()).await?;
+    let list: Vec<serde_json::Value> = names.into_iter().map(|n| serde_json::json!({ "username": n })).collect();
+    Ok(Json(list).into_response())
+}

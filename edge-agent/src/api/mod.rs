@@ -9,6 +9,7 @@
 mod cases;
 mod crew;
 mod error;
+mod ui;
 mod xray;
 
 use std::sync::Arc;
@@ -73,7 +74,7 @@ impl AppState {
 /// The agent's router.
 pub fn app(state: AppState) -> Router {
     let limit = state.max_attachment_bytes;
-    routes(limit).router.with_state(Arc::new(state))
+    routes(limit).router.merge(ui::routes()).with_state(Arc::new(state))
 }
 
 /// Every path template the agent serves: a test checks each is documented in its OpenAPI
@@ -112,6 +113,7 @@ fn routes(limit: usize) -> Routes {
         .route("/audit/verify", get(cases::verify_audit))
         .route("/sync", get(sync_status))
         .route("/xray", get(xray::status))
+        .route("/xray/presets", get(xray::presets))
         .route("/xray/session", axum::routing::put(xray::set_session))
         .route("/xray/arm", post(xray::arm))
         .route("/xray/disarm", post(xray::disarm))
@@ -121,7 +123,8 @@ fn routes(limit: usize) -> Routes {
         .route("/crew/login", post(crew::login))
         .route("/crew/break-glass", post(crew::break_glass))
         .route("/crew/logout", post(crew::logout))
-        .route("/crew/me", get(crew::me));
+        .route("/crew/me", get(crew::me))
+        .route("/crew/members", get(crew::members));
     let top = Routes { router: Router::new(), paths: Vec::new() }
         .route("/health", get(health))
         .route("/openapi.json", get(openapi));

@@ -39,6 +39,11 @@ pub(crate) async fn status(State(s): State<Arc<AppState>>, Actor(_ctx): Actor) -
     Json(s.xray.status())
 }
 
+/// The technique presets by body part and view.
+pub(crate) async fn presets(Actor(_ctx): Actor) -> impl IntoResponse {
+    Json(crate::xray::presets::PRESETS)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SessionBody {

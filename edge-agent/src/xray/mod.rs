@@ -13,6 +13,7 @@
 pub mod detector;
 pub mod images;
 mod journal;
+pub mod presets;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
