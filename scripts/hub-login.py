@@ -2,6 +2,7 @@
 """Log in to a Medvan hub as a person would, and print an access token.
 
     scripts/hub-login.py HUB_URL ORG USERNAME PASSWORD_FILE TOTP_SECRET_FILE
+    scripts/hub-login.py --code TOTP_SECRET_FILE     (the authenticator's code now, for the web app)
 
 The password is read from PASSWORD_FILE. Accounts that need a second factor (doctors,
 admins) enrol an authenticator at their first login: this script plays the authenticator
@@ -39,6 +40,9 @@ def post(url, body):
 
 
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--code":
+        print(totp(open(sys.argv[2]).read().strip()))
+        return
     if len(sys.argv) != 6:
         sys.exit(__doc__)
     hub, org, user, password_file, totp_file = sys.argv[1:]

@@ -12,6 +12,8 @@ smoke=false
 scripts/setup-deps.sh
 echo "==> building (release)"
 cargo build --release --locked -p edge-agent -p cloud-sync -p xray-sim
+echo "==> building the doctor app"
+scripts/setup-jstools.sh
 
 state=${MEDVAN_STATE:-$PWD/.medvan}
 mkdir -p "$state"
@@ -33,6 +35,8 @@ data_dir = "$state/hub"
 key_file = "$state/hub.key"
 # The links DICOMweb hands out (retrieve and bulk data URLs).
 public_url = "http://127.0.0.1:$hub_port"
+# The doctor app, served at /.
+web_dir = "$PWD/cloud-sync/web/dist"
 
 TOML
 cat > "$state/agent.toml" <<TOML
@@ -131,6 +135,10 @@ done
 cat <<TXT
 
 Medvan is running: a hub and van-12 of org-north, enrolled and syncing over QUIC.
+  the van's touchscreen:  http://127.0.0.1:$agent_port/   (ana.medic, PIN in $state/paramedic.pin)
+  the doctors' web app:   http://127.0.0.1:$hub_port/   (org-north, dr.osei, password in
+                          $state/doctor.password; the authenticator's code:
+                          python3 scripts/hub-login.py --code $state/doctor.totp)
   hub:  http://127.0.0.1:$hub_port/health     (API description: /openapi.json)
         vans sync on udp 127.0.0.1:$sync_port
   van:  http://127.0.0.1:$agent_port/health     (API description: /openapi.json)

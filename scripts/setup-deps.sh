@@ -16,6 +16,8 @@ packages=(
   libusb-1.0-0-dev  # the detector's USB shell (rusb over the system libusb)
   umockdev          # a virtual USB detector for the USB shell's tests
   python3-venv      # a venv for the Python clients the tests use (scripts/setup-pytools.sh)
+  chromium          # the real browser the apps' end-to-end test drives headless (tests/ui)
+  fonts-dejavu-core # the apps' font, so pages render (and measure) the same everywhere
 )
 
 missing=()

@@ -17,4 +17,6 @@ stage "python test clients" scripts/setup-pytools.sh
 stage "javascript test parties" scripts/setup-jstools.sh
 stage "format check" cargo fmt --all -- --check
 stage "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+# The browser story runs the optimised builds, as a van and a hub run them.
+stage "release build" cargo build --release --locked -p edge-agent -p cloud-sync -p xray-sim
 stage "tests" cargo test --workspace --locked

@@ -574,9 +574,32 @@ async fn session(
         .next()
         .with_context(|| format!("the hub address {} resolves to nothing", settings.address))?;
     let mut connected = sync_quic::driver::connect(endpoint, addr, &settings.server_name).await?;
-    lock(&out.status).connections += 1;
-    lock(&out.status).state = "syncing";
-    lock(&out.status).last_error = None;
+    // With 0-RTT the session starts before the hub has answered: until the handshake
+    // completes the van says "connecting", so nobody reads "syncing" off a dead link.
+    let confirmed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(connected.early.is_none()));
+    let attempt = {
+        let mut s = lock(&out.status);
+        s.connections += 1;
+        s.state = if connected.early.is_none() { "syncing" } else { "connecting" };
+        s.last_error = None;
+        s.connections
+    };
+    if let Some(accepted) = connected.early.take() {
+        let (confirmed, out, conn) = (confirmed.clone(), out.clone(), connected.conn.clone());
+        tokio::spawn(async move {
+            // Resolves when the handshake completes (whether the early data was taken or
+            // not), or when the connection is lost: only a live connection counts.
+            accepted.await;
+            if conn.close_reason().is_some() {
+                return;
+            }
+            confirmed.store(true, std::sync::atomic::Ordering::Relaxed);
+            let mut s = lock(&out.status);
+            if s.state == "connecting" && s.connections == attempt {
+                s.state = "syncing";
+            }
+        });
+    }
     // Changes made before this connection are covered by the inventory exchange.
     while local.try_recv().is_ok() {}
     let signer = std::sync::Arc::new(AuditSigner::for_identity(&settings.identity)?);
@@ -587,6 +610,9 @@ async fn session(
         let mut session = sync_proto::Session::new(sync_proto::Role::Van);
         session.start(&replica);
         let result = sync_quic::driver::run_live(&mut session, &mut replica, &mut send, &mut recv, local, |state| {
+            if !confirmed.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
             let mut s = lock(&out.status);
             match state {
                 sync_quic::driver::LiveState::Syncing => s.state = "syncing",

@@ -46,8 +46,15 @@ const state = {
 // Each action's time from the tap to its saved acknowledgement on screen (ms), for the
 // end-to-end test's figures.
 window.medvanAcks = [];
+// Each exposure's time from the finger lifted to its preview on screen (ms).
+window.medvanImages = [];
 
 const $ = (id) => document.getElementById(id);
+
+// Replaces an element's children, leaving out the absent ones (null, false).
+function fill(el, ...kids) {
+  el.replaceChildren(...kids.flat().filter((k) => k !== null && k !== undefined && k !== false));
+}
 
 function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -65,6 +72,8 @@ function h(tag, attrs = {}, ...children) {
 }
 
 function toast(text, bad = false) {
+  // Also in the console: the kiosk's browser log keeps what the crew was told.
+  console.info(`toast: ${text}`);
   const t = $('toast');
   t.textContent = text;
   t.className = bad ? 'toast show bad' : 'toast show';
@@ -93,7 +102,7 @@ async function api(method, path, body) {
     endSession('Your session ended (unused for 10 minutes, or too long). Log in again.');
     throw new ApiError(401, 'Log in again.');
   }
-  if (!resp.ok) throw new ApiError(resp.status, (data && data.error) || `The van answered ${resp.status}.`);
+  if (!resp.ok) throw new ApiError(resp.status, (data && (data.message || data.error)) || `The van answered ${resp.status}.`);
   return data;
 }
 
@@ -180,7 +189,7 @@ async function renderLogin(message) {
     h('button', { class: 'quiet', onclick: () => { pin = pin.slice(0, -1); showPin(); }, 'aria-label': 'Delete last digit' }, '⌫'),
     digit('0'),
     h('button', { class: 'ok', onclick: submit, id: 'pin-ok' }, 'OK'));
-  main.replaceChildren(
+  fill(main, 
     h('h1', {}, 'Crew login'),
     members.length ? h('p', {}, 'Tap your name, then enter your PIN. This works without a network.')
       : h('p', { class: 'error' }, 'No crew list on this van yet: it comes from the hub at the next sync. Use an emergency login meanwhile.'),
@@ -199,7 +208,7 @@ function renderBreakGlass() {
   const reason = h('input', { class: 'field', id: 'bg-reason', 'aria-label': 'Why you need access', autocomplete: 'off' });
   const error = h('p', { class: 'error', role: 'alert' });
   const reasons = ['My PIN is not on this van', 'I forgot my PIN', 'Crew member from another service'];
-  $('main').replaceChildren(
+  fill($('main'), 
     h('h1', {}, 'Emergency login'),
     h('p', {}, 'Say who you are and why. The login is flagged, lasts 30 minutes and is reviewed.'),
     h('label', { for: 'bg-name' }, 'Your full name'), name, keyboard(name),
@@ -251,7 +260,7 @@ function keyboard(target) {
     target.dispatchEvent(new Event('input'));
   };
   const draw = () => {
-    kb.replaceChildren(
+    fill(kb, 
       ...rows.map((r) => h('div', { class: 'keys' }, [...r].map((c) => {
         const ch = upper ? c.toUpperCase() : c;
         return h('button', { class: 'quiet', type: 'button', onclick: () => type(ch), 'aria-label': `Type ${ch}` }, ch);
@@ -272,7 +281,7 @@ async function renderCases() {
   sessionStorage.removeItem('medvan.case');
   const main = $('main');
   const list = h('div', { class: 'tiles' });
-  main.replaceChildren(
+  fill(main, 
     h('h1', {}, 'Cases'),
     h('div', { class: 'row' }, h('button', { id: 'new-case', class: 'ok', onclick: newCase }, '+ New case')),
     h('h2', {}, 'Open cases on this van'), list);
@@ -324,10 +333,12 @@ async function refreshCase(first = false) {
   }
 }
 
+// Sends edits; true once the agent has them durably.
 function edit(label, edits) {
   return act(label, async () => {
     await api('POST', `/cases/${state.caseId}/edits`, { edits });
     await refreshCase();
+    return true;
   });
 }
 
@@ -351,7 +362,7 @@ function renderCase() {
     ['conflicts', `Conflicts${v.conflicts.length ? ` (${v.conflicts.length})` : ''}`]];
   const body = { overview: tabOverview, vitals: tabVitals, treatment: tabTreatment, narrative: tabNarrative,
     xray: tabXray, consult: tabConsult, conflicts: tabConflicts }[state.tab]();
-  $('main').replaceChildren(
+  fill($('main'), 
     h('div', { class: 'row', style: 'justify-content:space-between' },
       h('h1', {}, `Case ${patientLabel(v)}`),
       h('button', { class: 'quiet', onclick: renderCases }, 'All cases')),
@@ -424,8 +435,7 @@ function tabVitals() {
       if (raw !== undefined && raw !== '') entry[k] = Number(raw);
     }
     if (Object.keys(entry).length === 1) { toast('Enter at least one value first.', true); return; }
-    const ok = await edit('vitals', [entry]);
-    if (ok !== undefined) state.vitals = {};
+    if (await edit('vitals', [entry])) state.vitals = {};
     renderCase();
   };
   return h('div', {},
@@ -463,6 +473,11 @@ function trendChart(list) {
       line.setAttribute('points', pts.map((p) => p.join(',')).join(' '));
       line.setAttribute('fill', 'none'); line.setAttribute('stroke', color); line.setAttribute('stroke-width', '4');
       svg.append(line);
+      for (const [x, y] of pts) {
+        const dot = document.createElementNS('http://www.w3.org/2000/svg', 'circle');
+        dot.setAttribute('cx', x); dot.setAttribute('cy', y); dot.setAttribute('r', '6'); dot.setAttribute('fill', color);
+        svg.append(dot);
+      }
     }
   }
   return h('figure', {}, svg, h('figcaption', {}, series.map(([, c, n]) => h('span', { style: `color:${c}; font-weight:bold; margin-right:16px` }, `— ${n}`))));
@@ -562,7 +577,7 @@ function drawXray(wrap) {
   const exposeBtn = h('button', { class: 'danger', id: 'expose', style: 'min-width:320px; min-height:120px; font-size:1.4rem',
     disabled: !ready, 'aria-describedby': 'expose-help' }, 'Hold to expose');
   bindHold(exposeBtn, wrap);
-  wrap.replaceChildren(
+  fill(wrap,
     st && !st.configured ? h('p', { class: 'error', role: 'alert' }, 'No X-ray unit is connected to this van.') : null,
     x.error ? h('p', { class: 'error', role: 'alert' }, x.error) : null,
     h('h2', {}, '1. Body part'),
@@ -582,7 +597,7 @@ function drawXray(wrap) {
     h('h2', {}, '4. Arm, then hold to expose'),
     h('div', { class: 'row' },
       h('button', { id: 'arm', onclick: arm, disabled: !(st && st.technique_set) || (st && st.armed) }, 'Arm'),
-      h('button', { class: 'quiet', onclick: disarm, disabled: !(st && st.armed) }, 'Disarm'),
+      h('button', { class: 'quiet', id: 'disarm', onclick: disarm, disabled: !(st && st.armed) }, 'Disarm'),
       exposeBtn),
     h('p', { id: 'expose-help', class: 'muted' }, 'Keep your finger on the button: the exposure stops the moment you let go.'),
     h('p', { role: 'status', 'aria-live': 'polite', id: 'xray-state' }, st ? xrayWords(st) : ''),
@@ -647,7 +662,7 @@ async function awaitOutcome(exposureId, wrap) {
           x.preview = URL.createObjectURL(await resp.blob());
           x.previewLabel = `${x.part} ${x.view}, ${last.dap_mgy_cm2 != null ? `${last.dap_mgy_cm2.toFixed(2)} mGy·cm²` : 'dose unknown'}`;
           toast('Saved: X-ray image');
-          window.medvanAcks.push(performance.now() - started);
+          window.medvanImages.push(performance.now() - started);
         }
       } else {
         toast(`No image: ${last.reason || last.outcome}`, true);
