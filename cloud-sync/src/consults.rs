@@ -330,11 +330,20 @@ async fn events(State(state): State<Arc<HubState>>, Caller(p): Caller) -> Result
     require(&p, Permission::CaseRead)?;
     let (cases, _) = parts(&state)?;
     let mut rx = cases.changes().subscribe();
+    let mut closing = state.closing.subscribe();
+    if *closing.borrow() {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the hub is shutting down; try again in a moment".into(),
+        ));
+    }
     let org = p.org.clone();
     let stream = async_stream(move |tx| async move {
         let mut tick = tokio::time::interval(Duration::from_secs(15));
         loop {
             let event = tokio::select! {
+                // The hub is shutting down: end the stream (the browser reconnects to the next).
+                _ = closing.changed() => return,
                 _ = tick.tick() => Event::default().event("tick").data(now_s().to_string()),
                 got = rx.recv() => match got {
                     Ok(doc) => {

@@ -55,6 +55,9 @@ pub struct HubState {
     mailer: Option<Arc<mail::Mailer>>,
     consults: consults::ConsultConfig,
     web_dir: Option<PathBuf>,
+    /// Set when the hub begins to shut down: streams that would never end by themselves
+    /// (the event stream) end then, so the graceful shutdown does not wait for them.
+    closing: tokio::sync::watch::Sender<bool>,
     door: Arc<FrontDoor>,
 }
 
@@ -80,6 +83,7 @@ impl HubState {
             mailer: config.mail.as_ref().map(mail::Mailer::new).transpose()?.map(Arc::new),
             consults: config.consults.clone(),
             web_dir: config.hub.web_dir.clone(),
+            closing: tokio::sync::watch::channel(false).0,
             door: Arc::new(FrontDoor::new(config.front_door.clone())),
         })
     }
@@ -163,6 +167,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let closing = state.closing.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.send_replace(true);
+    };
     axum::serve(listener, app(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await

@@ -172,3 +172,31 @@ async fn the_event_stream_tells_a_doctor_of_their_organisations_case_changes_onl
     assert!(n.contains(&format!("event: case\ndata: {}", view.id)), "{n}");
     assert!(!s.contains(&view.id.to_string()), "org-south hears nothing of org-north's case: {s}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hub_shutting_down_ends_the_event_streams_instead_of_waiting_for_them() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (config, hub, doctors) = common::two_org_hub(dir.path());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(cloud_sync::serve(HubState::open(&config).unwrap().with_hub(&hub), listener, async {
+        let _ = stopped.await;
+    }));
+    // A browser's event stream, open.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n\r\n",
+        doctors.north
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 256];
+    let n = stream.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+    // The hub is told to stop: it does, within moments, though the stream was open.
+    stop.send(()).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), server).await;
+    assert!(ended.is_ok(), "the hub waited for the event stream to end");
+    ended.unwrap().unwrap().unwrap();
+}

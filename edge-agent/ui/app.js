@@ -246,8 +246,12 @@ function draft(tag, id, label, initial = '') {
   const el = h(tag, { class: 'field', id, 'aria-label': label, autocomplete: 'off' });
   el.value = state.drafts[id] ?? initial;
   el.addEventListener('input', () => { state.drafts[id] = el.value; });
+  el.addEventListener('focus', () => { lastField = el; });
   return el;
 }
+
+// The text field the on-screen keyboard types into: the last one tapped on this screen.
+let lastField = null;
 
 // ---- the on-screen keyboard (no keyboard is assumed) -------------------------------
 
@@ -255,9 +259,11 @@ function keyboard(target) {
   const rows = ['1234567890', 'qwertyuiop', 'asdfghjkl', 'zxcvbnm,.'];
   let upper = false;
   const kb = h('div', { class: 'kbd', role: 'group', 'aria-label': 'On-screen keyboard' });
+  const into = () => (lastField && document.contains(lastField) ? lastField : target);
   const type = (s) => {
-    target.value += s;
-    target.dispatchEvent(new Event('input'));
+    const el = into();
+    el.value += s;
+    el.dispatchEvent(new Event('input'));
   };
   const draw = () => {
     fill(kb, 
@@ -268,7 +274,7 @@ function keyboard(target) {
       h('div', { class: 'keys' },
         h('button', { class: 'quiet', type: 'button', onclick: () => { upper = !upper; draw(); }, 'aria-pressed': String(upper) }, 'Shift'),
         h('button', { class: 'quiet', type: 'button', style: 'min-width:320px', onclick: () => type(' '), 'aria-label': 'Space' }, 'Space'),
-        h('button', { class: 'quiet', type: 'button', onclick: () => { target.value = target.value.slice(0, -1); target.dispatchEvent(new Event('input')); }, 'aria-label': 'Delete' }, '⌫')));
+        h('button', { class: 'quiet', type: 'button', onclick: () => { const el = into(); el.value = el.value.slice(0, -1); el.dispatchEvent(new Event('input')); }, 'aria-label': 'Delete' }, '⌫')));
   };
   draw();
   return kb;
@@ -698,9 +704,21 @@ function tabConsult() {
   });
   const rx = (v.prescriptions || []).map((p) => h('div', { class: 'note' }, h('strong', {}, `Prescription by ${p.by}: `),
     `${p.medication} ${p.dose} ${p.unit} ${p.route}, ${p.frequency}${p.duration_days ? `, ${p.duration_days} days` : ''}`));
+  const chat = (v.chat || []).map((m) => h('div', { class: 'note' }, h('strong', {}, `${m.by}, ${time(m.at)}: `), m.text));
+  const reply = draft('input', 'chat-text', 'Message to the doctor');
+  const sendChat = () => {
+    if (!reply.value.trim()) return undefined;
+    const text = reply.value.trim();
+    delete state.drafts['chat-text'];
+    return edit('message', [{ op: 'add_chat', text }]);
+  };
   return h('div', {},
     h('h2', {}, 'Notes and prescriptions from the doctor'),
     h('div', { id: 'notes', 'aria-live': 'polite' }, notes.length || rx.length ? [...notes, ...rx] : h('p', { class: 'muted' }, 'Nothing from a doctor yet. New notes appear here by themselves.')),
+    h('h2', {}, 'Chat'),
+    h('div', { id: 'chat', 'aria-live': 'polite' }, chat.length ? chat : h('p', { class: 'muted' }, 'No messages.')),
+    h('label', { for: 'chat-text' }, 'Message to the doctor'), reply,
+    h('button', { style: 'margin-top:8px', onclick: sendChat }, 'Send message'),
     h('h2', {}, 'Consult requests'),
     h('ul', {}, (v.consults || []).map((c) => h('li', {}, `${time(c.at)} ${c.reason} (${c.urgency || 'routine'})`))),
     h('h2', {}, 'Ask a doctor'),

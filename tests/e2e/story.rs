@@ -1,5 +1,6 @@
 //! Story 1 in real browsers (`tests/ui/story1.mjs`): the touchscreen offline, the link
-//! back, the doctor's app, the note back on the touchscreen. It runs the optimised builds
+//! back, the doctor's app, the note back on the touchscreen; then the same with a hub
+//! restart and a link cut mid-upload. It runs the optimised builds
 //! (scripts/test.sh builds them first) as separate processes, and Debian's Chromium.
 
 use std::path::{Path, PathBuf};
@@ -28,13 +29,19 @@ fn story_one_the_fall_on_the_farm_in_real_browsers() {
     ] {
         assert!(root.join(p).exists(), "{p} is missing: {how}");
     }
-    let artifacts = root.join("target/ui-artifacts/story1");
-    let status = Command::new("node")
-        .arg(root.join("tests/ui/story1.mjs"))
-        .env("MEDVAN_BIN", &bin)
-        .env("MEDVAN_WEB", root.join("cloud-sync/web/dist"))
-        .env("MEDVAN_ARTIFACTS", &artifacts)
-        .status()
-        .expect("node runs");
-    assert!(status.success(), "story 1 failed; screenshots of each step are in {}", artifacts.display());
+    // The clean story (with its figures), then the same with the hub restarted mid-way and
+    // the link cut during an upload. One after the other: each runs a hub, a van and a
+    // browser, which is what two cores hold.
+    for (name, args) in [("story1", &[][..]), ("story1-faults", &["--faults"][..])] {
+        let artifacts = root.join("target/ui-artifacts").join(name);
+        let status = Command::new("node")
+            .arg(root.join("tests/ui/story1.mjs"))
+            .args(args)
+            .env("MEDVAN_BIN", &bin)
+            .env("MEDVAN_WEB", root.join("cloud-sync/web/dist"))
+            .env("MEDVAN_ARTIFACTS", &artifacts)
+            .status()
+            .expect("node runs");
+        assert!(status.success(), "{name} failed; screenshots of each step are in {}", artifacts.display());
+    }
 }

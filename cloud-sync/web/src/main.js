@@ -319,7 +319,8 @@ async function renderCase(id, consultId) {
       h('div', {},
         h('section', {}, h('h2', {}, 'Consults'), (v.consults || []).map((c) => h('div', { class: 'note' }, `${time(c.at)} ${c.by}: ${c.reason} (${c.urgency || 'routine'})`))),
         h('section', {}, h('h2', {}, 'Notes'), (v.notes || []).length ? v.notes.map((n) => h('div', { class: 'note' }, h('strong', {}, `${n.by}, ${time(n.at)}: `), n.text)) : h('p', { class: 'muted' }, 'No notes yet.')),
-        h('section', {}, h('h2', {}, 'Vitals'), vitalsTable(v.vitals || [])),
+        h('section', {}, h('h2', {}, 'Vitals'), vitalsChart(v.vitals || []), vitalsTable(v.vitals || [])),
+        chatSection(id, v),
         h('section', {}, h('h2', {}, 'Interventions and medications'), h('ul', {},
           [...(v.procedures || []), ...(v.medications_given || [])].map((x) => h('li', {}, `${time(x.performed_at || x.given_at || x.at)} ${x.procedure || `${x.medication} ${x.dose} ${x.unit} ${x.route}`} (${x.by})`)))),
         h('section', {}, h('h2', {}, 'Narrative'), h('p', {}, v.narrative || '—')),
@@ -328,10 +329,59 @@ async function renderCase(id, consultId) {
   startEvents(async () => {
     if (!state.route.startsWith('case')) return;
     const again = await api('GET', `/api/v1/cases/${id}`).catch(() => null);
-    if (again && JSON.stringify(again.notes) !== JSON.stringify(v.notes) || again && again.attachments.length !== v.attachments.length) {
+    const moved = (a, b) => ['notes', 'chat', 'vitals', 'consults', 'conflicts'].some((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]))
+      || a.attachments.length !== b.attachments.length;
+    if (again && moved(again, v) && !document.getElementById('chat-text')?.value) {
       if (note.value.trim() === '') renderCase(id, consultId);
     }
   });
+}
+
+// Heart rate, systolic pressure and SpO2 over time, drawn here (no chart library).
+function vitalsChart(list) {
+  if (list.length < 1) return null;
+  const W = 640; const H = 220; const pad = 34;
+  const series = [['heart_rate', '#a3121b', 'Heart rate'], ['systolic', '#0a4a94', 'Systolic BP'], ['spo2', '#0a6b2d', 'SpO2']];
+  const ns = 'http://www.w3.org/2000/svg';
+  const svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
+  svg.setAttribute('role', 'img');
+  svg.setAttribute('aria-label', `Vitals over time: ${series.map(([k, , n]) => `${n} ${list.map((x) => x[k]).filter((x) => x !== undefined).join(', ')}`).join('; ')}`);
+  const x = (i) => pad + (list.length === 1 ? (W - 2 * pad) / 2 : (i * (W - 2 * pad)) / (list.length - 1));
+  const y = (val) => H - pad - (Math.min(Math.max(val, 0), 220) / 220) * (H - 2 * pad);
+  for (const [k, color] of series) {
+    const pts = list.map((r, i) => (r[k] === undefined ? null : [x(i), y(r[k])])).filter(Boolean);
+    if (!pts.length) continue;
+    const line = document.createElementNS(ns, 'polyline');
+    line.setAttribute('points', pts.map((p) => p.join(',')).join(' '));
+    line.setAttribute('fill', 'none'); line.setAttribute('stroke', color); line.setAttribute('stroke-width', '3');
+    svg.append(line);
+    for (const [cx, cy] of pts) {
+      const dot = document.createElementNS(ns, 'circle');
+      dot.setAttribute('cx', cx); dot.setAttribute('cy', cy); dot.setAttribute('r', '5'); dot.setAttribute('fill', color);
+      svg.append(dot);
+    }
+  }
+  return h('figure', { style: 'margin:0' }, svg,
+    h('figcaption', {}, series.map(([, c, n]) => h('span', { style: `color:${c}; font-weight:bold; margin-right:14px` }, `— ${n}`))));
+}
+
+// Messages beside the consult, kept in the case (they reach the van with the sync).
+function chatSection(id, v) {
+  const text = h('input', { id: 'chat-text', 'aria-label': 'Message to the crew' });
+  const error = h('p', { class: 'error', role: 'alert' });
+  return h('section', {}, h('h2', {}, 'Chat with the crew'),
+    h('div', { id: 'chat', 'aria-live': 'polite' }, (v.chat || []).length
+      ? v.chat.map((m) => h('div', { class: 'note' }, h('strong', {}, `${m.by}, ${time(m.at)}: `), m.text))
+      : h('p', { class: 'muted' }, 'No messages yet.')),
+    h('div', { class: 'row' }, text, h('button', { onclick: async () => {
+      if (!text.value.trim()) return;
+      try {
+        await api('POST', `/api/v1/cases/${id}/edits`, { edits: [{ op: 'add_chat', text: text.value.trim() }] });
+        text.value = '';
+        renderCase(id, new URLSearchParams(location.hash.split('?')[1] || '').get('consult'));
+      } catch (e) { error.textContent = e.message; }
+    } }, 'Send')), error);
 }
 
 function vitalsTable(list) {

@@ -31,7 +31,7 @@ export function openViewer(container, instanceUrl, onStatus) {
   const options = new AppOptions({ '*': [new ViewConfig(id)] });
   options.tools = { WindowLevel: new ToolConfig(), ZoomAndPan: new ToolConfig() };
   app.init(options);
-  const state = { loaded: false, wl: null, scale: 1 };
+  const state = { loaded: false, wl: null, scale: 1, url: instanceUrl };
   window.medvanViewer = state;
 
   const layer = () => app.getActiveLayerGroup();
