@@ -243,8 +243,8 @@ logins_per_address_per_min = 20.0
 # Single sign-on: an organisation's users log in through its OpenID provider (authorization
 # code flow with PKCE). Register the hub there as a client with the redirect URI
 # <hub.public_url>/api/v1/auth/sso/<org>/callback. The provider's claim `username_claim`
-# names the hub user; an account added without a password is bound to the person at the
-# provider by its first login, one with a password by an administrator.
+# names the hub user; an account added for SSO (`user add --sso`) is bound to the person at
+# the provider by its first login, any other account by an administrator.
 # [[sso]]
 # org = "org-north"
 # name = "St Mary's Hospital"

@@ -118,8 +118,12 @@ enum UserCommand {
         #[arg(long)]
         email: Option<String>,
         /// Read the first password from standard input instead of printing a link token.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "sso")]
         password_stdin: bool,
+        /// The user logs in through the organisation's identity provider ([[sso]]): no
+        /// password; their first single sign-on binds the account to them.
+        #[arg(long)]
+        sso: bool,
     },
     /// Print a single-use password reset link token (valid 30 minutes).
     ResetLink {
@@ -342,7 +346,7 @@ fn user_command(config: &cloud_sync::config::Config, cmd: UserCommand) -> anyhow
     let id = &hub.identity;
     let actor = admin();
     match cmd {
-        UserCommand::Add { org, username, roles, email, password_stdin } => {
+        UserCommand::Add { org, username, roles, email, password_stdin, sso } => {
             let roles = roles
                 .iter()
                 .map(|r| {
@@ -353,6 +357,11 @@ fn user_command(config: &cloud_sync::config::Config, cmd: UserCommand) -> anyhow
                 })
                 .collect::<anyhow::Result<Vec<Role>>>()?;
             let (org, user) = (OrgId::parse(&org)?, UserId::parse(&username)?);
+            if sso {
+                id.add_sso_user(actor.as_str(), &org, &user, &roles, email, now_s())?;
+                println!("created {user} in {org}; they log in through the organisation's identity provider");
+                return Ok(());
+            }
             let token = id.add_user(actor.as_str(), &org, &user, &roles, email, now_s())?;
             if password_stdin {
                 let mut password = String::new();

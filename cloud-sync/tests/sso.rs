@@ -124,7 +124,8 @@ async fn a_login_through_the_hospitals_openid_provider_ends_with_a_hub_session_f
     std::fs::write(dir.path().join("sso-secret"), SECRET).unwrap();
     let config = cloud_sync::config::Config::parse(&format!(
         "[hub]\ndata_dir = \"{data}\"\npublic_url = \"{HUB}\"\n\n[[sso]]\norg = \"org-north\"\nname = \"St Mary's\"\n\
-         issuer = \"{issuer}\"\nclient_id = \"medvan-hub\"\nclient_secret_file = \"{secret}\"\nca_file = \"{ca}\"\n",
+         issuer = \"{issuer}\"\nclient_id = \"medvan-hub\"\nclient_secret_file = \"{secret}\"\nca_file = \"{ca}\"\n\n\
+         [front_door]\nlogins_per_address_per_min = 1000.0\n",
         data = dir.path().join("hub").display(),
         issuer = provider.issuer,
         secret = dir.path().join("sso-secret").display(),
@@ -141,7 +142,7 @@ async fn a_login_through_the_hospitals_openid_provider_ends_with_a_hub_session_f
     let osei = case_model::UserId::parse("dr.osei").unwrap();
     // dr.osei's account was made for single sign-on (no password here): his first SSO login
     // binds it. dr.berg's account has a password: only an administrator binds it.
-    hub.identity.add_user("admin", &north, &osei, &[Role::Doctor], None, common_now()).unwrap();
+    hub.identity.add_sso_user("admin", &north, &osei, &[Role::Doctor], None, common_now()).unwrap();
     let berg = case_model::UserId::parse("dr.berg").unwrap();
     let link = hub.identity.add_user("admin", &north, &berg, &[Role::Doctor], None, common_now()).unwrap();
     hub.identity.redeem_reset(&link, "dr berg's own passphrase", common_now()).unwrap();
@@ -193,6 +194,14 @@ async fn a_login_through_the_hospitals_openid_provider_ends_with_a_hub_session_f
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
     assert!(refused.body.contains("no.such.doctor") && refused.body.contains("administrator"), "{}", refused.body);
     assert!(set_cookie(&refused, "__Host-medvan_session").is_none());
+    // An account made (with a setup link) for someone who has not set their password yet is
+    // not an SSO account: a matching name at the provider does not take it.
+    let pending = case_model::UserId::parse("no.such.doctor").unwrap();
+    hub.identity.add_user("admin", &north, &pending, &[Role::Doctor], None, common_now()).unwrap();
+    let (callback, binding) = sso(&router, "stranger", "stranger password", &ca).await;
+    let refused = get(&router, &callback, Some(&binding)).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    assert!(refused.body.contains("not linked"), "{}", refused.body);
 
     // Another person at the provider whose preferred_username was changed to dr.osei does
     // not get dr.osei's account: it is linked to Kwame's subject since his first login.

@@ -28,6 +28,12 @@ const CONSULT_REASONS = [
   'Please review the X-ray', 'Advice on pain relief', 'Which hospital should we go to?', 'Deteriorating patient',
 ];
 
+// The X-ray tab's choices: nothing carried over from another case (no side chosen, so a
+// paired part's side is always picked for this patient).
+function freshXray(presets = []) {
+  return { part: null, view: null, side: null, presets, technique: null, preview: null, previewCase: null, status: null, error: null };
+}
+
 const state = {
   token: sessionStorage.getItem('medvan.token'),
   user: sessionStorage.getItem('medvan.user'),
@@ -41,7 +47,7 @@ const state = {
   viewJson: '',
   vitals: {},
   vitalField: 'heart_rate',
-  xray: { part: null, view: null, side: 'L', presets: [], technique: null, preview: null, status: null },
+  xray: freshXray(),
 };
 // Each action's time from the tap to its saved acknowledgement on screen (ms), for the
 // end-to-end test's figures.
@@ -122,6 +128,7 @@ async function act(label, fn) {
 
 function endSession(message) {
   state.token = null; state.user = null; state.caseId = null; state.view = null;
+  state.vitals = {}; state.drafts = {}; state.xray = freshXray(state.xray.presets);
   sessionStorage.clear();
   renderLogin(message);
 }
@@ -316,6 +323,8 @@ function statusName(s) {
 async function openCase(id) {
   state.caseId = id;
   state.drafts = {};
+  state.vitals = {};
+  state.xray = freshXray(state.xray.presets);
   state.tab = 'overview';
   state.seenNotes = new Set();
   sessionStorage.setItem('medvan.case', id);
@@ -599,7 +608,7 @@ function drawXray(wrap) {
       h('div', { class: 'row', style: 'margin-top:8px' },
         h('button', { class: 'quiet', onclick: () => { x.technique.kv = Math.max(40, x.technique.kv - 2); drawXray(wrap); } }, '− kV'),
         h('button', { class: 'quiet', onclick: () => { x.technique.kv = Math.min(150, x.technique.kv + 2); drawXray(wrap); } }, '+ kV'),
-        h('button', { id: 'use-technique', onclick: setSession }, '3. Use this'))) : null,
+        h('button', { id: 'use-technique', onclick: setSession, disabled: paired && !x.side }, paired && !x.side ? '3. Choose the side first' : '3. Use this'))) : null,
     h('h2', {}, '4. Arm, then hold to expose'),
     h('div', { class: 'row' },
       h('button', { id: 'arm', onclick: arm, disabled: !(st && st.technique_set) || (st && st.armed) }, 'Arm'),
@@ -607,7 +616,7 @@ function drawXray(wrap) {
       exposeBtn),
     h('p', { id: 'expose-help', class: 'muted' }, 'Keep your finger on the button: the exposure stops the moment you let go.'),
     h('p', { role: 'status', 'aria-live': 'polite', id: 'xray-state' }, st ? xrayWords(st) : ''),
-    x.preview ? h('figure', {}, h('img', { class: 'preview', src: x.preview, alt: `X-ray preview, ${x.previewLabel}`, id: 'xray-preview' }),
+    x.preview && x.previewCase === state.caseId ? h('figure', {}, h('img', { class: 'preview', src: x.preview, alt: `X-ray preview, ${x.previewLabel}`, id: 'xray-preview' }),
       h('figcaption', {}, x.previewLabel, ' ', h('button', { class: 'quiet', onclick: () => { x.preview = null; drawXray(wrap); } }, 'Retake'))) : null);
 }
 
@@ -619,39 +628,72 @@ function xrayWords(st) {
 }
 
 // A dead-man control: the press and its heartbeats go to the agent while the finger (or
-// the space bar) is down; lifting it releases at once.
+// the space bar) is down, and stop the moment it lifts. There is one press for the whole
+// screen, so no redraw, second finger or quick double tap can leave heartbeats running:
+// each heartbeat first checks the finger is still down on a button still on screen, and
+// no press outlives HOLD_MAX_MS (longer than any exposure the unit allows).
+const HOLD_MAX_MS = 5000;
+const press = { active: false, down: false, token: null, exposure: null, beat: null, started: 0 };
+
 function bindHold(btn, wrap) {
-  let token = null; let beat = null; let exposure = null; let down = false;
   const start = async (ev) => {
     ev.preventDefault();
-    if (btn.disabled || token || down) return;
-    down = true;
+    if (btn.disabled || press.active) return;
+    Object.assign(press, { active: true, down: true, token: null, exposure: null, started: Date.now() });
     state.xray.holding = true;
+    if (ev.pointerId !== undefined) { try { btn.setPointerCapture(ev.pointerId); } catch { /* not capturable */ } }
     btn.setAttribute('aria-pressed', 'true');
+    let r;
     try {
-      const r = await api('POST', '/xray/confirm');
-      token = r.token; exposure = r.exposure_id;
-      beat = setInterval(() => { api('POST', `/xray/confirm/${token}/hold`).catch(() => {}); }, 150);
-      // Lifted while the press was on its way: release at once.
-      if (!down) stop();
-    } catch (e) { toast(e.message, true); btn.setAttribute('aria-pressed', 'false'); state.xray.holding = false; down = false; }
+      r = await api('POST', '/xray/confirm');
+    } catch (e) {
+      toast(e.message, true);
+      endPress(btn);
+      return;
+    }
+    press.token = r.token;
+    press.exposure = r.exposure_id;
+    press.beat = setInterval(() => {
+      if (!press.down || !btn.isConnected || Date.now() - press.started > HOLD_MAX_MS) {
+        letGo(btn, wrap);
+        return;
+      }
+      api('POST', `/xray/confirm/${press.token}/hold`).catch(() => {});
+    }, 150);
+    // Lifted while the press was on its way: release at once.
+    if (!press.down) letGo(btn, wrap);
   };
-  const stop = async () => {
-    down = false;
-    btn.setAttribute('aria-pressed', 'false');
-    if (!token) { state.xray.holding = false; return; }
-    clearInterval(beat);
-    const t = token; token = null;
-    await api('POST', `/xray/confirm/${t}/release`).catch(() => {});
-    state.xray.holding = false;
-    await awaitOutcome(exposure, wrap);
+  const lift = () => {
+    if (!press.active) return;
+    press.down = false;
+    if (press.token) letGo(btn, wrap);
   };
   btn.addEventListener('pointerdown', start);
-  btn.addEventListener('pointerup', stop);
-  btn.addEventListener('pointercancel', stop);
-  btn.addEventListener('pointerleave', stop);
+  for (const e of ['pointerup', 'pointercancel', 'pointerleave', 'lostpointercapture', 'blur']) btn.addEventListener(e, lift);
   btn.addEventListener('keydown', (ev) => { if ((ev.key === ' ' || ev.key === 'Enter') && !ev.repeat) start(ev); });
-  btn.addEventListener('keyup', (ev) => { if (ev.key === ' ' || ev.key === 'Enter') stop(); });
+  btn.addEventListener('keyup', (ev) => { if (ev.key === ' ' || ev.key === 'Enter') lift(); });
+}
+
+// The screen going away lifts the finger too.
+window.addEventListener('blur', () => { press.down = false; });
+document.addEventListener('visibilitychange', () => { if (document.hidden) press.down = false; });
+
+function endPress(btn) {
+  clearInterval(press.beat);
+  Object.assign(press, { active: false, down: false, token: null, beat: null });
+  state.xray.holding = false;
+  btn.setAttribute('aria-pressed', 'false');
+}
+
+async function letGo(btn, wrap) {
+  const token = press.token;
+  const exposure = press.exposure;
+  if (!token) return;
+  press.token = null;
+  clearInterval(press.beat);
+  await api('POST', `/xray/confirm/${token}/release`).catch(() => {});
+  endPress(btn);
+  await awaitOutcome(exposure, wrap);
 }
 
 async function awaitOutcome(exposureId, wrap) {
@@ -666,6 +708,7 @@ async function awaitOutcome(exposureId, wrap) {
         const resp = await fetch(`/api/v1/cases/${last.case_id}/attachments/${last.preview_sha256}`, { headers: { Authorization: `Bearer ${state.token}` } });
         if (resp.ok) {
           x.preview = URL.createObjectURL(await resp.blob());
+          x.previewCase = last.case_id;
           x.previewLabel = `${x.part} ${x.view}, ${last.dap_mgy_cm2 != null ? `${last.dap_mgy_cm2.toFixed(2)} mGy·cm²` : 'dose unknown'}`;
           toast('Saved: X-ray image');
           window.medvanImages.push(performance.now() - started);

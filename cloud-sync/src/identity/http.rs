@@ -367,6 +367,9 @@ struct AddUserRequest {
     roles: Vec<Role>,
     #[serde(default)]
     email: Option<String>,
+    /// The account logs in through the organisation's identity provider.
+    #[serde(default)]
+    sso: bool,
 }
 
 async fn add_user(
@@ -379,12 +382,24 @@ async fn add_user(
     let username =
         UserId::parse(&req.username).map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     let name = username.to_string();
-    let token =
-        run(&state, move |id| id.add_user(p.user.as_str(), &p.org, &username, &req.roles, req.email, now_s())).await?;
+    let sso = req.sso;
+    let token = run(&state, move |id| {
+        if req.sso {
+            id.add_sso_user(p.user.as_str(), &p.org, &username, &req.roles, req.email, now_s()).map(|()| None)
+        } else {
+            id.add_user(p.user.as_str(), &p.org, &username, &req.roles, req.email, now_s()).map(Some)
+        }
+    })
+    .await?;
     Ok((
         StatusCode::CREATED,
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
-        axum::Json(serde_json::json!({ "username": name, "setup_token": token, "valid_s": SETUP_LINK_S })),
+        axum::Json(serde_json::json!({
+            "username": name,
+            "sso": sso,
+            "setup_token": token,
+            "valid_s": token.as_ref().map(|_| SETUP_LINK_S),
+        })),
     )
         .into_response())
 }

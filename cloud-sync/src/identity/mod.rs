@@ -487,6 +487,36 @@ impl Identity {
         email: Option<String>,
         now: i64,
     ) -> Result<String, IdentityError> {
+        self.create_user(actor, org, username, roles, email, false, now)?;
+        self.reset_link(actor, org, username, now, SETUP_LINK_S)
+    }
+
+    /// Creates an account that logs in through the organisation's identity provider: no
+    /// password, no setup link; its first single sign-on binds it to the person at the
+    /// provider whose claim names it.
+    pub fn add_sso_user(
+        &self,
+        actor: &str,
+        org: &OrgId,
+        username: &UserId,
+        roles: &[Role],
+        email: Option<String>,
+        now: i64,
+    ) -> Result<(), IdentityError> {
+        self.create_user(actor, org, username, roles, email, true, now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_user(
+        &self,
+        actor: &str,
+        org: &OrgId,
+        username: &UserId,
+        roles: &[Role],
+        email: Option<String>,
+        sso_only: bool,
+        now: i64,
+    ) -> Result<(), IdentityError> {
         if roles.is_empty() {
             return Err(IdentityError::Invalid("give the user at least one role".into()));
         }
@@ -507,6 +537,7 @@ impl Identity {
             pin: None,
             sso_subject: None,
             reset_mailed_at: None,
+            sso_only,
         };
         let key = User::key(org.as_str(), username.as_str());
         let roles_text: Vec<&str> = roles.iter().map(|r| r.name()).collect();
@@ -514,7 +545,7 @@ impl Identity {
             actor,
             "user.create",
             audit::Outcome::Allowed,
-            format!("user={key} roles={}", roles_text.join(",")),
+            format!("user={key} roles={}{}", roles_text.join(","), if sso_only { " sso" } else { "" }),
             now,
         );
         match self.vault().store(USER, &key, org.as_str(), 0, &user, Some(&rec)) {
@@ -523,7 +554,7 @@ impl Identity {
             }
             other => other?,
         };
-        self.reset_link(actor, org, username, now, SETUP_LINK_S)
+        Ok(())
     }
 
     /// A single-use link token that sets the account's password (valid `valid_s`).

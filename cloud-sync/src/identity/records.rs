@@ -53,6 +53,10 @@ pub(crate) struct User {
     /// When a reset link was last mailed to the account's address.
     #[serde(default)]
     pub(crate) reset_mailed_at: Option<i64>,
+    /// Made for single sign-on: its first SSO login binds it to the person at the
+    /// provider. Other accounts are bound only by an administrator.
+    #[serde(default)]
+    pub(crate) sso_only: bool,
 }
 
 impl User {

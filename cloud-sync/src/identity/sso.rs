@@ -8,8 +8,8 @@
 //! token, and maps the person to a hub account of that organisation by the claim the config
 //! names. Names are not identities (OpenID Connect Core §5.7: `preferred_username` is not
 //! unique and may change), so an account is bound to the provider's subject (`iss` and
-//! `sub`): an account made for single sign-on (no password, no authenticator of its own) is
-//! bound by its first SSO login; an account that has a password is bound only by an
+//! `sub`): an account made for single sign-on (`Identity::add_sso_user`: no password, no
+//! setup link) is bound by its first SSO login; any other account only by an
 //! administrator (`PUT /api/v1/admin/users/{name}/sso`), so nobody at the provider takes
 //! over a password account by getting its name. A bound account takes logins of its subject
 //! only.
@@ -381,8 +381,9 @@ impl Identity {
             match &u.sso_subject {
                 Some(s) if *s != subject => Err(IdentityError::Invalid("subject".into())),
                 Some(_) => Ok(()),
-                // Only an account made for single sign-on is bound by its first login.
-                None if u.password.is_none() && u.totp.is_none() => {
+                // Only an account made for single sign-on is bound by its first login (an
+                // account waiting for its owner's first password is not).
+                None if u.sso_only && u.password.is_none() && u.totp.is_none() => {
                     u.sso_subject = Some(subject.clone());
                     Ok(())
                 }

@@ -201,7 +201,11 @@ async function start() {
 
 // ---- the live queue ---------------------------------------------------------------------
 
-function startEvents(onChange) {
+// The live updates: the hub's event stream. The browser reconnects a dropped stream by
+// itself, but gives up on an answer like 503 (a hub restarting) or 401; then the page opens
+// it again, backing off, and reloads what it shows each time, so a queue never silently
+// stops updating.
+function startEvents(onChange, backoff = 1000) {
   stopEvents();
   const es = new EventSource('/api/v1/events');
   const poke = () => {
@@ -210,13 +214,21 @@ function startEvents(onChange) {
   };
   es.addEventListener('case', poke);
   es.addEventListener('tick', poke);
-  es.onerror = () => { /* EventSource reconnects by itself */ };
+  es.addEventListener('open', () => { backoff = 1000; poke(); });
+  es.onerror = () => {
+    if (es.readyState !== EventSource.CLOSED || state.events !== es) return;
+    state.retryTimer = setTimeout(() => {
+      if (state.events === es) startEvents(onChange, Math.min(backoff * 2, 30000));
+    }, backoff);
+  };
   state.events = es;
 }
 
 function stopEvents() {
   if (state.events) state.events.close();
   state.events = null;
+  clearTimeout(state.reloadTimer);
+  clearTimeout(state.retryTimer);
 }
 
 async function renderQueue() {
@@ -326,14 +338,14 @@ async function renderCase(id, consultId) {
         h('section', {}, h('h2', {}, 'Narrative'), h('p', {}, v.narrative || '—')),
         h('section', {}, h('h2', {}, 'Timeline'), h('ol', {}, (v.timeline || []).map((t) => h('li', {}, `${time(t.at)} ${(t.status || t.op || t.kind || '').replace(/_/g, ' ')} (${t.by})`)))))));
   showXray(v, xray, status);
+  // Anything new in the case (a medication given, a status, a field) redraws it, unless the
+  // doctor is typing in one of its forms: then the next change redraws it.
   startEvents(async () => {
-    if (!state.route.startsWith('case')) return;
+    if (state.route !== `case/${id}`) return;
     const again = await api('GET', `/api/v1/cases/${id}`).catch(() => null);
-    const moved = (a, b) => ['notes', 'chat', 'vitals', 'consults', 'conflicts'].some((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]))
-      || a.attachments.length !== b.attachments.length;
-    if (again && moved(again, v) && !document.getElementById('chat-text')?.value) {
-      if (note.value.trim() === '') renderCase(id, consultId);
-    }
+    if (!again || state.route !== `case/${id}` || JSON.stringify(again) === JSON.stringify(v)) return;
+    const typing = [...main.querySelectorAll('input, textarea')].some((f) => f.value.trim() !== '');
+    if (!typing) renderCase(id, consultId);
   });
 }
 
