@@ -73,6 +73,7 @@ pub struct CaseHub {
     /// van's reconnect need not ask storage about each of its images again.
     complete: Mutex<HashMap<[u8; 32], u64>>,
     changes: broadcast::Sender<DocId>,
+    positions: broadcast::Sender<VanPosition>,
     actor: automerge::ActorId,
 }
 
@@ -114,6 +115,7 @@ impl CaseHub {
             cache: Mutex::new(HashMap::new()),
             complete: Mutex::new(HashMap::new()),
             changes: broadcast::channel(4096).0,
+            positions: broadcast::channel(1024).0,
             actor: case_model::session_actor(b"medvhub\0", random),
         }
     }
@@ -131,6 +133,11 @@ impl CaseHub {
     /// Cases changed on this hub, as they change: connected vans' sessions listen here.
     pub fn changes(&self) -> broadcast::Sender<DocId> {
         self.changes.clone()
+    }
+
+    /// Vans' positions as their sessions report them (the geofence service listens).
+    pub fn positions(&self) -> broadcast::Sender<VanPosition> {
+        self.positions.clone()
     }
 
     /// A van's view of the hub's cases, for one sync connection.
@@ -432,6 +439,17 @@ impl CaseHub {
     }
 }
 
+/// A van's position as its session reported it.
+#[derive(Debug, Clone)]
+pub struct VanPosition {
+    /// The van's organisation (from its certificate).
+    pub org: String,
+    /// The van (from its certificate).
+    pub van: String,
+    /// What it reported.
+    pub report: sync_proto::PositionReport,
+}
+
 /// One van's view of the hub's cases, for the sync protocol: the cases it may sync, and
 /// nothing else, in either direction.
 pub struct HubReplica {
@@ -707,6 +725,12 @@ impl HubReplica {
 }
 
 impl Replica for HubReplica {
+    fn receive_position(&mut self, report: sync_proto::PositionReport) {
+        // Nobody listening (a hub without the geofence service) is fine.
+        let _ =
+            self.hub.positions.send(VanPosition { org: self.device.org.clone(), van: self.device.van.clone(), report });
+    }
+
     fn scope(&self) -> Vec<DocId> {
         blocking(|| self.scope_versions()).into_iter().map(|(doc, _)| doc).collect()
     }

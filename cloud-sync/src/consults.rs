@@ -25,11 +25,12 @@ use crate::front_door::{Caller, now_s, require};
 use crate::identity::records::Vault;
 use crate::identity::roles::Permission;
 use crate::storage::StorageError;
-use crate::{ApiError, HubState};
+use crate::{ApiError, HubState, api_blocking as blocking};
 
 /// Record kinds (sealed rows beside the accounts).
 const CLAIM: &str = "consult_claim";
 const ON_CALL: &str = "on_call";
+const ROUTE: &str = "consult_route";
 
 /// The `[consults]` config table.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +50,15 @@ impl Default for ConsultConfig {
 struct Claim {
     by: String,
     at: i64,
+}
+
+/// Where a request was sent, decided once, when the hub first routes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Route {
+    /// The service areas the van was in; empty: the regional pool.
+    areas: Vec<String>,
+    /// Their doctors.
+    doctors: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,6 +96,9 @@ pub struct QueueItem {
     pub chief_complaint: Option<String>,
     /// How many images the case has.
     pub images: usize,
+    /// Where it was routed: the service areas the van was in, or `regional` (the van was
+    /// outside every service area, or its position was not known).
+    pub pool: String,
 }
 
 /// The routes of this module.
@@ -109,12 +122,6 @@ fn storage_error(e: StorageError) -> ApiError {
     ApiError(StatusCode::SERVICE_UNAVAILABLE, "the hub could not reach its storage; try again".into())
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the request failed inside the hub".into()))?
-}
-
 fn text(item: &case_model::Item, key: &str) -> String {
     item.get(key).and_then(|v| v.as_str()).unwrap_or("").to_owned()
 }
@@ -131,10 +138,53 @@ fn on_call_doctors(identity: &crate::identity::Identity, org: &str) -> Result<Ve
     Ok(out)
 }
 
+/// Where a request goes: decided the first time the hub routes it, from where the van
+/// was then (its service areas' doctors, or the regional pool), stored, and audited.
+fn route(
+    vault: &Vault<'_>,
+    geo: Option<&crate::geo::Geo>,
+    org: &str,
+    v: &CaseView,
+    consult_id: &str,
+) -> Result<Route, StorageError> {
+    let id = format!("{}/{consult_id}", v.id);
+    if let Some((r, _)) = vault.load::<Route>(ROUTE, &id)? {
+        return Ok(r);
+    }
+    let found = match geo {
+        Some(g) => g.consult_area(org, v.van.as_str())?,
+        None => None,
+    };
+    let found = found.unwrap_or_default();
+    let r = Route { areas: found.areas, doctors: found.doctors };
+    let rec = audit::Record {
+        at: now_s() * 1000,
+        actor: "system:geofence".into(),
+        action: "geofence.route".into(),
+        case_id: Some(v.id.to_string()),
+        outcome: audit::Outcome::Allowed,
+        detail: if r.areas.is_empty() {
+            format!(
+                "consult={consult_id} van={}: outside every service area (or position unknown): regional pool",
+                v.van
+            )
+        } else {
+            format!("consult={consult_id} van={}: service area {} ({})", v.van, r.areas.join(", "), r.doctors.join(","))
+        },
+    };
+    match vault.store(ROUTE, &id, org, 0, &r, Some(&rec)) {
+        Ok(_) => Ok(r),
+        // Routed by another process at the same moment: theirs stands.
+        Err(StorageError::Conflict) => Ok(vault.load::<Route>(ROUTE, &id)?.map(|(r, _)| r).unwrap_or(r)),
+        Err(e) => Err(e),
+    }
+}
+
 /// The queue for `user`: what routing gives them now.
 fn build_queue(
     views: &[CaseView],
     identity: &crate::identity::Identity,
+    geo: Option<&crate::geo::Geo>,
     org: &str,
     user: &str,
     escalate_after_s: i64,
@@ -154,11 +204,16 @@ fn build_queue(
             let asked_s = time::OffsetDateTime::parse(&requested_at, &time::format_description::well_known::Rfc3339)
                 .map(|t| t.unix_timestamp())
                 .unwrap_or(now);
-            let escalated = claim.is_none() && !answered && (on_call.is_empty() || now - asked_s >= escalate_after_s);
+            let route = route(&vault, geo, org, v, &consult_id)?;
+            // The on-call doctors of the van's service areas, or every on-call doctor for
+            // the regional pool.
+            let targets: Vec<&String> =
+                on_call.iter().filter(|d| route.areas.is_empty() || route.doctors.contains(d)).collect();
+            let escalated = claim.is_none() && !answered && (targets.is_empty() || now - asked_s >= escalate_after_s);
             let mine = claim.as_ref().is_some_and(|c| c.by == user);
-            // Routing: on-call doctors see every request; the others see what escalated and
-            // what they claimed.
-            if !(me_on_call || escalated || mine) {
+            // Routing: the targeted on-call doctors see the request; the others see what
+            // escalated and what they claimed.
+            if !((me_on_call && targets.iter().any(|d| *d == user)) || escalated || mine) {
                 continue;
             }
             let f = |path: &str| {
@@ -190,6 +245,7 @@ fn build_queue(
                     .iter()
                     .filter(|a| a.get("media_type").and_then(|m| m.as_str()) == Some("application/dicom"))
                     .count(),
+                pool: if route.areas.is_empty() { "regional".into() } else { route.areas.join(", ") },
             });
         }
     }
@@ -213,9 +269,11 @@ async fn queue(State(state): State<Arc<HubState>>, Caller(p): Caller) -> Result<
     require(&p, Permission::ConsultAnswer)?;
     let (cases, identity) = parts(&state)?;
     let escalate = state.consults.escalate_after_s;
+    let geo = state.geo.clone();
     let list = blocking(move || {
         let views = cases.consulting_cases(&p.user, &p.org).map_err(ApiError::from)?;
-        build_queue(&views, &identity, p.org.as_str(), p.user.as_str(), escalate, now_s()).map_err(storage_error)
+        build_queue(&views, &identity, geo.as_deref(), p.org.as_str(), p.user.as_str(), escalate, now_s())
+            .map_err(storage_error)
     })
     .await?;
     Ok(axum::Json(list).into_response())
@@ -338,12 +396,48 @@ async fn events(State(state): State<Arc<HubState>>, Caller(p): Caller) -> Result
         ));
     }
     let org = p.org.clone();
+    let user = p.user.to_string();
+    let mut alerts = state.geo.as_ref().map(|g| g.alerts());
+    let storage = state.identity.as_ref().map(|i| i.storage());
     let stream = async_stream(move |tx| async move {
         let mut tick = tokio::time::interval(Duration::from_secs(15));
         loop {
+            let next_alert = async {
+                match alerts.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let event = tokio::select! {
                 // The hub is shutting down: end the stream (the browser reconnects to the next).
                 _ = closing.changed() => return,
+                got = next_alert => match got {
+                    // A pre-arrival alert for a team the caller is in: the alert itself
+                    // (it names the patient), audited as a read.
+                    Ok((alert_org, alert)) if alert_org == org.as_str() && alert.team.contains(&user) => {
+                        let rec = audit::Record {
+                            at: now_s() * 1000,
+                            actor: user.clone(),
+                            action: "geofence.alert.read".into(),
+                            case_id: Some(alert.case_id.clone()),
+                            outcome: audit::Outcome::Allowed,
+                            detail: format!("zone={} (event stream)", alert.zone_id),
+                        };
+                        let Some(storage) = storage.clone() else { continue };
+                        let audited = tokio::task::spawn_blocking(move || storage.audit(&rec)).await;
+                        if !matches!(audited, Ok(Ok(()))) {
+                            // Not recorded, not shown: the page finds it at /api/v1/alerts.
+                            continue;
+                        }
+                        Event::default().event("alert").data(serde_json::to_string(&alert).unwrap_or_default())
+                    }
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Event::default().event("tick").data("lagged"),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        alerts = None;
+                        continue;
+                    }
+                },
                 _ = tick.tick() => Event::default().event("tick").data(now_s().to_string()),
                 got = rx.recv() => match got {
                     Ok(doc) => {

@@ -31,6 +31,8 @@ pub struct Hub {
     pub identity: Arc<Identity>,
     /// Organisations' identity providers (single sign-on).
     pub sso: Arc<crate::identity::sso::Sso>,
+    /// Vans' positions and geofences.
+    pub geo: Arc<crate::geo::Geo>,
     server_name: String,
 }
 
@@ -139,7 +141,17 @@ impl Hub {
                 .context("Failed to load the token signing keys")?,
         );
         let cases = Arc::new(CaseHub::new(storage.clone(), sealer));
-        Ok(Hub { storage, cases, ca, enroller, identity, sso: Default::default(), server_name: server_name.to_owned() })
+        let geo = crate::geo::Geo::new(identity.clone(), cases.clone());
+        Ok(Hub {
+            storage,
+            cases,
+            ca,
+            enroller,
+            identity,
+            sso: Default::default(),
+            geo,
+            server_name: server_name.to_owned(),
+        })
     }
 
     /// Binds the sync endpoint with a fresh hub certificate from the fleet CA.
@@ -165,9 +177,21 @@ impl Hub {
             .with_roster_changes(self.identity.roster_changes()))
     }
 
-    /// Serves vans on `server` until its endpoint closes.
+    /// Serves vans on `server` until its endpoint closes; their positions go to the
+    /// geofence service meanwhile.
     pub async fn serve_sync(&self, server: HubServer) {
+        let geo = tokio::spawn(self.geo.clone().run(self.cases.positions().subscribe()));
+        let _stop_geo = AbortOnDrop(geo);
         let (cases, identity) = (self.cases.clone(), self.identity.clone());
         server.serve(move |device| cases.replica_for(device).with_roster(identity.clone())).await
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -16,6 +16,7 @@ pub mod dicom;
 mod dicomweb;
 pub mod fleet;
 pub mod front_door;
+pub mod geo;
 pub mod identity;
 pub mod mail;
 pub mod outbound;
@@ -54,6 +55,7 @@ pub struct HubState {
     sso: Arc<identity::sso::Sso>,
     mailer: Option<Arc<mail::Mailer>>,
     consults: consults::ConsultConfig,
+    geo: Option<Arc<geo::Geo>>,
     web_dir: Option<PathBuf>,
     /// Set when the hub begins to shut down: streams that would never end by themselves
     /// (the event stream) end then, so the graceful shutdown does not wait for them.
@@ -82,6 +84,7 @@ impl HubState {
             sso: Default::default(),
             mailer: config.mail.as_ref().map(mail::Mailer::new).transpose()?.map(Arc::new),
             consults: config.consults.clone(),
+            geo: None,
             web_dir: config.hub.web_dir.clone(),
             closing: tokio::sync::watch::channel(false).0,
             door: Arc::new(FrontDoor::new(config.front_door.clone())),
@@ -93,6 +96,7 @@ impl HubState {
         self.cases = Some(hub.cases.clone());
         self.identity = Some(hub.identity.clone());
         self.sso = hub.sso.clone();
+        self.geo = Some(hub.geo.clone());
         self
     }
 }
@@ -131,6 +135,7 @@ fn routes() -> Routes {
         .route("/api/v1/cases/{id}/access-log", get(access_log))
         .merge(identity::http::routes())
         .merge(consults::routes())
+        .merge(geo::routes())
         .merge(dicomweb::routes())
 }
 
@@ -248,10 +253,16 @@ fn case_id(s: &str) -> Result<CaseId, ApiError> {
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CaseError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    api_blocking(move || f().map_err(ApiError::from)).await
+}
+
+/// Runs storage work off the async threads; the answer is its result.
+pub(crate) async fn api_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the request failed inside the hub".into()))?
-        .map_err(ApiError::from)
 }
 
 async fn list_cases(State(state): State<Arc<HubState>>, Caller(c): Caller) -> Result<Response, ApiError> {
@@ -377,6 +388,12 @@ async fn edit_case(
         return Err(ApiError(
             StatusCode::UNPROCESSABLE_ENTITY,
             "exposures are recorded by the van's X-ray service, not through the case API".into(),
+        ));
+    }
+    if req.edits.iter().any(|e| matches!(e, Edit::AddTrackPoints { .. })) {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the route is recorded by the van's GPS receiver, not through the case API".into(),
         ));
     }
     let hub = case_hub(&state)?;

@@ -14,26 +14,7 @@ use cloud_sync::{HubState, app};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-async fn call(
-    router: &axum::Router,
-    method: &str,
-    uri: &str,
-    token: &str,
-    body: Option<serde_json::Value>,
-) -> (StatusCode, serde_json::Value) {
-    let mut req = Request::builder().method(method).uri(uri).header("authorization", format!("Bearer {token}"));
-    let body = match body {
-        Some(b) => {
-            req = req.header("content-type", "application/json");
-            Body::from(b.to_string())
-        }
-        None => Body::empty(),
-    };
-    let resp = router.clone().oneshot(req.body(body).unwrap()).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or_default())
-}
+use common::call;
 
 fn crew() -> EditContext {
     EditContext { user: UserId::parse("ana.medic").unwrap(), now: Timestamp::from_unix_millis(common::now_s() * 1000) }

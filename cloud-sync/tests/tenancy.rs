@@ -164,6 +164,14 @@ async fn no_role_of_another_organisation_and_no_role_without_the_permission_reac
             }
             ("put", "/api/v1/consults/on-call") => Some(("application/json", br#"{"on_call":true}"#.to_vec())),
             ("post", "/api/v1/consults/{case}/{consult}/claim") => None,
+            ("post", "/api/v1/geofences") | ("put", "/api/v1/geofences/{id}") => Some((
+                "application/json",
+                br#"{"name":"probe","kind":"service_area","shape":{"type":"circle","center":{"lat":51.5,"lon":-0.1},"radius_m":500}}"#.to_vec(),
+            )),
+            ("delete", "/api/v1/geofences/{id}" | "/api/v1/calls/{case}/sessions/{id}") => None,
+            ("post", "/api/v1/calls/{case}/whip" | "/api/v1/calls/{case}/whep") => {
+                Some(("application/sdp", b"v=0\r\n".to_vec()))
+            }
             (m, p) => panic!("no probe body for {m} {p}: add one"),
         }
     };

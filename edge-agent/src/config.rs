@@ -22,6 +22,9 @@ pub struct Config {
     /// Crew login: the PIN key and session timeouts.
     #[serde(default)]
     pub crew: crate::crew::CrewSettings,
+    /// The GPS receiver, if the van has one.
+    #[serde(default)]
+    pub gps: Option<crate::gps::GpsConfig>,
 }
 
 /// The `[xray]` table.

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod config;
 pub mod crew;
+pub mod gps;
 pub mod identity;
 pub mod sync;
 pub mod xray;
@@ -59,6 +60,15 @@ pub async fn enrol(config: &config::Config, token: &str) -> anyhow::Result<()> {
 
 /// Starts background sync if the config names a hub and the van is enrolled.
 pub async fn start_sync(config: &config::Config, store: &Store) -> anyhow::Result<sync::SyncHandle> {
+    start_sync_reporting(config, store, None).await
+}
+
+/// [`start_sync`], reporting the van's position from `positions` while connected.
+pub async fn start_sync_reporting(
+    config: &config::Config,
+    store: &Store,
+    positions: Option<tokio::sync::watch::Receiver<Option<sync_proto::PositionReport>>>,
+) -> anyhow::Result<sync::SyncHandle> {
     let Some(hub) = &config.hub else { return Ok(sync::SyncHandle::not_configured()) };
     let dir = &hub.identity_dir;
     // A damaged identity stops sync, never the agent: the crew keeps recording cases.
@@ -85,7 +95,7 @@ pub async fn start_sync(config: &config::Config, store: &Store) -> anyhow::Resul
         liveness: Default::default(),
         roster_key: crew_key(config)?,
     };
-    match sync::spawn(store.clone(), settings) {
+    match sync::spawn_reporting(store.clone(), settings, positions) {
         Ok(handle) => Ok(handle),
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "sync could not start");
@@ -119,6 +129,12 @@ pub fn start_xray(config: &config::Config, store: &Store) -> anyhow::Result<xray
     xray::XrayHandle::start(store.clone(), &x.serial_port, detector).context("Failed to start the X-ray service")
 }
 
+/// Starts reading the GPS receiver if the config names one.
+pub fn start_gps(config: &config::Config, store: &Store) -> anyhow::Result<gps::GpsHandle> {
+    let Some(g) = &config.gps else { return Ok(gps::GpsHandle::not_configured()) };
+    gps::GpsHandle::start(store.clone(), config.agent.van_id.to_string(), g).context("Failed to start the GPS service")
+}
+
 /// Serves the API on `listener` until `shutdown` completes, then closes the store cleanly.
 pub async fn serve(
     config: config::Config,
@@ -127,18 +143,22 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let limit = usize::try_from(config.agent.max_attachment_mib * 1024 * 1024).unwrap_or(usize::MAX);
-    let sync = start_sync(&config, &store).await?;
+    let gps = start_gps(&config, &store)?;
+    let sync = start_sync_reporting(&config, &store, Some(gps.positions())).await?;
     let xray = start_xray(&config, &store)?;
     let crew = crew::Crew::new(store.clone(), crew_key(&config)?, config.crew.clone());
     let state = api::AppState::new(store.clone(), config.agent.org_id.clone(), limit)
         .with_sync(sync)
         .with_xray(xray.clone())
+        .with_gps(gps.clone())
         .with_crew(crew);
     let app = api::app(state);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("Failed to serve the local API")?;
     // Disarm the unit before the store closes.
     let x = xray.clone();
     tokio::task::spawn_blocking(move || x.stop()).await.context("Failed to stop the X-ray service")?;
+    // Store the route gathered so far.
+    tokio::task::spawn_blocking(move || gps.stop()).await.context("Failed to stop the GPS service")?;
     // Finish queued writes before exiting; everything acknowledged is already durable.
     tokio::task::spawn_blocking(move || store.close()).await.context("Failed to close the store")?;
     Ok(())

@@ -401,12 +401,22 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// whose certificate lapsed says so and waits for a re-enrolment, which it picks up
 /// without a restart.
 pub fn spawn(store: Store, settings: SyncSettings) -> anyhow::Result<SyncHandle> {
+    spawn_reporting(store, settings, None)
+}
+
+/// [`spawn`], also reporting each new position from `positions` to the hub while connected.
+pub fn spawn_reporting(
+    store: Store,
+    settings: SyncSettings,
+    positions: Option<tokio::sync::watch::Receiver<Option<sync_proto::PositionReport>>>,
+) -> anyhow::Result<SyncHandle> {
     let handle = SyncHandle::not_configured();
     lock(&handle.status).state = "connecting";
     lock(&handle.status).hub = Some(settings.address.clone());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LocalChange>();
     let pending = handle.pending.clone();
     let blob_tx = tx.clone();
+    let position_tx = tx.clone();
     store.on_local_change(move |id| {
         lock(&pending).insert(id);
         let _ = tx.send(LocalChange::Doc(DocId(*id.as_bytes())));
@@ -414,6 +424,22 @@ pub fn spawn(store: Store, settings: SyncSettings) -> anyhow::Result<SyncHandle>
     store.on_local_blob(move |sha256, size, media_type| {
         let _ = blob_tx.send(LocalChange::Blob { sha256, size, priority: blob_priority(media_type) });
     });
+    if let Some(mut positions) = positions {
+        let (tx, status) = (position_tx, handle.status.clone());
+        tokio::spawn(async move {
+            while positions.changed().await.is_ok() {
+                let report = *positions.borrow_and_update();
+                // Only into a live session: offline, positions would pile up unread (the
+                // newest is sent within a second of connecting anyway).
+                let live = matches!(lock(&status).state, "syncing" | "up_to_date");
+                if let (Some(r), true) = (report, live)
+                    && tx.send(LocalChange::Position(r)).is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
     // One socket for both families, where the OS allows it; IPv4 otherwise.
     let socket = std::net::UdpSocket::bind("[::]:0").or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))?;
     let mut endpoint = quinn::Endpoint::new(

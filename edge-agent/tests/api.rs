@@ -356,7 +356,7 @@ async fn every_operation_in_the_openapi_document_is_served() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 28);
+    assert_eq!(operations, 29);
 }
 
 #[tokio::test]

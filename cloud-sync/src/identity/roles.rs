@@ -44,6 +44,10 @@ pub enum Permission {
     FleetAdmin,
     /// Take and answer the organisation's consult requests (go on call, claim).
     ConsultAnswer,
+    /// See the organisation's geofences (service areas, hospital approach zones).
+    ZoneRead,
+    /// Define the organisation's geofences.
+    ZoneAdmin,
 }
 
 impl Role {
@@ -85,12 +89,12 @@ impl Role {
     pub fn permissions(self) -> &'static [Permission] {
         use Permission::*;
         match self {
-            Role::Paramedic => &[CaseRead, CaseWrite, ImageRead],
-            Role::Doctor => &[CaseRead, CaseWrite, ImageRead, ImageWrite, ConsultAnswer],
-            Role::Dispatcher => &[CaseRead],
+            Role::Paramedic => &[CaseRead, CaseWrite, ImageRead, ZoneRead],
+            Role::Doctor => &[CaseRead, CaseWrite, ImageRead, ImageWrite, ConsultAnswer, ZoneRead],
+            Role::Dispatcher => &[CaseRead, ZoneRead],
             // Claims come with the billing service; until then a clerk reaches no case.
             Role::BillingClerk => &[],
-            Role::Admin => &[AuditRead, UserAdmin],
+            Role::Admin => &[AuditRead, UserAdmin, ZoneRead, ZoneAdmin],
             Role::FleetManager => &[FleetAdmin],
             // The patient's own record comes with the patient portal.
             Role::Patient => &[],

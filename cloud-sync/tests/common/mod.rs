@@ -267,3 +267,30 @@ pub(crate) fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::p
     std::fs::write(&paths.2, key.serialize_pem()).unwrap();
     paths
 }
+
+/// Calls the hub's router as `token` (a bearer), with a JSON body if given: the status and
+/// the JSON answer (null if it is not JSON).
+#[allow(dead_code)]
+pub(crate) async fn call(
+    router: &axum::Router,
+    method: &str,
+    uri: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (axum::http::StatusCode, serde_json::Value) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let mut req =
+        axum::http::Request::builder().method(method).uri(uri).header("authorization", format!("Bearer {token}"));
+    let body = match body {
+        Some(b) => {
+            req = req.header("content-type", "application/json");
+            axum::body::Body::from(b.to_string())
+        }
+        None => axum::body::Body::empty(),
+    };
+    let resp = router.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}

@@ -10,7 +10,7 @@ use crate::codes::{AllergyStatus, CaseStatus};
 use crate::conflict;
 use crate::edit::{
     AllergyInput, AttachmentInput, CurrentMedicationInput, Edit, EditContext, ExposureInput, ExposureOutcome, Glucose,
-    HistoryInput, MedicationInput, PrescriptionInput, ProcedureInput, TextSplice, VitalsInput,
+    HistoryInput, MedicationInput, PrescriptionInput, ProcedureInput, TextSplice, TrackPoint, VitalsInput,
 };
 use crate::error::EditError;
 use crate::fields::{FUTURE_TOLERANCE_MS, FieldName, FieldValue, is_icd10};
@@ -75,6 +75,7 @@ pub(crate) fn apply(tx: &mut Transaction<'_>, ctx: &EditContext, edit: &Edit, cl
         Edit::EditAssessment(s) => splice(tx, layout::ASSESSMENT, "assessment", s)?,
         Edit::AddAttachment(a) => add_attachment(tx, ctx, a)?,
         Edit::RecordExposure(e) => record_exposure(tx, ctx, e)?,
+        Edit::AddTrackPoints { points } => add_track_points(tx, ctx, points)?,
         Edit::RequestConsult { reason, urgency } => {
             let reason = text("consult.reason", "", reason, 1, 2000)?;
             let item = new_item(tx, &["consults"], ctx)?;
@@ -104,6 +105,42 @@ pub(crate) fn apply(tx: &mut Transaction<'_>, ctx: &EditContext, edit: &Edit, cl
             put(tx, &item, "text", t.as_str())?;
         }
         Edit::ResolveConflict { path, value } => conflict::resolve(tx, ctx, path, value)?,
+    }
+    Ok(())
+}
+
+/// Most points one edit may add: an hour of driving at the thinning's rate.
+const MAX_TRACK_POINTS: usize = 1000;
+
+fn add_track_points(tx: &mut Transaction<'_>, ctx: &EditContext, points: &[TrackPoint]) -> Res {
+    let bad = |reason: String| EditError::Invalid { field: "track".into(), element: "eScene.11", reason };
+    if points.is_empty() || points.len() > MAX_TRACK_POINTS {
+        return Err(bad(format!("send 1 to {MAX_TRACK_POINTS} points, not {}", points.len())));
+    }
+    for (i, p) in points.iter().enumerate() {
+        if !(p.lat.is_finite() && p.lon.is_finite() && p.lat.abs() <= 90.0 && p.lon.abs() <= 180.0) {
+            return Err(bad(format!("point {i} is not a latitude in -90..90 and a longitude in -180..180")));
+        }
+        if p.speed_mps.is_some_and(|v| !(0.0..=150.0).contains(&v)) {
+            return Err(bad(format!("point {i}'s speed is not between 0 and 150 m/s")));
+        }
+        check_time(tx, "track.at", "eScene.11", p.at, ctx)?;
+    }
+    // The list exists in cases made since the track came in; one made before gets it from
+    // the van, the track's only writer, so no two replicas create it at once.
+    let list = match layout::object(tx, &["track"]) {
+        Some(l) => l,
+        None => tx.put_object(automerge::ROOT, "track", ObjType::List).map_err(internal)?,
+    };
+    for p in points {
+        let n = tx.length(&list);
+        let item = tx.insert_object(&list, n, ObjType::Map).map_err(internal)?;
+        put(tx, &item, "t", p.at.unix_millis())?;
+        put(tx, &item, "lat", (p.lat * 1e7).round() as i64)?;
+        put(tx, &item, "lon", (p.lon * 1e7).round() as i64)?;
+        if let Some(v) = p.speed_mps {
+            put(tx, &item, "speed_cms", (v * 100.0).round() as i64)?;
+        }
     }
     Ok(())
 }

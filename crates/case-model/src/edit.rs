@@ -75,6 +75,12 @@ pub enum Edit {
     /// 168537006 Plain radiography) with its technique and dose. Written by the agent's X-ray
     /// service, never by hand.
     RecordExposure(ExposureInput),
+    /// Points of the van's route from its GPS receiver, thinned (a point every hundred metres
+    /// or so, and at turns). Written by the agent's GPS service, never by hand.
+    AddTrackPoints {
+        /// The points, oldest first.
+        points: Vec<TrackPoint>,
+    },
     /// Ask a doctor for a consult.
     RequestConsult {
         /// What the crew wants to know.
@@ -149,6 +155,7 @@ impl Edit {
             Edit::EditAssessment(_) => "edit_assessment",
             Edit::AddAttachment(_) => "add_attachment",
             Edit::RecordExposure(_) => "record_exposure",
+            Edit::AddTrackPoints { .. } => "add_track_points",
             Edit::RequestConsult { .. } => "request_consult",
             Edit::AddNote { .. } => "add_note",
             Edit::AddPrescription(_) => "add_prescription",
@@ -341,6 +348,21 @@ pub struct TextSplice {
     /// Text to insert at `pos`.
     #[serde(default)]
     pub insert: String,
+}
+
+/// One point of the van's route.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackPoint {
+    /// When the fix was taken (GPS time).
+    pub at: Timestamp,
+    /// Latitude, degrees north.
+    pub lat: f64,
+    /// Longitude, degrees east.
+    pub lon: f64,
+    /// Speed over ground, metres per second.
+    #[serde(default)]
+    pub speed_mps: Option<f64>,
 }
 
 /// A reference to a stored blob.

@@ -38,6 +38,7 @@ pub(crate) const LISTS: &[&[&str]] = &[
     &["chat"],
     &["addenda"],
     &["resolutions"],
+    &["track"],
 ];
 /// Text objects.
 pub(crate) const TEXTS: &[&str] = &[NARRATIVE, ASSESSMENT];

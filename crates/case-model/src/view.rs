@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codes::CaseStatus;
 use crate::conflict::Conflict;
+use crate::edit::TrackPoint;
 use crate::fields::{FieldName, FieldValue};
 use crate::ids::{CaseId, OrgId, VanId};
 use crate::layout;
@@ -67,6 +68,9 @@ pub struct CaseView {
     pub resolutions: Vec<Item>,
     /// Unresolved conflicts.
     pub conflicts: Vec<Conflict>,
+    /// The van's route, thinned, oldest first.
+    #[serde(default)]
+    pub track: Vec<TrackPoint>,
 }
 
 /// A list item: its id and its properties as JSON (`by` and `at` always present).
@@ -137,6 +141,7 @@ pub(crate) fn view(doc: &impl ReadDoc, id: CaseId, org: &OrgId, van: &VanId, con
         addenda: list(&["addenda"]),
         resolutions: list(&["resolutions"]),
         conflicts,
+        track: track(doc),
     }
 }
 
@@ -209,6 +214,24 @@ const TIME_KEYS: &[&str] = &["at", "time", "taken_at", "performed_at", "given_at
 
 pub(crate) fn attachments(doc: &impl ReadDoc) -> Vec<Item> {
     layout::object(doc, &["attachments"]).map(|l| items(doc, &l)).unwrap_or_default()
+}
+
+/// The track, its integers (1e-7 degrees, cm/s) back in degrees and m/s.
+fn track(doc: &impl ReadDoc) -> Vec<TrackPoint> {
+    let Some(list) = layout::object(doc, &["track"]) else {
+        return Vec::new();
+    };
+    layout::items(doc, &list)
+        .into_iter()
+        .filter_map(|(_, obj)| {
+            Some(TrackPoint {
+                at: Timestamp::from_unix_millis(layout::get_i64(doc, &obj, "t")?),
+                lat: layout::get_i64(doc, &obj, "lat")? as f64 / 1e7,
+                lon: layout::get_i64(doc, &obj, "lon")? as f64 / 1e7,
+                speed_mps: layout::get_i64(doc, &obj, "speed_cms").map(|v| v as f64 / 100.0),
+            })
+        })
+        .collect()
 }
 
 fn items(doc: &impl ReadDoc, list: &ObjId) -> Vec<Item> {

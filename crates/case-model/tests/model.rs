@@ -607,3 +607,29 @@ fn clinical_times_are_bounded_around_the_case() {
     )
     .unwrap();
 }
+
+#[test]
+fn track_points_are_kept_in_order_and_bad_ones_refused_whole() {
+    use case_model::edit::TrackPoint;
+    let mut doc = new_case();
+    let p = |t: i64, lat: f64, lon: f64| TrackPoint {
+        at: Timestamp::from_unix_millis(T0 + t),
+        lat,
+        lon,
+        speed_mps: Some(13.9),
+    };
+    doc.apply(
+        &ctx("system:gps", 5000),
+        &[Edit::AddTrackPoints { points: vec![p(1000, 51.5, -0.12), p(4000, 51.501, -0.121)] }],
+    )
+    .unwrap();
+    let bad = [vec![p(4500, 91.0, 0.0)], vec![p(4500, 51.0, f64::NAN)], vec![p(4500 + 3_600_000, 51.0, 0.0)], vec![]];
+    for points in bad {
+        let err = doc.apply(&ctx("system:gps", 5000), &[Edit::AddTrackPoints { points: points.clone() }]).unwrap_err();
+        assert!(err.to_string().contains("track"), "{points:?}: {err}");
+    }
+    let view = replica(&doc, 3).view();
+    assert_eq!(view.track.len(), 2);
+    assert!((view.track[1].lat - 51.501).abs() < 1e-7 && (view.track[1].lon + 0.121).abs() < 1e-7);
+    assert_eq!(view.track[0].speed_mps, Some(13.9));
+}

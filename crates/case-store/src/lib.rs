@@ -751,6 +751,24 @@ impl Store {
         Ok(conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 
+    /// The newest case of `van` that is not closed and was opened between `since_ms` and
+    /// `until_ms`: the case the crew is working, where the van's route goes. (A case dated
+    /// in the future, by a clock that was wrong, is not taken for the newest.) An id from
+    /// the index, no patient data, so not audited.
+    pub fn active_case(&self, van: &str, since_ms: i64, until_ms: i64) -> Result<Option<CaseId>, StoreError> {
+        let conn = lock(&self.inner.reader);
+        let id: Option<String> = conn
+            .query_row(
+                "SELECT id FROM cases WHERE van = ?1 AND created_at >= ?2 AND created_at <= ?3
+                   AND (status IS NULL OR status <> 'closed')
+                 ORDER BY created_at DESC LIMIT 1",
+                params![van, since_ms, until_ms],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(id.and_then(|s| CaseId::parse(&s).ok()))
+    }
+
     /// Ids of every stored case.
     pub fn case_ids(&self) -> Result<Vec<CaseId>, StoreError> {
         let conn = lock(&self.inner.reader);

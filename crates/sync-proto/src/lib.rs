@@ -36,6 +36,9 @@
 //!    their PIN verifiers) when it changed since the van last confirmed it: as the session
 //!    starts and, in a session that stays open, whenever the hub's side is told it changed
 //!    ([`Session::roster_changed`]; [`Message::Roster`], [`Message::RosterAck`]).
+//! 8. From version 3 the van reports where it is ([`Message::Position`],
+//!    [`Session::position`]) while connected; the hub hands each report to its replica and
+//!    keeps nothing of it in the session.
 //!
 //! Messages travel as length-prefixed frames ([`frame`]); a frame over the size limit or
 //! that does not decode ends the session with an error naming the problem.
@@ -45,11 +48,14 @@ pub mod frame;
 mod message;
 mod session;
 
-pub use message::{AuditRecord, CrewMember, DocId, Message, Priority, RefusalReason, SignedHead};
+pub use message::{AuditRecord, CrewMember, DocId, Message, PositionReport, Priority, RefusalReason, SignedHead};
 pub use session::{AUDIT_BATCH, BlobState, CHUNK, Event, Replica, ReplicaRefusal, Role, Session, SyncError};
 
-/// The newest protocol version this build speaks (2: the van's audit log travels too).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The newest protocol version this build speaks (2: the van's audit log travels too; 3:
+/// and its position).
+pub const PROTOCOL_VERSION: u16 = 3;
+/// The first version that carries positions.
+pub const POSITION_VERSION: u16 = 3;
 /// The first version that carries audit logs.
 pub const AUDIT_VERSION: u16 = 2;
 /// The oldest protocol version this build still speaks.

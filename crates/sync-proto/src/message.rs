@@ -151,6 +151,28 @@ pub enum Message {
         /// What the hub found.
         detail: String,
     },
+    /// Van to hub (version 3 on): where the van is now. Not stored by the protocol: the
+    /// newest replaces the last.
+    Position(PositionReport),
+}
+
+/// Where a van is, from its GPS receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PositionReport {
+    /// When the fix was taken (ms since the epoch, GPS time).
+    pub at_ms: i64,
+    /// Latitude, 1e-7 degrees.
+    pub lat_e7: i32,
+    /// Longitude, 1e-7 degrees.
+    pub lon_e7: i32,
+    /// 1-sigma horizontal accuracy, decimetres.
+    pub accuracy_dm: u32,
+    /// Speed over ground, cm/s.
+    pub speed_cms: Option<u32>,
+    /// Course over ground, hundredths of a degree.
+    pub course_cdeg: Option<u16>,
+    /// The case the crew is working, if any.
+    pub active_case: Option<DocId>,
 }
 
 /// One audit log entry as the van keeps it, for the hub's copy. The hub recomputes `hash`
@@ -206,6 +228,8 @@ impl Message {
     pub fn priority(&self) -> Priority {
         match self {
             Message::Doc { priority, .. } | Message::BlobOffer { priority, .. } => *priority,
+            // Geofence alerts hang on it.
+            Message::Position(_) => Priority::Urgent,
             _ => Priority::Control,
         }
     }

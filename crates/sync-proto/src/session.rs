@@ -14,7 +14,7 @@ use automerge::sync;
 use sha2::{Digest, Sha256};
 
 use crate::message::{AuditRecord, CrewMember, DocId, Message, Priority, RefusalReason, SignedHead};
-use crate::{AUDIT_VERSION, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use crate::{AUDIT_VERSION, MIN_PROTOCOL_VERSION, POSITION_VERSION, PROTOCOL_VERSION};
 
 /// Which side of the connection this session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +111,9 @@ pub trait Replica {
     }
     /// The hub: the van confirmed storing the roster with this digest.
     fn roster_acked(&mut self, _digest: [u8; 32]) {}
+
+    /// The hub: the van reported where it is.
+    fn receive_position(&mut self, _report: crate::PositionReport) {}
     /// The van: stores the roster (replacing the last); durable on return.
     fn receive_roster(&mut self, _digest: [u8; 32], _members: Vec<CrewMember>) -> Result<(), ReplicaRefusal> {
         Err(ReplicaRefusal { reason: RefusalReason::NotAuthorised, detail: "this side keeps no crew roster".into() })
@@ -534,6 +537,12 @@ impl Session {
                 replica.roster_acked(digest);
                 Ok(())
             }
+            (Phase::Syncing, Message::Position(report))
+                if self.role == Role::Hub && self.version >= POSITION_VERSION =>
+            {
+                replica.receive_position(report);
+                Ok(())
+            }
             (Phase::Syncing, Message::AuditRefused { detail }) if self.role == Role::Van => {
                 self.audit_waiting = false;
                 self.audit_stopped = true;
@@ -571,6 +580,17 @@ impl Session {
         if self.phase == Phase::Syncing {
             self.offer_roster(replica);
         }
+    }
+
+    /// The van: reports where it is, if the hub speaks positions; a report waiting to be
+    /// sent is replaced by a newer one. Returns whether it was queued.
+    pub fn position(&mut self, report: crate::PositionReport) -> bool {
+        if self.phase != Phase::Syncing || self.role != Role::Van || self.version < POSITION_VERSION {
+            return false;
+        }
+        self.outbox.retain(|Reverse((_, _, Queued(m)))| !matches!(m, Message::Position(_)));
+        self.queue(Message::Position(report));
+        true
     }
 
     /// Tells the session this side now holds a blob the peer may need.
@@ -778,5 +798,6 @@ fn name(msg: &Message) -> &'static str {
         Message::AuditRefused { .. } => "AuditRefused",
         Message::Roster { .. } => "Roster",
         Message::RosterAck { .. } => "RosterAck",
+        Message::Position(_) => "Position",
     }
 }

@@ -7,7 +7,8 @@ use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ChangeHash, ObjType, ROOT, ReadDoc};
 use sync_proto::frame::{Decoder, encode};
 use sync_proto::{
-    BlobState, DocId, Event, Message, Priority, RefusalReason, Replica, ReplicaRefusal, Role, Session, SyncError,
+    BlobState, DocId, Event, Message, PositionReport, Priority, RefusalReason, Replica, ReplicaRefusal, Role, Session,
+    SyncError,
 };
 
 #[derive(Default)]
@@ -20,6 +21,8 @@ struct Mem {
     blobs: BTreeMap<[u8; 32], (Vec<u8>, Priority)>,
     /// Partly received blobs, as a store would keep them durably.
     partial: HashMap<[u8; 32], Vec<u8>>,
+    /// Positions the van reported.
+    positions: Vec<PositionReport>,
 }
 
 impl Mem {
@@ -70,6 +73,9 @@ impl Mem {
 }
 
 impl Replica for Mem {
+    fn receive_position(&mut self, report: PositionReport) {
+        self.positions.push(report);
+    }
     fn accepts_blob(&self, _sha256: &[u8; 32], size: u64) -> bool {
         size <= 64 * 1024 * 1024
     }
@@ -476,4 +482,50 @@ fn a_blob_that_fails_its_hash_is_refetched_once() {
     let (_, _) = run_link(&mut van, &mut hub, 1 << 20, None, |_, _, _| {});
     assert_eq!(hub.blob_state(&h), BlobState::Complete);
     assert_eq!(hub.blobs[&h].0, van.blobs[&h].0);
+}
+
+/// Passes messages both ways until neither side has anything to send.
+fn pump(van: &mut Mem, hub: &mut Mem, vs: &mut Session, hs: &mut Session) {
+    loop {
+        let mut moved = false;
+        while let Some(m) = vs.poll_transmit(van) {
+            hs.handle(m, hub).unwrap();
+            moved = true;
+        }
+        while let Some(m) = hs.poll_transmit(hub) {
+            vs.handle(m, van).unwrap();
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+#[test]
+fn positions_reach_the_hub_newest_only_and_not_before_the_handshake() {
+    let report = |at_ms| PositionReport {
+        at_ms,
+        lat_e7: 515_000_000,
+        lon_e7: -1_200_000,
+        accuracy_dm: 150,
+        speed_cms: Some(1500),
+        course_cdeg: Some(9000),
+        active_case: Some(id(1)),
+    };
+    let (mut van, mut hub) = (Mem::new(1), Mem::new(2));
+    let (mut vs, mut hs) = (Session::new(Role::Van), Session::new(Role::Hub));
+    assert!(!vs.position(report(1)), "no session yet");
+    vs.start(&van);
+    pump(&mut van, &mut hub, &mut vs, &mut hs);
+    assert!(vs.position(report(2)));
+    assert!(vs.position(report(3)));
+    pump(&mut van, &mut hub, &mut vs, &mut hs);
+    assert_eq!(hub.positions, vec![report(3)], "a newer report replaces one not yet sent");
+    // A van never sends its position to a hub that does not speak version 3.
+    let mut vs = Session::new(Role::Van);
+    vs.start(&van);
+    while vs.poll_transmit(&mut van).is_some() {}
+    vs.handle(Message::Welcome { version: 2, in_sync: true }, &mut van).unwrap();
+    assert!(!vs.position(report(4)));
 }

@@ -324,6 +324,8 @@ pub enum LocalChange {
     },
     /// The hub: the van's crew roster may have changed.
     Roster,
+    /// The van: where it is now.
+    Position(sync_proto::PositionReport),
 }
 
 impl From<sync_proto::DocId> for LocalChange {
@@ -464,6 +466,9 @@ async fn drive(
                 Some(LocalChange::Doc(doc)) => session.local_change(doc, replica),
                 Some(LocalChange::Blob { sha256, size, priority }) => session.local_blob(sha256, size, priority),
                 Some(LocalChange::Roster) => session.roster_changed(replica),
+                Some(LocalChange::Position(report)) => {
+                    session.position(report);
+                }
                 None => break Ok(()),
             },
             _ = quiet_timer, if out.is_none() && session.is_idle() => break Ok(()),

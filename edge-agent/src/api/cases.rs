@@ -121,6 +121,12 @@ pub(crate) async fn edit(
             "exposures are recorded by the X-ray service (/api/v1/xray), not through the case API".into(),
         ));
     }
+    if body.edits.iter().any(|e| matches!(e, Edit::AddTrackPoints { .. })) {
+        return Err(ApiError::Unprocessable(
+            "invalid",
+            "the route is recorded by the van's GPS service, not through the case API".into(),
+        ));
+    }
     let view = blocking(move || s.store.edit_case_view(&ctx, id, &body.edits)).await?;
     Ok(Json(view).into_response())
 }

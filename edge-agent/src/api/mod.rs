@@ -36,6 +36,7 @@ pub struct AppState {
     pub(crate) org: OrgId,
     pub(crate) max_attachment_bytes: usize,
     pub(crate) xray: crate::xray::XrayHandle,
+    pub(crate) gps: crate::gps::GpsHandle,
     pub(crate) crew: Arc<crate::crew::Crew>,
 }
 
@@ -47,6 +48,7 @@ impl AppState {
             max_attachment_bytes,
             sync: crate::sync::SyncHandle::not_configured(),
             xray: crate::xray::XrayHandle::not_configured(),
+            gps: crate::gps::GpsHandle::not_configured(),
             crew: Arc::new(crate::crew::Crew::new(store.clone(), None, Default::default())),
             store,
         }
@@ -61,6 +63,12 @@ impl AppState {
     /// Drives this X-ray unit at `/api/v1/xray`.
     pub fn with_xray(mut self, xray: crate::xray::XrayHandle) -> AppState {
         self.xray = xray;
+        self
+    }
+
+    /// Reports this GPS service's status at `/api/v1/gps`.
+    pub fn with_gps(mut self, gps: crate::gps::GpsHandle) -> AppState {
+        self.gps = gps;
         self
     }
 
@@ -112,6 +120,7 @@ fn routes(limit: usize) -> Routes {
         .route("/cases/{id}/audit", get(cases::audit))
         .route("/audit/verify", get(cases::verify_audit))
         .route("/sync", get(sync_status))
+        .route("/gps", get(gps_status))
         .route("/xray", get(xray::status))
         .route("/xray/presets", get(xray::presets))
         .route("/xray/session", axum::routing::put(xray::set_session))
@@ -148,6 +157,11 @@ async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 async fn sync_status(State(state): State<Arc<AppState>>, Actor(_ctx): Actor) -> impl IntoResponse {
     axum::Json(state.sync.status())
+}
+
+/// The GPS receiver: state, the newest fix, refused lines, the case the route goes to.
+async fn gps_status(State(state): State<Arc<AppState>>, Actor(_ctx): Actor) -> impl IntoResponse {
+    axum::Json(state.gps.status())
 }
 
 async fn openapi() -> impl IntoResponse {

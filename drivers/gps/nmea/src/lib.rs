@@ -12,9 +12,11 @@
 //! line. Only RMC and GGA are read; other sentences are recognised and skipped.
 //! No I/O, no clock.
 
+mod encode;
 mod fix;
 mod sentence;
 
+pub use encode::{gga_line, rmc_line};
 pub use fix::{Fix, FixBuilder, unix_ms};
 pub use sentence::{Date, Gga, NmeaError, Rmc, Sentence, Time, checksum, parse};
 

@@ -93,8 +93,8 @@ impl Drive {
             let reported = offset(offset(truth, 0.0, n), 90.0, e);
             let moving = t_s < drive.duration_s();
             let t_ms = drive.start_ms + (t_s * 1000.0).round() as i64;
-            let speed_kn = if moving { drive.speed_mps * 3600.0 / 1852.0 } else { 0.0 };
-            let sentences = sentences(t_ms, reported, speed_kn, heading, drive.noise_m / 5.0);
+            let speed = if moving { drive.speed_mps } else { 0.0 };
+            let sentences = sentences(t_ms, reported, speed, heading, drive.noise_m / 5.0);
             SimFix { t_ms, truth, reported, sentences }
         })
     }
@@ -106,46 +106,18 @@ fn gauss(rng: &mut impl RngExt) -> f64 {
     (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
 }
 
-fn with_checksum(body: &str) -> String {
-    format!("${body}*{:02X}\r\n", gps_nmea::checksum(body))
-}
-
-fn coord(v: f64, deg_digits: usize, pos: char, neg: char) -> String {
-    let a = v.abs();
-    let mut deg = a.trunc();
-    let mut min = (a - deg) * 60.0;
-    if (min * 10_000.0).round() >= 600_000.0 {
-        deg += 1.0;
-        min = 0.0;
-    }
-    format!("{:0w$}{:07.4},{}", deg as u32, min, if v < 0.0 { neg } else { pos }, w = deg_digits)
-}
-
 /// The GGA and RMC of one fix.
-pub fn sentences(t_ms: i64, at: LatLon, speed_kn: f64, course: f64, hdop: f64) -> String {
-    let days = t_ms.div_euclid(86_400_000);
-    let ms = t_ms.rem_euclid(86_400_000);
-    let (y, m, d) = civil(days);
-    let time = format!("{:02}{:02}{:02}.{:02}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000 / 10);
-    let date = format!("{d:02}{m:02}{:02}", y % 100);
-    let lat = coord(at.lat, 2, 'N', 'S');
-    let lon = coord(at.lon, 3, 'E', 'W');
-    let gga = with_checksum(&format!("GPGGA,{time},{lat},{lon},1,09,{hdop:.1},35.0,M,47.0,M,,"));
-    let rmc = with_checksum(&format!("GPRMC,{time},A,{lat},{lon},{speed_kn:.1},{course:.1},{date},,,A"));
-    gga + &rmc
-}
-
-/// Civil date of a day number since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+pub fn sentences(t_ms: i64, at: LatLon, speed_mps: f64, course: f64, hdop: f64) -> String {
+    let fix = gps_nmea::Fix {
+        at_ms: t_ms,
+        lat: at.lat,
+        lon: at.lon,
+        speed_mps: Some(speed_mps),
+        course_deg: Some(course),
+        hdop: Some(hdop),
+        satellites: Some(9),
+    };
+    gps_nmea::gga_line(&fix, 35.0) + &gps_nmea::rmc_line(&fix)
 }
 
 /// Damage to put on the line, one kind in turn every `every` fixes.
@@ -171,8 +143,8 @@ pub fn damage(line: &str, n: u32) -> Vec<u8> {
         2 => format!("{}\r\n", &body[..body.len() - 3]).into_bytes(),
         // Line noise (a baud mismatch).
         3 => vec![0xff, 0x00, 0x9c, b'$', 0xe1, b'\r', b'\n'],
-        // Far too long.
-        _ => [vec![b'$'; 200], b"\r\n".to_vec()].concat(),
+        // Far too long (a line end lost).
+        _ => [b"$GPGSV,".to_vec(), vec![b'9'; 200], b"\r\n".to_vec()].concat(),
     }
 }
 

@@ -1,0 +1,121 @@
+// A doctor's browser in a case's call: headless Chromium (with its fake camera and
+// microphone) watches the call over WHEP through the hub's media server, and, with
+// --publish, sends its own camera and microphone over WHIP. Reads the time bar code the
+// van's test source draws into each frame to measure glass-to-glass latency, and prints
+// one JSON line of what arrived.
+//
+//   node tests/ui/whep.mjs HUB_ORIGIN CASE_ID TOKEN SECONDS [--publish]
+import { chromium } from 'playwright-core';
+
+const [origin, caseId, token, secondsArg] = process.argv.slice(2);
+const publish = process.argv.includes('--publish');
+const seconds = Number(secondsArg || 10);
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream',
+    '--use-fake-ui-for-media-stream'],
+});
+try {
+  const page = await browser.newPage();
+  page.on('console', (m) => process.stderr.write(`page: ${m.text()}\n`));
+  await page.goto(`${origin}/health`);
+  const result = await page.evaluate(async ({ caseId, token, seconds, publish }) => {
+    const auth = { authorization: `Bearer ${token}`, 'content-type': 'application/sdp' };
+    const gathered = (pc) => new Promise((resolve) => {
+      if (pc.iceGatheringState === 'complete') return resolve();
+      pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && resolve());
+      setTimeout(resolve, 3000);
+    });
+    async function exchange(pc, kind) {
+      await pc.setLocalDescription(await pc.createOffer());
+      await gathered(pc);
+      const r = await fetch(`/api/v1/calls/${caseId}/${kind}`, { method: 'POST', headers: auth, body: pc.localDescription.sdp });
+      if (r.status !== 201) throw new Error(`${kind}: ${r.status} ${await r.text()}`);
+      const location = r.headers.get('location');
+      await pc.setRemoteDescription({ type: 'answer', sdp: await r.text() });
+      return location;
+    }
+    let sent = null;
+    if (publish) {
+      const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 360 }, audio: true });
+      sent = new RTCPeerConnection();
+      for (const t of stream.getTracks()) sent.addTransceiver(t, { direction: 'sendonly' });
+      await exchange(sent, 'whip');
+    }
+    const pc = new RTCPeerConnection();
+    pc.addTransceiver('video', { direction: 'recvonly' });
+    pc.addTransceiver('audio', { direction: 'recvonly' });
+    const video = document.createElement('video');
+    video.muted = true;
+    video.autoplay = true;
+    document.body.append(video);
+    const remote = new MediaStream();
+    pc.ontrack = (e) => {
+      remote.addTrack(e.track);
+      video.srcObject = remote;
+    };
+    const location = await exchange(pc, 'whep');
+    const started = performance.now();
+    // The bar code: 32 cells across the top, after one blank cell.
+    const canvas = document.createElement('canvas');
+    const ctx = canvas.getContext('2d', { willReadFrequently: true });
+    const latencies = [];
+    let decodedFrames = 0;
+    let firstFrameMs = null;
+    const onFrame = () => {
+      if (!video.videoWidth) return video.requestVideoFrameCallback(onFrame);
+      const now = Date.now();
+      decodedFrames += 1;
+      if (firstFrameMs === null) firstFrameMs = performance.now() - started;
+      const w = video.videoWidth;
+      canvas.width = w;
+      canvas.height = video.videoHeight;
+      ctx.drawImage(video, 0, 0);
+      const cell = Math.max(4, Math.floor(w / 34));
+      const row = ctx.getImageData(0, Math.floor(cell / 2), w, 1).data;
+      let value = 0;
+      for (let i = 0; i < 32; i++) {
+        const x = Math.floor((i + 1) * cell + cell / 2);
+        const lum = row[x * 4];
+        value = value * 2 + (lum > 128 ? 1 : 0);
+      }
+      const ms = ((now % 2 ** 32) - value + 2 ** 32) % 2 ** 32;
+      if (ms < 10000) latencies.push(ms);
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+    await new Promise((r) => setTimeout(r, seconds * 1000));
+    const stats = {};
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp') stats[s.kind] = s;
+    });
+    let outbound = {};
+    if (sent) {
+      (await sent.getStats()).forEach((s) => {
+        if (s.type === 'outbound-rtp') outbound[s.kind] = { packetsSent: s.packetsSent, bytesSent: s.bytesSent };
+      });
+    }
+    const done = await fetch(location, { method: 'DELETE', headers: { authorization: `Bearer ${token}` } });
+    return {
+      ice: pc.iceConnectionState,
+      firstFrameMs,
+      decodedFrames,
+      width: stats.video?.frameWidth || 0,
+      height: stats.video?.frameHeight || 0,
+      framesPerSecond: stats.video?.framesPerSecond || 0,
+      videoPackets: stats.video?.packetsReceived || 0,
+      audioPackets: stats.audio?.packetsReceived || 0,
+      audioEnergy: stats.audio?.totalAudioEnergy || 0,
+      latencies,
+      outbound,
+      deleted: done.status,
+    };
+  }, { caseId, token, seconds, publish });
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+} finally {
+  await browser.close();
+}
