@@ -18,6 +18,10 @@ packages=(
   python3-venv      # a venv for the Python clients the tests use (scripts/setup-pytools.sh)
   chromium          # the real browser the apps' end-to-end test drives headless (tests/ui)
   fonts-dejavu-core # the apps' font, so pages render (and measure) the same everywhere
+  # GStreamer 1.22 for media/: capture, encoding, webrtcbin (the van's side of a call)
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  gstreamer1.0-plugins-ugly gstreamer1.0-nice gstreamer1.0-tools
 )
 
 missing=()

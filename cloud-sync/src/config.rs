@@ -30,6 +30,9 @@ pub struct Config {
     /// The `[consults]` table: consult routing.
     #[serde(default)]
     pub consults: crate::consults::ConsultConfig,
+    /// The `[calls]` table: the media server for live calls (none without it).
+    #[serde(default)]
+    pub calls: Option<crate::calls::CallConfig>,
 }
 
 /// The `[identity]` table.

@@ -9,6 +9,7 @@
 //!   endpoint.
 //! - This module: the HTTP routes ([`app`]): health, the OpenAPI document, the case API.
 
+pub mod calls;
 pub mod cases;
 pub mod config;
 pub mod consults;
@@ -56,6 +57,7 @@ pub struct HubState {
     mailer: Option<Arc<mail::Mailer>>,
     consults: consults::ConsultConfig,
     geo: Option<Arc<geo::Geo>>,
+    sfu: Option<Arc<calls::Sfu>>,
     web_dir: Option<PathBuf>,
     /// Set when the hub begins to shut down: streams that would never end by themselves
     /// (the event stream) end then, so the graceful shutdown does not wait for them.
@@ -85,6 +87,13 @@ impl HubState {
             mailer: config.mail.as_ref().map(mail::Mailer::new).transpose()?.map(Arc::new),
             consults: config.consults.clone(),
             geo: None,
+            sfu: match &config.calls {
+                Some(c) => Some(Arc::new(
+                    calls::Sfu::start(c.bind, c.advertise)
+                        .with_context(|| format!("Failed to start the media server on {} (UDP)", c.bind))?,
+                )),
+                None => None,
+            },
             web_dir: config.hub.web_dir.clone(),
             closing: tokio::sync::watch::channel(false).0,
             door: Arc::new(FrontDoor::new(config.front_door.clone())),
@@ -136,6 +145,7 @@ fn routes() -> Routes {
         .merge(identity::http::routes())
         .merge(consults::routes())
         .merge(geo::routes())
+        .merge(calls::routes())
         .merge(dicomweb::routes())
 }
 

@@ -4,12 +4,17 @@
 // van's test source draws into each frame to measure glass-to-glass latency, and prints
 // one JSON line of what arrived.
 //
-//   node tests/ui/whep.mjs HUB_ORIGIN CASE_ID TOKEN SECONDS [--publish]
+//   node tests/ui/whep.mjs HUB_ORIGIN CASE_ID TOKEN SECONDS [--publish] [--delay SECONDS]
+//
+// --delay waits before joining; the JSON includes how many sessions the call had, polled
+// every half second from the join.
 import { chromium } from 'playwright-core';
 
 const [origin, caseId, token, secondsArg] = process.argv.slice(2);
 const publish = process.argv.includes('--publish');
 const seconds = Number(secondsArg || 10);
+const delayAt = process.argv.indexOf('--delay');
+const delay = delayAt > 0 ? Number(process.argv[delayAt + 1]) : 0;
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 
 const browser = await chromium.launch({
@@ -23,6 +28,7 @@ try {
   const page = await browser.newPage();
   page.on('console', (m) => process.stderr.write(`page: ${m.text()}\n`));
   await page.goto(`${origin}/health`);
+  await new Promise((r) => setTimeout(r, delay * 1000));
   const result = await page.evaluate(async ({ caseId, token, seconds, publish }) => {
     const auth = { authorization: `Bearer ${token}`, 'content-type': 'application/sdp' };
     const gathered = (pc) => new Promise((resolve) => {
@@ -88,7 +94,13 @@ try {
       video.requestVideoFrameCallback(onFrame);
     };
     video.requestVideoFrameCallback(onFrame);
+    const sessions = [];
+    const poll = setInterval(async () => {
+      const r = await fetch(`/api/v1/calls/${caseId}`, { headers: { authorization: `Bearer ${token}` } });
+      if (r.ok) sessions.push((await r.json()).length);
+    }, 500);
     await new Promise((r) => setTimeout(r, seconds * 1000));
+    clearInterval(poll);
     const stats = {};
     (await pc.getStats()).forEach((s) => {
       if (s.type === 'inbound-rtp') stats[s.kind] = s;
@@ -113,6 +125,7 @@ try {
       latencies,
       outbound,
       deleted: done.status,
+      sessions,
     };
   }, { caseId, token, seconds, publish });
   process.stdout.write(`${JSON.stringify(result)}\n`);

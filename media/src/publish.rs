@@ -1,0 +1,238 @@
+//! A live call published over WHIP with `webrtcbin`.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::Context;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_sdp as gst_sdp;
+use gstreamer_webrtc as gst_webrtc;
+
+use crate::source::{Format, Source};
+
+/// A call being published.
+#[derive(Debug)]
+pub struct Publisher {
+    pipeline: gst::Pipeline,
+    encoder: Option<gst::Element>,
+    url: String,
+    token: String,
+    location: String,
+    rt: tokio::runtime::Runtime,
+}
+
+/// What to publish and where.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The hub's WHIP endpoint, like `http://hub:8080/api/v1/calls/<case>/whip`.
+    pub url: String,
+    /// The bearer token the hub takes.
+    pub token: String,
+    /// Camera and microphone, or test sources.
+    pub source: Source,
+    /// Picture size and rate.
+    pub format: Format,
+    /// Starting video bitrate, kbit/s.
+    pub bitrate_kbps: u32,
+}
+
+fn pipeline_description(s: &Settings) -> String {
+    format!(
+        "{src} \
+         v. ! videoconvert ! {enc} ! rtph264pay config-interval=-1 aggregate-mode=zero-latency pt=96 ! \
+           application/x-rtp,media=video,encoding-name=H264,payload=96,clock-rate=90000 ! wb. \
+         a. ! opusenc bitrate=32000 frame-size=20 ! rtpopuspay pt=111 ! \
+           application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000 ! wb. \
+         webrtcbin name=wb bundle-policy=max-bundle latency=50",
+        src = crate::source::describe(&s.source, s.format),
+        enc = crate::source::video_encoder(s.bitrate_kbps),
+    )
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Publisher {
+    /// Builds the pipeline, makes the offer, posts it to the hub and starts sending.
+    pub fn start(settings: &Settings) -> anyhow::Result<Publisher> {
+        gst::init().context("GStreamer did not initialise")?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let desc = pipeline_description(settings);
+        let pipeline = gst::parse::launch(&desc)
+            .with_context(|| format!("the media pipeline did not build: {desc}"))?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| anyhow::anyhow!("the media pipeline is not a pipeline"))?;
+        let wb = pipeline.by_name("wb").context("no webrtcbin in the pipeline")?;
+        if settings.source == Source::Test {
+            stamp_frames(&pipeline, settings.format)?;
+        }
+        let fingerprint = use_ecdsa_certificate(&wb)?;
+
+        wb.connect("on-new-transceiver", false, |args| {
+            if let Some(t) = args.get(1).and_then(|a| a.get::<gst_webrtc::WebRTCRTPTransceiver>().ok()) {
+                t.set_property("direction", gst_webrtc::WebRTCRTPTransceiverDirection::Sendonly);
+            }
+            None
+        });
+        wb.connect("on-negotiation-needed", false, |args| {
+            let wb = args.first().and_then(|a| a.get::<gst::Element>().ok())?;
+            let target = wb.clone();
+            let promise = gst::Promise::with_change_func(move |reply| {
+                let Ok(Some(reply)) = reply else {
+                    tracing::error!("webrtcbin made no offer");
+                    return;
+                };
+                match reply.value("offer").map(|v| v.get::<gst_webrtc::WebRTCSessionDescription>()) {
+                    Ok(Ok(offer)) => {
+                        target.emit_by_name::<()>("set-local-description", &[&offer, &None::<gst::Promise>])
+                    }
+                    _ => tracing::error!("webrtcbin's reply holds no offer"),
+                }
+            });
+            wb.emit_by_name::<()>("create-offer", &[&None::<gst::Structure>, &promise]);
+            None
+        });
+        // WHIP sends the offer once, with every candidate in it: wait for gathering to end.
+        let (tx, rx) = mpsc::channel::<String>();
+        wb.connect_notify(Some("ice-gathering-state"), move |wb, _| {
+            if wb.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
+                != gst_webrtc::WebRTCICEGatheringState::Complete
+            {
+                return;
+            }
+            if let Some(desc) = wb.property::<Option<gst_webrtc::WebRTCSessionDescription>>("local-description")
+                && let Ok(text) = desc.sdp().as_text()
+            {
+                let _ = tx.send(text);
+            }
+        });
+        pipeline.set_state(gst::State::Playing).context("the media pipeline did not start")?;
+        watch_bus(&pipeline);
+        let offer = rx.recv_timeout(Duration::from_secs(15)).context("webrtcbin made no offer within 15 s")?;
+
+        // webrtcbin writes the fingerprint of the certificate it made first; the DTLS
+        // connection presents ours.
+        let offer: String = offer
+            .split_inclusive('\n')
+            .map(|l| {
+                if l.starts_with("a=fingerprint:") { format!("a=fingerprint:{fingerprint}\r\n") } else { l.to_owned() }
+            })
+            .collect();
+        let session = rt.block_on(crate::whip::offer(&settings.url, &settings.token, offer))?;
+        let sdp = gst_sdp::SDPMessage::parse_buffer(session.answer.as_bytes())
+            .map_err(|_| anyhow::anyhow!("the hub's answer is not SDP"))?;
+        let answer = gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, sdp);
+        wb.emit_by_name::<()>("set-remote-description", &[&answer, &None::<gst::Promise>]);
+        tracing::info!(location = %session.location, "publishing the call");
+        Ok(Publisher {
+            encoder: pipeline.by_name("venc"),
+            pipeline,
+            url: settings.url.clone(),
+            token: settings.token.clone(),
+            location: session.location,
+            rt,
+        })
+    }
+
+    /// Changes the video bitrate while it runs, kbit/s.
+    pub fn set_bitrate(&self, kbps: u32) {
+        if let Some(e) = &self.encoder
+            && e.has_property("bitrate")
+        {
+            e.set_property("bitrate", kbps);
+        }
+    }
+
+    /// The session resource on the hub.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Stops sending and ends the session at the hub.
+    pub fn stop(self) -> anyhow::Result<()> {
+        let _ = self.pipeline.set_state(gst::State::Null);
+        self.rt.block_on(crate::whip::end(&self.url, &self.token, &self.location))?;
+        Ok(())
+    }
+}
+
+/// GStreamer's DTLS makes an RSA certificate; WebRTC peers that sign only with ECDSA (our
+/// hub's DTLS among them) then get no usable client certificate. Each DTLS transport of
+/// `webrtcbin` gets one P-256 certificate instead, as it is made (before the offer, whose
+/// fingerprint is read from it). A DTLS decoder makes its connection when it is given its
+/// connection id, with the certificate it has then, so the connection is made again under
+/// a new id after the certificate is set, and the encoder is pointed at it.
+fn use_ecdsa_certificate(wb: &gst::Element) -> anyhow::Result<String> {
+    let key = rcgen::KeyPair::generate().context("no key for the DTLS certificate")?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).context("no DTLS certificate")?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, "medvan-van");
+    let cert = params.self_signed(&key).context("no DTLS certificate")?;
+    let pem = format!("{}{}", cert.pem(), key.serialize_pem());
+    let fingerprint = {
+        use sha2::Digest;
+        let fp: Vec<String> = sha2::Sha256::digest(cert.der()).iter().map(|b| format!("{b:02X}")).collect();
+        format!("sha-256 {}", fp.join(":"))
+    };
+    let bin = wb.clone().downcast::<gst::Bin>().map_err(|_| anyhow::anyhow!("webrtcbin is not a bin"))?;
+    let done = std::sync::Mutex::new(std::collections::HashSet::<String>::new());
+    bin.connect_deep_element_added(move |_, _, added| {
+        let mut found: Vec<gst::Element> = vec![added.clone()];
+        if let Some(b) = added.downcast_ref::<gst::Bin>() {
+            found.extend(b.iterate_recurse().into_iter().flatten());
+        }
+        let mut done = done.lock().unwrap_or_else(|p| p.into_inner());
+        for e in found {
+            let Some(kind) = e.factory().map(|f| f.name().to_string()) else { continue };
+            if kind != "dtlssrtpdec" && kind != "dtlssrtpenc" {
+                continue;
+            }
+            let id = e.property::<Option<String>>("connection-id").unwrap_or_default();
+            if id.is_empty() || id.ends_with("-ecdsa") || !done.insert(format!("{kind}/{}", e.name())) {
+                continue;
+            }
+            if kind == "dtlssrtpdec" {
+                e.set_property("pem", &pem);
+            }
+            e.set_property("connection-id", format!("{id}-ecdsa"));
+        }
+    });
+    Ok(fingerprint)
+}
+
+/// Logs the pipeline's errors and warnings from a thread of its own.
+fn watch_bus(pipeline: &gst::Pipeline) {
+    let Some(bus) = pipeline.bus() else { return };
+    std::thread::spawn(move || {
+        for msg in bus.iter_timed(gst::ClockTime::NONE) {
+            match msg.view() {
+                gst::MessageView::Error(e) => {
+                    tracing::error!(error = %e.error(), debug = ?e.debug(), "the media pipeline failed");
+                    return;
+                }
+                gst::MessageView::Warning(w) => tracing::warn!(warning = %w.error(), "the media pipeline warns"),
+                gst::MessageView::Eos(_) => return,
+                _ => {}
+            }
+        }
+    });
+}
+
+/// Stamps each test frame with the wall-clock time (see [`crate::stamp`]).
+fn stamp_frames(pipeline: &gst::Pipeline, f: Format) -> anyhow::Result<()> {
+    let queue = pipeline.by_name("v").context("no video queue")?;
+    let pad = queue.static_pad("sink").context("the video queue has no sink pad")?;
+    // I420: the luma plane first, rows padded to four bytes.
+    let stride = (f.width as usize + 3) & !3;
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(buffer) = info.buffer_mut() {
+            let buffer = buffer.make_mut();
+            if let Ok(mut map) = buffer.map_writable() {
+                crate::source::stamp(map.as_mut_slice(), f.width, f.height, stride, now_ms());
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+    Ok(())
+}
