@@ -73,6 +73,8 @@ impl Publisher {
         wb.connect("on-new-transceiver", false, |args| {
             if let Some(t) = args.get(1).and_then(|a| a.get::<gst_webrtc::WebRTCRTPTransceiver>().ok()) {
                 t.set_property("direction", gst_webrtc::WebRTCRTPTransceiverDirection::Sendonly);
+                // Retransmit what the receiver reports lost (a cell link loses packets).
+                t.set_property("do-nack", true);
             }
             None
         });

@@ -15,6 +15,10 @@ const publish = process.argv.includes('--publish');
 const seconds = Number(secondsArg || 10);
 const delayAt = process.argv.indexOf('--delay');
 const delay = delayAt > 0 ? Number(process.argv[delayAt + 1]) : 0;
+// --via HOST:PORT sends this browser's media through a relay (the test's shaped link) by
+// putting its address in place of the hub's candidates.
+const viaAt = process.argv.indexOf('--via');
+const via = viaAt > 0 ? process.argv[viaAt + 1] : null;
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 
 const browser = await chromium.launch({
@@ -29,7 +33,7 @@ try {
   page.on('console', (m) => process.stderr.write(`page: ${m.text()}\n`));
   await page.goto(`${origin}/health`);
   await new Promise((r) => setTimeout(r, delay * 1000));
-  const result = await page.evaluate(async ({ caseId, token, seconds, publish }) => {
+  const result = await page.evaluate(async ({ caseId, token, seconds, publish, via }) => {
     const auth = { authorization: `Bearer ${token}`, 'content-type': 'application/sdp' };
     const gathered = (pc) => new Promise((resolve) => {
       if (pc.iceGatheringState === 'complete') return resolve();
@@ -42,7 +46,12 @@ try {
       const r = await fetch(`/api/v1/calls/${caseId}/${kind}`, { method: 'POST', headers: auth, body: pc.localDescription.sdp });
       if (r.status !== 201) throw new Error(`${kind}: ${r.status} ${await r.text()}`);
       const location = r.headers.get('location');
-      await pc.setRemoteDescription({ type: 'answer', sdp: await r.text() });
+      let sdp = await r.text();
+      if (via) {
+        const [host, port] = via.split(':');
+        sdp = sdp.replace(/^(a=candidate:\S+ \d+ \S+ \d+ )(\S+) (\d+)/gm, `$1${host} ${port}`);
+      }
+      await pc.setRemoteDescription({ type: 'answer', sdp });
       return location;
     }
     let sent = null;
@@ -127,7 +136,7 @@ try {
       deleted: done.status,
       sessions,
     };
-  }, { caseId, token, seconds, publish });
+  }, { caseId, token, seconds, publish, via });
   process.stdout.write(`${JSON.stringify(result)}\n`);
 } finally {
   await browser.close();

@@ -118,7 +118,15 @@ impl Sfu {
     /// Answers `offer` and adds the peer to `room`. Returns its session id and the answer.
     pub fn join(&self, room: &str, who: &str, role: Role, offer: &str) -> Result<(PeerId, String), JoinError> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::Offer(e.to_string()))?;
-        let mut rtc = Rtc::builder().set_stats_interval(Some(Duration::from_secs(1))).build(Instant::now());
+        // Viewers (browsers) get ICE lite, as a server with a known address should: the
+        // viewer checks the path it was given and keeps consent, and media takes that path.
+        // Publishers get full ICE: GStreamer 1.22's libnice (the van) neither uses the
+        // candidates of an answer nor keeps consent alive by itself, so the server checks
+        // the van's paths too.
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(role == Role::Subscriber)
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            .build(Instant::now());
         let candidate = Candidate::host(self.advertised, "udp").map_err(|e| JoinError::Offer(e.to_string()))?;
         rtc.add_local_candidate(candidate);
         let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| JoinError::Offer(e.to_string()))?;
