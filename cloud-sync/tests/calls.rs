@@ -53,6 +53,10 @@ async fn setup(media_port: u16) -> Setup {
     assert!(node_modules.exists(), "run scripts/setup-jstools.sh first (scripts/test.sh does)");
     let dir = tempfile::tempdir().unwrap();
     let (mut config, hub, _) = common::two_org_hub(dir.path());
+    // The doctors' app, as scripts/setup-jstools.sh builds it.
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/dist");
+    assert!(web.join("index.html").exists(), "build the doctor app first: scripts/setup-jstools.sh");
+    config.hub.web_dir = Some(web);
     config.calls = Some(cloud_sync::calls::CallConfig {
         bind: std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), media_port),
         advertise: host_ip(),
@@ -263,5 +267,34 @@ async fn a_call_over_a_link_with_5_percent_loss_and_100_ms_delay_stays_up() {
         "glass-to-glass latency, 5% loss and 100 ms delay on the doctor's link: p50 {p50:.0} ms, p95 {p95:.0} ms over {n} frames"
     );
     assert!(p50 < 1250.0 + 500.0 && p95 < 2000.0 + 500.0, "p50 {p50} p95 {p95}");
+    t.finish(publisher).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doctor_joins_the_call_and_sees_the_map_in_the_web_app() {
+    let t = setup(0).await;
+    common::create_with_password(&t.hub.identity, "org-north", "dr.app", &[Role::Doctor]);
+    let (admin, _) = common::create_and_login(&t.hub.identity, "org-north", "adm.zones", &[Role::Admin]);
+    let router = cloud_sync::app(cloud_sync::HubState::open(&t.config).unwrap().with_hub(&t.hub));
+    let zone = serde_json::json!({
+        "name": "St Mary's approach", "kind": "hospital_approach",
+        "shape": {"type": "circle", "center": {"lat": 51.5155, "lon": -0.1746}, "radius_m": 1000}, "team": ["dr.app"],
+    });
+    let (status, _) = common::call(&router, "POST", "/api/v1/geofences", &admin.access_token, Some(zone)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let publisher = t.publish().await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ui/call_app.mjs");
+    let args = [t.origin.clone(), t.case.clone(), "dr.app".to_owned(), common::PASSWORD.to_owned()];
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new("node").arg(&script).args(args).output())
+        .await
+        .unwrap()
+        .unwrap();
+    let got = parse(out, "the doctor app");
+    println!("doctor app: {got}");
+    assert!(got["people"].as_str().unwrap_or_default().contains("ben.medic"), "{got}");
+    assert_eq!(got["own_camera"], true, "{got}");
+    assert_eq!(got["left"], true);
+    assert_eq!(got["zones_drawn"], 1, "{got}");
+    assert_eq!(got["off_host"], serde_json::json!([]), "{got}");
     t.finish(publisher).await;
 }

@@ -294,3 +294,17 @@ pub(crate) async fn call(
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&bytes).unwrap_or_default())
 }
+
+/// Creates `user` in `org` with `roles` and the test password, without logging in (a
+/// browser does that, enrolling its authenticator).
+#[allow(dead_code)]
+pub(crate) fn create_with_password(
+    id: &cloud_sync::identity::Identity,
+    org: &str,
+    user: &str,
+    roles: &[cloud_sync::identity::roles::Role],
+) {
+    let (o, u) = (case_model::OrgId::parse(org).unwrap(), case_model::UserId::parse(user).unwrap());
+    let link = id.add_user("admin", &o, &u, roles, None, now_s()).unwrap();
+    id.redeem_reset(&link, PASSWORD, now_s()).unwrap();
+}

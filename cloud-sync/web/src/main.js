@@ -1,12 +1,13 @@
 // The hub's web app: doctors log in (password and authenticator, or their hospital's
 // single sign-on), see the live queue of consult requests and cases of their organisation,
-// claim a request, read the case, look at the X-ray at full resolution, and write notes and
-// prescription drafts back to the case. Admins see who opened a patient's record and the
-// emergency logins to review. It talks to its own hub only.
+// claim a request, read the case, look at the X-ray at full resolution, join the case's
+// live call with the van, write notes and prescription drafts back to the case, get the
+// pre-arrival alerts of their hospital, and see the vans on a map. Admins see who opened a
+// patient's record and the emergency logins to review. It talks to its own hub only.
 import { openViewer } from './viewer.js';
 
 const $ = (id) => document.getElementById(id);
-const state = { me: null, events: null, reloadTimer: null, route: '' };
+const state = { me: null, events: null, reloadTimer: null, route: '', call: null };
 // Timings the end-to-end test reads: when each case's X-ray was first on screen.
 window.medvanShown = {};
 
@@ -192,6 +193,7 @@ async function start() {
   $('nav').hidden = false;
   $('logout').hidden = false;
   $('nav-admin').hidden = !state.me.permissions.includes('audit_read');
+  $('nav-map').hidden = !state.me.permissions.includes('case_read');
   if (!location.hash || location.hash === '#/' || location.hash === '#') {
     location.hash = state.me.permissions.includes('consult_answer') || state.me.permissions.includes('case_read') ? '#/queue' : '#/admin';
   } else {
@@ -214,6 +216,13 @@ function startEvents(onChange, backoff = 1000) {
   };
   es.addEventListener('case', poke);
   es.addEventListener('tick', poke);
+  es.addEventListener('alert', (e) => {
+    try {
+      const a = JSON.parse(e.data);
+      toast(`Pre-arrival: ${a.van} entered ${a.zone_name}. ${a.summary?.chief_complaint || ''}`);
+    } catch { /* a malformed event is ignored; the list shows it */ }
+    poke();
+  });
   es.addEventListener('open', () => { backoff = 1000; poke(); });
   es.onerror = () => {
     if (es.readyState !== EventSource.CLOSED || state.events !== es) return;
@@ -235,8 +244,9 @@ async function renderQueue() {
   const main = $('main');
   const onCall = h('button', { id: 'on-call', 'aria-pressed': 'false' }, 'On call');
   const consults = h('div', { id: 'consults', 'aria-live': 'polite' });
+  const alerts = h('div', { id: 'alerts', 'aria-live': 'assertive' });
   const cases = h('div', { id: 'cases' });
-  fill(main, h('h1', {}, 'Consult requests'),
+  fill(main, alerts, h('h1', {}, 'Consult requests'),
     state.me.permissions.includes('consult_answer') ? h('div', { class: 'row' }, onCall, h('span', { id: 'on-call-who', class: 'muted' })) : null,
     consults, h('h2', {}, 'Cases of your organisation'), cases);
   const load = async () => {
@@ -250,6 +260,8 @@ async function renderQueue() {
         const list = await api('GET', '/api/v1/consults');
         fill(consults, ...(list.length ? list.map(consultCard) : [h('p', { class: 'muted' }, 'No request for you now. New ones appear here by themselves.')]));
       }
+      const list = await api('GET', '/api/v1/alerts').catch(() => []);
+      fill(alerts, list.length ? [h('h2', {}, 'Pre-arrival alerts'), ...list.map(alertCard)] : null);
       const all = await api('GET', '/api/v1/cases');
       all.sort((a, b) => String(b.created_at).localeCompare(String(a.created_at)));
       fill(cases, h('table', {}, h('caption', { class: 'visually-hidden' }, 'Cases'),
@@ -269,6 +281,17 @@ async function renderQueue() {
   });
   await load();
   startEvents(load);
+}
+
+function alertCard(a) {
+  const s = a.summary || {};
+  const p = s.patient || {};
+  const who = [p.age ? `${p.age} ${p.age_units || 'years'}` : null, p.sex].filter(Boolean).join(', ');
+  return h('article', { class: 'card alert-card', 'aria-label': `Pre-arrival alert from ${a.van}` },
+    h('strong', {}, `${a.van} entered ${a.zone_name} at ${time(a.entered_at)}`),
+    h('p', {}, `${who || 'Patient'}: ${s.chief_complaint || 'no complaint recorded'}`,
+      s.symptom_onset ? `; symptoms since ${time(s.symptom_onset)}` : '', s.status ? `; ${String(s.status).replace(/_/g, ' ')}` : ''),
+    h('a', { href: `#/case/${a.case_id}` }, 'Open case and join the call'));
 }
 
 function consultCard(c) {
@@ -332,6 +355,7 @@ async function renderCase(id, consultId) {
         h('section', {}, h('h2', {}, 'Consults'), (v.consults || []).map((c) => h('div', { class: 'note' }, `${time(c.at)} ${c.by}: ${c.reason} (${c.urgency || 'routine'})`))),
         h('section', {}, h('h2', {}, 'Notes'), (v.notes || []).length ? v.notes.map((n) => h('div', { class: 'note' }, h('strong', {}, `${n.by}, ${time(n.at)}: `), n.text)) : h('p', { class: 'muted' }, 'No notes yet.')),
         h('section', {}, h('h2', {}, 'Vitals'), vitalsChart(v.vitals || []), vitalsTable(v.vitals || [])),
+        callSection(id),
         chatSection(id, v),
         h('section', {}, h('h2', {}, 'Interventions and medications'), h('ul', {},
           [...(v.procedures || []), ...(v.medications_given || [])].map((x) => h('li', {}, `${time(x.performed_at || x.given_at || x.at)} ${x.procedure || `${x.medication} ${x.dose} ${x.unit} ${x.route}`} (${x.by})`)))),
@@ -347,6 +371,159 @@ async function renderCase(id, consultId) {
     const typing = [...main.querySelectorAll('input, textarea')].some((f) => f.value.trim() !== '');
     if (!typing) renderCase(id, consultId);
   });
+}
+
+// ---- the case's live call -------------------------------------------------------------------
+
+// WHIP (our camera and microphone) and WHEP (everyone else) against the hub's media server;
+// both carry every candidate in the offer, as the hub takes no trickle.
+async function exchange(pc, url) {
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((resolve) => {
+    if (pc.iceGatheringState === 'complete') return resolve();
+    pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && resolve());
+    setTimeout(resolve, 2000);
+  });
+  const resp = await fetch(url, {
+    method: 'POST', credentials: 'same-origin', body: pc.localDescription.sdp,
+    headers: { 'Content-Type': 'application/sdp', 'X-CSRF-Token': cookie('__Host-medvan_csrf') || '' },
+  });
+  if (resp.status !== 201) throw new ApiError(resp.status, (await resp.text()) || `The hub answered ${resp.status}.`);
+  const location = resp.headers.get('Location');
+  await pc.setRemoteDescription({ type: 'answer', sdp: await resp.text() });
+  return location;
+}
+
+function stopCall() {
+  const c = state.call;
+  if (!c) return;
+  state.call = null;
+  clearInterval(c.timer);
+  for (const pc of c.pcs) pc.close();
+  for (const t of c.stream?.getTracks() || []) t.stop();
+  for (const loc of c.sessions) {
+    fetch(loc, { method: 'DELETE', credentials: 'same-origin', headers: { 'X-CSRF-Token': cookie('__Host-medvan_csrf') || '' } }).catch(() => {});
+  }
+}
+
+// The call stays up while the case redraws: its box is kept and put back.
+function callSection(id) {
+  if (state.call?.caseId === id) return state.call.box;
+  if (state.call) stopCall();
+  const status = h('p', { role: 'status', class: 'muted' }, 'Nobody from this case is in a call with you.');
+  const join = h('button', { id: 'join-call' }, 'Join the call');
+  const box = h('section', { class: 'call', 'aria-labelledby': 'call-title' }, h('h2', { id: 'call-title' }, 'Live call'), status, join);
+  join.addEventListener('click', async () => {
+    join.disabled = true;
+    status.textContent = 'Joining…';
+    const call = { caseId: id, box, pcs: [], sessions: [], stream: null, timer: null };
+    state.call = call;
+    try {
+      const theirs = h('video', { autoplay: true, playsinline: true, 'aria-label': 'The van and the others in the call' });
+      const remote = new MediaStream();
+      const watch = new RTCPeerConnection();
+      call.pcs.push(watch);
+      for (let i = 0; i < 2; i++) {
+        watch.addTransceiver('video', { direction: 'recvonly' });
+        watch.addTransceiver('audio', { direction: 'recvonly' });
+      }
+      watch.ontrack = (e) => { remote.addTrack(e.track); theirs.srcObject = remote; };
+      call.sessions.push(await exchange(watch, `/api/v1/calls/${id}/whep`));
+      let mine = null;
+      try {
+        call.stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 360 }, audio: true });
+        const send = new RTCPeerConnection();
+        call.pcs.push(send);
+        for (const t of call.stream.getTracks()) send.addTransceiver(t, { direction: 'sendonly' });
+        call.sessions.push(await exchange(send, `/api/v1/calls/${id}/whip`));
+        mine = h('video', { class: 'mine', autoplay: true, muted: true, playsinline: true, 'aria-label': 'Your camera' });
+        mine.muted = true;
+        mine.srcObject = call.stream;
+      } catch (e) {
+        toast(`You watch and listen only: ${e.message}`, true);
+      }
+      const people = h('p', { class: 'muted', id: 'call-people' });
+      const leave = h('button', { id: 'leave-call', onclick: () => { stopCall(); renderCase(id); } }, 'Leave the call');
+      fill(box, h('h2', { id: 'call-title' }, 'Live call'), theirs, mine, people, leave);
+      const refresh = async () => {
+        const list = await api('GET', `/api/v1/calls/${id}`).catch(() => null);
+        if (list) people.textContent = `In the call: ${[...new Set(list.map((p) => p.who))].join(', ')}`;
+      };
+      call.timer = setInterval(refresh, 3000);
+      refresh();
+    } catch (e) {
+      stopCall();
+      join.disabled = false;
+      status.textContent = `Could not join: ${e.message}`;
+    }
+  });
+  return box;
+}
+
+// ---- the map ------------------------------------------------------------------------------------
+
+// The organisation's zones and where its vans are, drawn here on a plain projection (no map
+// tiles: nothing is fetched from elsewhere).
+async function renderMap() {
+  const box = h('div', { class: 'map' });
+  const list = h('div', { id: 'vans', 'aria-live': 'polite' });
+  fill($('main'), h('h1', {}, 'Vans and zones'), box, list);
+  const draw = async () => {
+    if (state.route !== 'map') return;
+    let zones = [];
+    let vans = [];
+    try {
+      [zones, vans] = await Promise.all([api('GET', '/api/v1/geofences'), api('GET', '/api/v1/fleet/positions')]);
+    } catch (e) { fill(list, h('p', { class: 'error', role: 'alert' }, e.message)); return; }
+    const pts = [...vans.map((v) => [v.lat, v.lon])];
+    for (const z of zones) {
+      if (z.shape.type === 'circle') {
+        const dLat = z.shape.radius_m / 111320;
+        const dLon = dLat / Math.cos((z.shape.center.lat * Math.PI) / 180);
+        pts.push([z.shape.center.lat - dLat, z.shape.center.lon - dLon], [z.shape.center.lat + dLat, z.shape.center.lon + dLon]);
+      } else pts.push(...z.shape.points.map((p) => [p.lat, p.lon]));
+    }
+    if (!pts.length) { fill(box, h('p', { class: 'muted' }, 'No van has reported a position and no zone is defined.')); fill(list); return; }
+    const lat0 = Math.min(...pts.map((p) => p[0])); const lat1 = Math.max(...pts.map((p) => p[0]));
+    const lon0 = Math.min(...pts.map((p) => p[1])); const lon1 = Math.max(...pts.map((p) => p[1]));
+    const k = Math.cos((((lat0 + lat1) / 2) * Math.PI) / 180);
+    const W = 900; const H = 560; const pad = 40;
+    const sx = (W - 2 * pad) / Math.max((lon1 - lon0) * k, 1e-6); const sy = (H - 2 * pad) / Math.max(lat1 - lat0, 1e-6);
+    const s = Math.min(sx, sy);
+    const X = (lon) => pad + (lon - lon0) * k * s; const Y = (lat) => H - pad - (lat - lat0) * s;
+    const NS = 'http://www.w3.org/2000/svg';
+    const el = (tag, attrs, text) => {
+      const e = document.createElementNS(NS, tag);
+      for (const [a, v] of Object.entries(attrs)) e.setAttribute(a, v);
+      if (text) e.textContent = text;
+      return e;
+    };
+    const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `Map of ${zones.length} zones and ${vans.length} vans` });
+    for (const z of zones) {
+      const cls = `zone-${z.kind}`;
+      if (z.shape.type === 'circle') {
+        svg.append(el('circle', { class: cls, cx: X(z.shape.center.lon), cy: Y(z.shape.center.lat), r: (z.shape.radius_m / 111320) * s }));
+        svg.append(el('text', { x: X(z.shape.center.lon), y: Y(z.shape.center.lat) }, z.name));
+      } else {
+        svg.append(el('polygon', { class: cls, points: z.shape.points.map((p) => `${X(p.lon)},${Y(p.lat)}`).join(' ') }));
+        svg.append(el('text', { x: X(z.shape.points[0].lon), y: Y(z.shape.points[0].lat) }, z.name));
+      }
+    }
+    for (const v of vans) {
+      svg.append(el('circle', { class: 'van', cx: X(v.lon), cy: Y(v.lat), r: 8 }));
+      svg.append(el('text', { x: X(v.lon) + 12, y: Y(v.lat) + 4 }, v.van));
+    }
+    box.replaceChildren(svg);
+    fill(list, vans.length ? h('table', {}, h('caption', { class: 'visually-hidden' }, 'Vans'),
+      h('thead', {}, h('tr', {}, ['Van', 'Last fix', 'Speed', 'Zones', 'Case'].map((t) => h('th', { scope: 'col' }, t)))),
+      h('tbody', {}, vans.map((v) => h('tr', {}, h('td', {}, v.van), h('td', {}, time(v.at_ms)),
+        h('td', {}, v.speed_mps != null ? `${Math.round(v.speed_mps * 3.6)} km/h` : '—'),
+        h('td', {}, v.zones.map((id) => zones.find((z) => z.id === id)?.name || id).join(', ') || '—'),
+        h('td', {}, v.active_case ? h('a', { href: `#/case/${v.active_case}` }, 'Open') : '—')))))
+      : h('p', { class: 'muted' }, 'No van has reported a position yet.'));
+  };
+  await draw();
+  state.mapTimer = setInterval(draw, 2000);
 }
 
 // Heart rate, systolic pressure and SpO2 over time, drawn here (no chart library).
@@ -512,18 +689,22 @@ async function renderAdmin() {
 function route() {
   const hash = location.hash || '#/';
   stopEvents();
+  clearInterval(state.mapTimer);
+  if (state.call && !hash.startsWith(`#/case/${state.call.caseId}`)) stopCall();
   if (hash.startsWith('#/reset')) { state.route = 'reset'; return renderReset(); }
   if (hash.startsWith('#/forgot')) { state.route = 'forgot'; return renderForgot(); }
   if (!state.me) { state.route = 'login'; return renderLogin(); }
   const m = hash.match(/^#\/case\/([0-9a-f-]{36})(?:\?consult=(.*))?$/);
   if (m) { state.route = `case/${m[1]}`; return renderCase(m[1], m[2] ? decodeURIComponent(m[2]) : null); }
   if (hash.startsWith('#/admin')) { state.route = 'admin'; return renderAdmin(); }
+  if (hash.startsWith('#/map')) { state.route = 'map'; return renderMap(); }
   state.route = 'queue';
   return renderQueue();
 }
 
 window.addEventListener('hashchange', route);
 $('logout').addEventListener('click', async () => {
+  stopCall();
   await api('POST', '/api/v1/auth/logout').catch(() => {});
   state.me = null;
   location.hash = '#/';
