@@ -90,12 +90,17 @@ async fn setup(media_port: u16) -> Setup {
 impl Setup {
     /// The van starts publishing test sources (640x360, 25 fps, stamped).
     async fn publish(&self) -> media::publish::Publisher {
+        self.publish_recording(None).await
+    }
+
+    async fn publish_recording(&self, record: Option<media::publish::Recording>) -> media::publish::Publisher {
         let settings = media::publish::Settings {
             url: format!("{}/api/v1/calls/{}/whip", self.origin, self.case),
             token: self.medic.clone(),
             source: media::source::Source::Test,
             format: media::source::Format { width: 640, height: 360, fps: 25 },
             bitrate_kbps: 1500,
+            record,
         };
         // In a thread of its own: the pipeline blocks while it negotiates.
         tokio::task::spawn_blocking(move || media::publish::Publisher::start(&settings)).await.unwrap().unwrap()
@@ -116,6 +121,10 @@ impl Setup {
 
     async fn finish(mut self, publisher: media::publish::Publisher) {
         tokio::task::spawn_blocking(move || publisher.stop()).await.unwrap().unwrap();
+        self.stop_server().await;
+    }
+
+    async fn stop_server(&mut self) {
         let _ = self.stop.take().map(|s| s.send(()));
         if let Some(server) = self.server.take() {
             let _ = server.await;
@@ -297,4 +306,64 @@ async fn a_doctor_joins_the_call_and_sees_the_map_in_the_web_app() {
     assert_eq!(got["zones_drawn"], 1, "{got}");
     assert_eq!(got["off_host"], serde_json::json!([]), "{got}");
     t.finish(publisher).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recording_of_a_consult_reaches_the_hub_whole_after_the_van_reconnects() {
+    let mut t = setup(0).await;
+    let spool = tempfile::tempdir().unwrap();
+    let record = media::publish::Recording { dir: spool.path().to_owned(), segment_s: 4, bitrate_kbps: 2500 };
+    let publisher = t.publish_recording(Some(record)).await;
+    // The call runs for ten seconds; the van is offline for the hub's sync meanwhile.
+    let crew = case_model::EditContext {
+        user: case_model::UserId::parse("ben.medic").unwrap(),
+        now: case_model::Timestamp::from_unix_millis(common::now_s() * 1000),
+    };
+    let case = t.view.id;
+    let mut sealed = Vec::new();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for seg in publisher.finished_segments() {
+            let label = format!("consult recording, {}", seg.file_name().unwrap().to_string_lossy());
+            sealed.push(edge_agent::recordings::ingest(&t.store, &crew, case, &seg, &label).unwrap());
+        }
+    }
+    let stopped = tokio::task::spawn_blocking(move || publisher.stop()).await.unwrap().unwrap();
+    for seg in &stopped.segments {
+        let label = format!("consult recording, {}", seg.file_name().unwrap().to_string_lossy());
+        sealed.push(edge_agent::recordings::ingest(&t.store, &crew, case, seg, &label).unwrap());
+    }
+    assert!(sealed.len() >= 3, "segments of 4 s over 10 s: {sealed:?}");
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0, "no plain segment is left behind");
+
+    // The van reconnects: the sync carries the case and then the recording.
+    let device = sync_quic::identity::DeviceId::new("org-north", "van-1").unwrap();
+    common::pump(
+        &mut edge_agent::sync::StoreReplica::new(t.store.clone(), "hub").unwrap(),
+        &mut t.hub.cases.replica_for(&device),
+    );
+    let north = case_model::OrgId::parse("org-north").unwrap();
+    let doctor = case_model::UserId::parse("dr.neuro").unwrap();
+    let at_hub = t.hub.cases.read_case(&doctor, &north, case).unwrap();
+    let segments: Vec<&case_model::Item> = at_hub.attachments.iter().filter(|a| a["kind"] == "video_segment").collect();
+    assert_eq!(segments.len(), sealed.len());
+    let out = tempfile::tempdir().unwrap();
+    let mut decoded = 0;
+    for (i, a) in segments.iter().enumerate() {
+        let sha = a["sha256"].as_str().unwrap();
+        let (bytes, media_type) = t.hub.cases.read_attachment(&doctor, &north, case, sha).unwrap();
+        assert_eq!(media_type, "video/x-matroska");
+        let path = out.path().join(format!("{i}.mkv"));
+        std::fs::write(&path, bytes).unwrap();
+        decoded += media::inspect::decoded_video_frames(&path).unwrap();
+    }
+    let recorded = stopped.recorded_frames;
+    println!(
+        "recording: {} segments, {recorded} frames recorded in the van, {decoded} decoded at the hub",
+        segments.len()
+    );
+    t.stop_server().await;
+    assert!(recorded >= 200, "ten seconds at 25 fps: {recorded}");
+    let off = (decoded as f64 - recorded as f64).abs() / recorded as f64;
+    assert!(off <= 0.01, "decoded {decoded} of {recorded} recorded frames");
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod crew;
 pub mod gps;
 pub mod identity;
+pub mod recordings;
 pub mod sync;
 pub mod xray;
 

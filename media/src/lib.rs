@@ -6,10 +6,13 @@
 //! - [`publish`]: a live call published over WHIP (RFC 9725): GStreamer 1.22's `webrtcbin`
 //!   makes the offer, [`whip`] carries it to the hub in one HTTP request, and the answer
 //!   goes back into `webrtcbin`. H.264 from the board's hardware encoder when there is one
-//!   (`v4l2h264enc`), x264 otherwise; Opus for audio.
+//!   (`v4l2h264enc`), x264 otherwise; Opus for audio. The call can be recorded at the same
+//!   time in full quality (its own encoder, Matroska segments), whatever the live link does.
+//! - [`inspect`]: reading recordings back.
 //!
 //! Debian's GStreamer 1.22 has no WHIP element, hence the exchange done here.
 
+pub mod inspect;
 pub mod publish;
 pub mod source;
 pub mod whip;

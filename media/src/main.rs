@@ -55,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         source,
         format: media::source::Format { width: a.width, height: a.height, fps: a.fps },
         bitrate_kbps: a.bitrate,
+        record: None,
     })?;
     println!("{}", publisher.location());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -66,5 +67,5 @@ fn main() -> anyhow::Result<()> {
         let _ = tx.send(());
     });
     let _ = rx.recv();
-    publisher.stop()
+    publisher.stop().map(|_| ())
 }

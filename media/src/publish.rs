@@ -20,6 +20,18 @@ pub struct Publisher {
     token: String,
     location: String,
     rt: tokio::runtime::Runtime,
+    segments: mpsc::Receiver<std::path::PathBuf>,
+    ended: mpsc::Receiver<()>,
+    recorded_frames: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What a stopped call left.
+#[derive(Debug, Clone)]
+pub struct Stopped {
+    /// Recording segments finished since [`Publisher::finished_segments`] was last asked.
+    pub segments: Vec<std::path::PathBuf>,
+    /// Frames that went into the recording, in all.
+    pub recorded_frames: u64,
 }
 
 /// What to publish and where.
@@ -35,15 +47,49 @@ pub struct Settings {
     pub format: Format,
     /// Starting video bitrate, kbit/s.
     pub bitrate_kbps: u32,
+    /// Record the call in full quality too, whatever the live link does.
+    pub record: Option<Recording>,
+}
+
+/// The call's local recording: its own encoder at a steady bitrate, H.264 and Opus in
+/// Matroska segments. The folder should be in memory (a tmpfs such as `/run`): a segment is
+/// plain until the agent seals it into the case and deletes it.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    /// Where segments are written.
+    pub dir: std::path::PathBuf,
+    /// Segment length, seconds.
+    pub segment_s: u32,
+    /// Video bitrate, kbit/s.
+    pub bitrate_kbps: u32,
 }
 
 fn pipeline_description(s: &Settings) -> String {
+    let (vtee, atee, record) = match &s.record {
+        None => ("", "", String::new()),
+        Some(r) => (
+            "tee name=vt ! queue ! ",
+            "tee name=at ! queue ! ",
+            format!(
+                "vt. ! queue name=recq max-size-time=2000000000 ! videoconvert ! \
+                   x264enc name=recenc speed-preset=veryfast bitrate={rate} key-int-max={gop} ! h264parse ! \
+                   splitmuxsink name=rec muxer-factory=matroskamux location={dir}/segment-%05d.mkv \
+                   max-size-time={ns} send-keyframe-requests=true \
+                 at. ! queue max-size-time=2000000000 ! opusenc bitrate=64000 ! opusparse ! rec.audio_%u ",
+                rate = r.bitrate_kbps,
+                gop = s.format.fps * 2,
+                dir = r.dir.display(),
+                ns = u64::from(r.segment_s) * 1_000_000_000,
+            ),
+        ),
+    };
     format!(
         "{src} \
-         v. ! videoconvert ! {enc} ! rtph264pay config-interval=-1 aggregate-mode=zero-latency pt=96 ! \
+         v. ! {vtee}videoconvert ! {enc} ! rtph264pay config-interval=-1 aggregate-mode=zero-latency pt=96 ! \
            application/x-rtp,media=video,encoding-name=H264,payload=96,clock-rate=90000 ! wb. \
-         a. ! opusenc bitrate=32000 frame-size=20 ! rtpopuspay pt=111 ! \
+         a. ! {atee}opusenc bitrate=32000 frame-size=20 ! rtpopuspay pt=111 ! \
            application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000 ! wb. \
+         {record}\
          webrtcbin name=wb bundle-policy=max-bundle latency=50",
         src = crate::source::describe(&s.source, s.format),
         enc = crate::source::video_encoder(s.bitrate_kbps),
@@ -110,8 +156,19 @@ impl Publisher {
                 let _ = tx.send(text);
             }
         });
+        let recorded_frames = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        if let Some(enc) = pipeline.by_name("recenc") {
+            let n = recorded_frames.clone();
+            let pad = enc.static_pad("sink").context("the recording encoder has no input")?;
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                gst::PadProbeReturn::Ok
+            });
+        }
         pipeline.set_state(gst::State::Playing).context("the media pipeline did not start")?;
-        watch_bus(&pipeline);
+        let (seg_tx, segments) = mpsc::channel();
+        let (end_tx, ended) = mpsc::channel();
+        watch_bus(&pipeline, seg_tx, end_tx);
         let offer = rx.recv_timeout(Duration::from_secs(15)).context("webrtcbin made no offer within 15 s")?;
 
         // webrtcbin writes the fingerprint of the certificate it made first; the DTLS
@@ -135,6 +192,9 @@ impl Publisher {
             token: settings.token.clone(),
             location: session.location,
             rt,
+            segments,
+            ended,
+            recorded_frames,
         })
     }
 
@@ -152,11 +212,29 @@ impl Publisher {
         &self.location
     }
 
-    /// Stops sending and ends the session at the hub.
-    pub fn stop(self) -> anyhow::Result<()> {
+    /// Recording segments finished since the last call (each whole and closed).
+    pub fn finished_segments(&self) -> Vec<std::path::PathBuf> {
+        self.segments.try_iter().collect()
+    }
+
+    /// Frames that went into the recording so far.
+    pub fn recorded_frames(&self) -> u64 {
+        self.recorded_frames.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops sending, closes the last recording segment, and ends the session at the hub.
+    pub fn stop(self) -> anyhow::Result<Stopped> {
+        // End of stream first, so the last segment is finished properly.
+        if self.pipeline.by_name("rec").is_some() {
+            self.pipeline.send_event(gst::event::Eos::new());
+            if self.ended.recv_timeout(Duration::from_secs(10)).is_err() {
+                tracing::warn!("the recording did not finish within 10 s; its last segment may be cut");
+            }
+        }
         let _ = self.pipeline.set_state(gst::State::Null);
+        let stopped = Stopped { segments: self.finished_segments(), recorded_frames: self.recorded_frames() };
         self.rt.block_on(crate::whip::end(&self.url, &self.token, &self.location))?;
-        Ok(())
+        Ok(stopped)
     }
 }
 
@@ -203,9 +281,20 @@ fn use_ecdsa_certificate(wb: &gst::Element) -> anyhow::Result<String> {
     Ok(fingerprint)
 }
 
-/// Logs the pipeline's errors and warnings from a thread of its own.
-fn watch_bus(pipeline: &gst::Pipeline) {
+/// Logs the pipeline's errors and warnings, and reports recording segments as they close,
+/// from a thread of its own.
+fn watch_bus(pipeline: &gst::Pipeline, segments: mpsc::Sender<std::path::PathBuf>, ended: mpsc::Sender<()>) {
     let Some(bus) = pipeline.bus() else { return };
+    bus.set_sync_handler(move |_, msg| {
+        if let gst::MessageView::Element(e) = msg.view()
+            && let Some(s) = e.structure()
+            && s.name() == "splitmuxsink-fragment-closed"
+            && let Ok(location) = s.get::<String>("location")
+        {
+            let _ = segments.send(location.into());
+        }
+        gst::BusSyncReply::Pass
+    });
     std::thread::spawn(move || {
         for msg in bus.iter_timed(gst::ClockTime::NONE) {
             match msg.view() {
@@ -214,7 +303,10 @@ fn watch_bus(pipeline: &gst::Pipeline) {
                     return;
                 }
                 gst::MessageView::Warning(w) => tracing::warn!(warning = %w.error(), "the media pipeline warns"),
-                gst::MessageView::Eos(_) => return,
+                gst::MessageView::Eos(_) => {
+                    let _ = ended.send(());
+                    return;
+                }
                 _ => {}
             }
         }
