@@ -8,10 +8,12 @@
 //!   goes back into `webrtcbin`. H.264 from the board's hardware encoder when there is one
 //!   (`v4l2h264enc`), x264 otherwise; Opus for audio. The call can be recorded at the same
 //!   time in full quality (its own encoder, Matroska segments), whatever the live link does.
+//! - [`adapt`]: the video bitrate following the link, from the receiver's reports.
 //! - [`inspect`]: reading recordings back.
 //!
 //! Debian's GStreamer 1.22 has no WHIP element, hence the exchange done here.
 
+pub mod adapt;
 pub mod inspect;
 pub mod publish;
 pub mod source;

@@ -22,7 +22,22 @@ pub struct Publisher {
     rt: tokio::runtime::Runtime,
     segments: mpsc::Receiver<std::path::PathBuf>,
     ended: mpsc::Receiver<()>,
+    link: std::sync::Arc<std::sync::Mutex<LinkView>>,
+    stop_adapting: std::sync::Arc<std::sync::atomic::AtomicBool>,
     recorded_frames: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What the van sees of its link to the hub, from the receiver's reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LinkView {
+    /// The video bitrate set now, kbit/s.
+    pub target_kbps: u32,
+    /// What went out over the last second, video and audio, kbit/s.
+    pub sent_kbps: u32,
+    /// The last fraction of packets the hub reported lost.
+    pub fraction_lost: f64,
+    /// The last round trip reported, seconds.
+    pub rtt_s: Option<f64>,
 }
 
 /// What a stopped call left.
@@ -185,6 +200,12 @@ impl Publisher {
         let answer = gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, sdp);
         wb.emit_by_name::<()>("set-remote-description", &[&answer, &None::<gst::Promise>]);
         tracing::info!(location = %session.location, "publishing the call");
+        let link = std::sync::Arc::new(std::sync::Mutex::new(LinkView {
+            target_kbps: settings.bitrate_kbps,
+            ..Default::default()
+        }));
+        let stop_adapting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        adapt(&wb, pipeline.by_name("venc"), settings.bitrate_kbps, link.clone(), stop_adapting.clone());
         Ok(Publisher {
             encoder: pipeline.by_name("venc"),
             pipeline,
@@ -194,8 +215,15 @@ impl Publisher {
             rt,
             segments,
             ended,
+            link,
+            stop_adapting,
             recorded_frames,
         })
+    }
+
+    /// What the van sees of its link now.
+    pub fn link(&self) -> LinkView {
+        *self.link.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Changes the video bitrate while it runs, kbit/s.
@@ -224,6 +252,7 @@ impl Publisher {
 
     /// Stops sending, closes the last recording segment, and ends the session at the hub.
     pub fn stop(self) -> anyhow::Result<Stopped> {
+        self.stop_adapting.store(true, std::sync::atomic::Ordering::Relaxed);
         // End of stream first, so the last segment is finished properly.
         if self.pipeline.by_name("rec").is_some() {
             self.pipeline.send_event(gst::event::Eos::new());
@@ -279,6 +308,77 @@ fn use_ecdsa_certificate(wb: &gst::Element) -> anyhow::Result<String> {
         }
     });
     Ok(fingerprint)
+}
+
+/// Twice a second: the receiver's reports from `webrtcbin`'s statistics into the
+/// [`crate::adapt::Adapter`], and its bitrate into the encoder.
+fn adapt(
+    wb: &gst::Element,
+    encoder: Option<gst::Element>,
+    start_kbps: u32,
+    view: std::sync::Arc<std::sync::Mutex<LinkView>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let wb = wb.clone();
+    std::thread::spawn(move || {
+        let mut adapter = crate::adapt::Adapter::new(crate::adapt::AdaptConfig::default(), start_kbps);
+        let started = std::time::Instant::now();
+        let mut last_bytes: Option<(u64, std::time::Instant)> = None;
+        let mut last_report = None;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(500));
+            let (tx, rx) = mpsc::channel();
+            let promise = gst::Promise::with_change_func(move |reply| {
+                if let Ok(Some(reply)) = reply {
+                    let _ = tx.send(reply.to_owned());
+                }
+            });
+            wb.emit_by_name::<()>("get-stats", &[&None::<gst::Pad>, &promise]);
+            let Ok(stats) = rx.recv_timeout(Duration::from_secs(2)) else { continue };
+            let (mut lost, mut rtt, mut bytes, mut lost_packets) = (0.0f64, None::<f64>, 0u64, 0i64);
+            for (_, value) in stats.iter() {
+                let Ok(s) = value.get::<gst::Structure>() else { continue };
+                match s.get::<gst_webrtc::WebRTCStatsType>("type") {
+                    Ok(gst_webrtc::WebRTCStatsType::RemoteInboundRtp) => {
+                        lost = lost.max(s.get::<f64>("fraction-lost").unwrap_or(0.0));
+                        lost_packets += i64::from(s.get::<i32>("packets-lost").unwrap_or(0));
+                        if let Ok(r) = s.get::<f64>("round-trip-time") {
+                            rtt = Some(rtt.map_or(r, |x: f64| x.max(r)));
+                        }
+                    }
+                    Ok(gst_webrtc::WebRTCStatsType::OutboundRtp) => bytes += s.get::<u64>("bytes-sent").unwrap_or(0),
+                    _ => {}
+                }
+            }
+            let now = std::time::Instant::now();
+            let sent_kbps = last_bytes
+                .map(|(b, t)| (bytes.saturating_sub(b) * 8) as f64 / now.duration_since(t).as_secs_f64() / 1000.0)
+                .unwrap_or(0.0);
+            last_bytes = Some((bytes, now));
+            // The statistics repeat the last receiver report until a new one comes.
+            let report = (lost.to_bits(), rtt.map(f64::to_bits), lost_packets);
+            tracing::debug!(lost, ?rtt, lost_packets, sent_kbps, "receiver report");
+            let at = started.elapsed().as_secs_f64();
+            let changed = if Some(report) != last_report {
+                last_report = Some(report);
+                adapter.report(at, lost, rtt, sent_kbps)
+            } else {
+                adapter.tick(at)
+            };
+            if let Some(kbps) = changed
+                && let Some(enc) = &encoder
+                && enc.has_property("bitrate")
+            {
+                enc.set_property("bitrate", kbps);
+            }
+            *view.lock().unwrap_or_else(|p| p.into_inner()) = LinkView {
+                target_kbps: adapter.rate_kbps(),
+                sent_kbps: sent_kbps as u32,
+                fraction_lost: lost,
+                rtt_s: rtt,
+            };
+        }
+    });
 }
 
 /// Logs the pipeline's errors and warnings, and reports recording segments as they close,

@@ -55,7 +55,9 @@ pub(crate) fn describe(source: &Source, f: Format) -> String {
              alsasrc device={microphone} ! audioconvert ! audioresample ! queue name=a"
         ),
         Source::Test => format!(
-            "videotestsrc name=vsrc is-live=true pattern=ball ! {caps} ! queue name=v \
+            // A moving zone plate: detail everywhere, so the encoder spends its bitrate the way
+            // it does on a camera's picture (a plain test pattern would need a tenth of it).
+            "videotestsrc name=vsrc is-live=true pattern=zone-plate kx2=20 ky2=20 kt=1 ! {caps} ! queue name=v \
              audiotestsrc is-live=true wave=sine freq=440 volume=0.3 ! audioconvert ! audioresample ! queue name=a"
         ),
     }

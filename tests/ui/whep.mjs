@@ -104,12 +104,26 @@ try {
     };
     video.requestVideoFrameCallback(onFrame);
     const sessions = [];
+    // Every 100 ms: what has been decoded and heard so far (concealed audio is not heard).
+    const timeline = [];
+    const sample = setInterval(async () => {
+      const at = Date.now();
+      let frames = 0; let heard = 0; let bytes = 0;
+      (await pc.getStats()).forEach((s) => {
+        if (s.type !== 'inbound-rtp') return;
+        bytes += s.bytesReceived || 0;
+        if (s.kind === 'video') frames = s.framesDecoded || 0;
+        if (s.kind === 'audio') heard = (s.totalSamplesReceived || 0) - (s.concealedSamples || 0);
+      });
+      timeline.push([at, frames, heard, bytes]);
+    }, 100);
     const poll = setInterval(async () => {
       const r = await fetch(`/api/v1/calls/${caseId}`, { headers: { authorization: `Bearer ${token}` } });
       if (r.ok) sessions.push((await r.json()).length);
     }, 500);
     await new Promise((r) => setTimeout(r, seconds * 1000));
     clearInterval(poll);
+    clearInterval(sample);
     const stats = {};
     (await pc.getStats()).forEach((s) => {
       if (s.type === 'inbound-rtp') stats[s.kind] = s;
@@ -135,6 +149,7 @@ try {
       outbound,
       deleted: done.status,
       sessions,
+      timeline,
     };
   }, { caseId, token, seconds, publish, via });
   process.stdout.write(`${JSON.stringify(result)}\n`);

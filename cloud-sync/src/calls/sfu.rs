@@ -123,9 +123,13 @@ impl Sfu {
         // Publishers get full ICE: GStreamer 1.22's libnice (the van) neither uses the
         // candidates of an answer nor keeps consent alive by itself, so the server checks
         // the van's paths too.
+        // Receiver reports twice a second: a van follows its link by them (GStreamer has no
+        // other congestion feedback), and str0m's five seconds for audio is too slow for that.
         let mut rtc = Rtc::builder()
             .set_ice_lite(role == Role::Subscriber)
             .set_stats_interval(Some(Duration::from_secs(1)))
+            .set_rtcp_report_interval_audio(Duration::from_millis(500))
+            .set_rtcp_report_interval_video(Duration::from_millis(500))
             .build(Instant::now());
         let candidate = Candidate::host(self.advertised, "udp").map_err(|e| JoinError::Offer(e.to_string()))?;
         rtc.add_local_candidate(candidate);
@@ -142,6 +146,7 @@ impl Sfu {
             connected: false,
             packets: 0,
             last_keyframe_request: None,
+            lost_since: None,
         };
         self.tx
             .lock()
@@ -204,7 +209,13 @@ struct Peer {
     connected: bool,
     packets: u64,
     last_keyframe_request: Option<Instant>,
+    /// Since when ICE has found no path (a tunnel): the peer is kept a while, so the call
+    /// comes back by itself when the link does.
+    lost_since: Option<Instant>,
 }
+
+/// How long a peer with no path is kept.
+const LOST_GRACE: Duration = Duration::from_secs(30);
 
 /// Something one peer's output means for the others.
 enum Out {
@@ -238,6 +249,9 @@ fn run(
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => return,
             }
+        }
+        for p in peers.iter_mut().filter(|p| p.lost_since.is_some_and(|t| t.elapsed() > LOST_GRACE)) {
+            p.rtc.disconnect();
         }
         peers.retain(|p| {
             let alive = p.rtc.is_alive();
@@ -329,7 +343,19 @@ fn event(p: &mut Peer, e: Event, outs: &mut Vec<Out>) {
                 }
             }
         }
-        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => p.rtc.disconnect(),
+        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+            p.lost_since.get_or_insert_with(Instant::now);
+        }
+        // Back from a tunnel: the viewers need a fresh picture to start from.
+        Event::IceConnectionStateChange(IceConnectionState::Connected | IceConnectionState::Completed)
+            if p.lost_since.take().is_some() =>
+        {
+            for s in p.slots.iter().filter(|s| s.kind == MediaKind::Video) {
+                if let Some((src, mid)) = s.source {
+                    outs.push(Out::Keyframe(src, mid, KeyframeRequestKind::Pli));
+                }
+            }
+        }
         Event::MediaAdded(m) => match (p.role, m.direction) {
             (Role::Publisher, Direction::RecvOnly | Direction::SendRecv) => {
                 p.tracks_in.push(TrackIn { mid: m.mid, kind: m.kind });
