@@ -155,7 +155,9 @@ fn route(
         Some(g) => g.consult_area(org, v.van.as_str())?,
         None => None,
     };
-    let found = found.unwrap_or_default();
+    // No recent position known here (the van is offline, or connected to another hub
+    // process): the regional pool for now, decided again on the next read rather than stored.
+    let Some(found) = found else { return Ok(Route { areas: Vec::new(), doctors: Vec::new() }) };
     let r = Route { areas: found.areas, doctors: found.doctors };
     let rec = audit::Record {
         at: now_s() * 1000,

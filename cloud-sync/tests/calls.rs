@@ -25,6 +25,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The calls of this file run one at a time: each is real-time media on a 2-core machine,
+/// and two at once would measure each other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A hub serving HTTP on loopback with a media server on `media_port` (0: any), a case of
 /// van-1, and its people logged in.
 struct Setup {
@@ -39,9 +43,11 @@ struct Setup {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
 async fn setup(media_port: u16) -> Setup {
+    let serial = SERIAL.lock().await;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -84,6 +90,7 @@ async fn setup(media_port: u16) -> Setup {
         stop: Some(stop_tx),
         server: Some(server),
         _dirs: (dir, vdir),
+        _serial: serial,
     }
 }
 
@@ -97,7 +104,7 @@ impl Setup {
         let settings = media::publish::Settings {
             url: format!("{}/api/v1/calls/{}/whip", self.origin, self.case),
             token: self.medic.clone(),
-            source: media::source::Source::Test,
+            source: media::source::Source::Test { busy: false },
             format: media::source::Format { width: 640, height: 360, fps: 25 },
             bitrate_kbps: 1500,
             record,
@@ -373,6 +380,7 @@ async fn the_recording_of_a_consult_reaches_the_hub_whole_after_the_van_reconnec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_van_follows_its_link_down_and_up_keeps_audio_and_comes_back_after_a_tunnel() {
     use netsim::netns::{NetnsLink, run_in};
+    let _serial = SERIAL.lock().await;
     let rate = |mbps: f64| netsim::LinkConfig {
         delay: Duration::from_millis(20),
         rate_bps: Some((mbps * 1e6) as u64),
@@ -409,7 +417,8 @@ async fn the_van_follows_its_link_down_and_up_keeps_audio_and_comes_back_after_a
     let settings = media::publish::Settings {
         url: format!("{origin}/api/v1/calls/{}/whip", view.id),
         token: medic.access_token.clone(),
-        source: media::source::Source::Test,
+        // Detail everywhere: the picture must load the link for the bitrate to matter.
+        source: media::source::Source::Test { busy: true },
         format: media::source::Format { width: 640, height: 360, fps: 25 },
         bitrate_kbps: 1500,
         record: None,

@@ -6,9 +6,10 @@
 //!   (the hub's geofences and fleet map run on it);
 //! - adds a thinned track to the case the crew is working (the newest open case of this
 //!   van, opened in the last 24 hours), in batches, as `system:gps`;
-//! - keeps every sentence it accepted for that case and stores them as an encrypted
-//!   attachment (`gps_track`, plain NMEA) every five minutes and when the case changes:
-//!   the full track, synced after the case and the images.
+//! - keeps every fix for that case and stores them as an encrypted attachment
+//!   (`gps_track`, each fix written out again as an RMC sentence) every five minutes and
+//!   when the case changes: the full track in five-minute pieces, synced after the case and
+//!   the images.
 //!
 //! Damaged sentences are counted and skipped, never trusted; the reason for the last one is
 //! shown at `/api/v1/gps`.
@@ -355,7 +356,14 @@ impl Recorder {
             self.points.clear();
             return;
         };
-        let points = std::mem::take(&mut self.points);
+        // A fix dated in the future (a receiver fault) would make the case refuse the whole
+        // batch: such points are left out, one by one.
+        let latest = crate::api::now().unix_millis() + 4 * 60_000;
+        let points: Vec<TrackPoint> =
+            std::mem::take(&mut self.points).into_iter().filter(|p| p.at.unix_millis() <= latest).collect();
+        if points.is_empty() {
+            return;
+        }
         let n = points.len() as u64;
         match self.store.edit_case(&Self::ctx(), case, &[Edit::AddTrackPoints { points }]) {
             Ok(_) => lock(&self.status).track_points += n,

@@ -17,6 +17,9 @@ struct Args {
     /// Test sources (a stamped pattern and a tone) instead of the devices.
     #[arg(long)]
     test: bool,
+    /// With --test: a pattern with detail everywhere, loading the link as a camera does.
+    #[arg(long)]
+    busy: bool,
     /// The camera.
     #[arg(long, default_value = "/dev/video0")]
     camera: String,
@@ -45,7 +48,7 @@ fn main() -> anyhow::Result<()> {
         _ => anyhow::bail!("no token: set MEDVAN_TOKEN (or --token) to a token the hub accepts for the case"),
     };
     let source = if a.test {
-        media::source::Source::Test
+        media::source::Source::Test { busy: a.busy }
     } else {
         media::source::Source::Devices { camera: a.camera, microphone: a.microphone }
     };

@@ -126,7 +126,7 @@ impl Publisher {
             .downcast::<gst::Pipeline>()
             .map_err(|_| anyhow::anyhow!("the media pipeline is not a pipeline"))?;
         let wb = pipeline.by_name("wb").context("no webrtcbin in the pipeline")?;
-        if settings.source == Source::Test {
+        if matches!(settings.source, Source::Test { .. }) {
             stamp_frames(&pipeline, settings.format)?;
         }
         let fingerprint = use_ecdsa_certificate(&wb)?;
@@ -180,6 +180,8 @@ impl Publisher {
                 gst::PadProbeReturn::Ok
             });
         }
+        // From here on a failure stops the pipeline (camera and microphone released).
+        let guard = NullOnDrop(Some(pipeline.clone()));
         pipeline.set_state(gst::State::Playing).context("the media pipeline did not start")?;
         let (seg_tx, segments) = mpsc::channel();
         let (end_tx, ended) = mpsc::channel();
@@ -200,6 +202,7 @@ impl Publisher {
         let answer = gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, sdp);
         wb.emit_by_name::<()>("set-remote-description", &[&answer, &None::<gst::Promise>]);
         tracing::info!(location = %session.location, "publishing the call");
+        guard.disarm();
         let link = std::sync::Arc::new(std::sync::Mutex::new(LinkView {
             target_kbps: settings.bitrate_kbps,
             ..Default::default()
@@ -262,7 +265,11 @@ impl Publisher {
         }
         let _ = self.pipeline.set_state(gst::State::Null);
         let stopped = Stopped { segments: self.finished_segments(), recorded_frames: self.recorded_frames() };
-        self.rt.block_on(crate::whip::end(&self.url, &self.token, &self.location))?;
+        // The hub may be out of reach (a tunnel): it ends the session by itself then, and
+        // the recording must not be lost for it.
+        if let Err(e) = self.rt.block_on(crate::whip::end(&self.url, &self.token, &self.location)) {
+            tracing::warn!(error = %e, "could not end the call's session at the hub; it times out there");
+        }
         Ok(stopped)
     }
 }
@@ -308,6 +315,30 @@ fn use_ecdsa_certificate(wb: &gst::Element) -> anyhow::Result<String> {
         }
     });
     Ok(fingerprint)
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.stop_adapting.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+/// Sets a pipeline to NULL when dropped, unless disarmed.
+struct NullOnDrop(Option<gst::Pipeline>);
+
+impl NullOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for NullOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = p.set_state(gst::State::Null);
+        }
+    }
 }
 
 /// Twice a second: the receiver's reports from `webrtcbin`'s statistics into the

@@ -10,6 +10,9 @@
 //! - `DELETE /api/v1/calls/{case}/sessions/{id}`: ends the session.
 //! - `GET /api/v1/calls/{case}`: who is in the call.
 //!
+//! The media server is per hub process: a deployment with several processes routes a
+//! case's calls to one of them (sticky by case id at the load balancer).
+//!
 //! Trickle ICE and ICE restarts (`PATCH`) are not offered (405): clients send their
 //! candidates in the offer, as WHIP allows.
 
@@ -60,7 +63,14 @@ fn sfu(state: &HubState) -> Result<Arc<Sfu>, ApiError> {
 }
 
 /// The case must be the caller's organisation's; the access is audited either way.
-async fn authorise(state: &HubState, p: &Principal, case: &str, action: &'static str) -> Result<CaseId, ApiError> {
+/// `action` is what the audit log records; `None` checks without recording (reading who is
+/// in a call, which names people, not the patient, and which the page asks every few seconds).
+async fn authorise(
+    state: &HubState,
+    p: &Principal,
+    case: &str,
+    action: Option<&'static str>,
+) -> Result<CaseId, ApiError> {
     require(p, Permission::CaseRead)?;
     let cases = state
         .cases
@@ -74,7 +84,7 @@ async fn authorise(state: &HubState, p: &Principal, case: &str, action: &'static
     tokio::task::spawn_blocking(move || {
         let owner = cases.org_of(DocId(*id.as_bytes())).map_err(ApiError::from)?;
         let ok = owner.as_deref() == Some(org.as_str());
-        if let Some(storage) = storage {
+        if let (Some(storage), Some(action)) = (storage, action) {
             let rec = audit::Record {
                 at: now_s() * 1000,
                 actor: user,
@@ -94,7 +104,13 @@ async fn authorise(state: &HubState, p: &Principal, case: &str, action: &'static
     .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the request failed inside the hub".into()))?
 }
 
+/// An offer is a few kilobytes; anything larger is not one.
+const MAX_OFFER: usize = 64 * 1024;
+
 fn sdp_body(headers: &HeaderMap, body: &[u8]) -> Result<String, ApiError> {
+    if body.len() > MAX_OFFER {
+        return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("an SDP offer is at most {MAX_OFFER} bytes")));
+    }
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !ct.starts_with("application/sdp") {
         return Err(ApiError(
@@ -118,7 +134,7 @@ async fn join(
     if role == Role::Publisher {
         require(&p, Permission::CaseWrite)?;
     }
-    let id = authorise(&state, &p, &case, action).await?;
+    let id = authorise(&state, &p, &case, Some(action)).await?;
     let sfu = sfu(&state)?;
     let offer = sdp_body(&headers, &body)?;
     let room = id.to_string();
@@ -127,7 +143,9 @@ async fn join(
         .await
         .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the request failed inside the hub".into()))?
         .map_err(|e| match e {
-            sfu::JoinError::Stopped => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            sfu::JoinError::Stopped | sfu::JoinError::Full(_) => {
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             _ => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
         })?;
     let location = format!("/api/v1/calls/{id}/sessions/{session}");
@@ -168,7 +186,7 @@ async fn leave(
     Caller(p): Caller,
     Path((case, session)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let id = authorise(&state, &p, &case, "call.leave").await?;
+    let id = authorise(&state, &p, &case, Some("call.leave")).await?;
     let sfu = sfu(&state)?;
     let gone = session.parse().ok().is_some_and(|s| sfu.leave(&id.to_string(), p.user.as_str(), s));
     if !gone {
@@ -183,7 +201,7 @@ async fn participants(
     Caller(p): Caller,
     Path(case): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = authorise(&state, &p, &case, "call.list").await?;
+    let id = authorise(&state, &p, &case, None).await?;
     let sfu = sfu(&state)?;
     Ok(axum::Json(sfu.participants(&id.to_string())).into_response())
 }

@@ -36,9 +36,9 @@ pub enum JoinError {
     /// The offer does not parse or cannot be answered.
     #[error("the SDP offer was refused: {0}")]
     Offer(String),
-    /// The offer's directions do not fit the endpoint.
+    /// The media server is full.
     #[error("{0}")]
-    Direction(&'static str),
+    Full(&'static str),
     /// The media server stopped.
     #[error("the media server is not running")]
     Stopped,
@@ -72,8 +72,9 @@ pub struct Sfu {
     tx: Mutex<Sender<Cmd>>,
     advertised: SocketAddr,
     rooms: Arc<Mutex<HashMap<String, Vec<Participant>>>>,
-    /// Every session handed to the thread: its room and person (for `leave`).
-    sessions: Mutex<HashMap<PeerId, (String, String)>>,
+    /// Every live session: its room and person (for `leave`, and the limits). The thread
+    /// removes a session when its peer goes.
+    sessions: Arc<Mutex<HashMap<PeerId, (String, String)>>>,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
     next: AtomicU64,
@@ -95,15 +96,18 @@ impl Sfu {
         let (tx, rx) = channel();
         let stop = Arc::new(AtomicBool::new(false));
         let rooms = Arc::new(Mutex::new(HashMap::new()));
+        let sessions = Arc::new(Mutex::new(HashMap::new()));
         let thread = {
-            let (stop, rooms) = (stop.clone(), rooms.clone());
-            std::thread::Builder::new().name("sfu".into()).spawn(move || run(socket, advertised, rx, &stop, &rooms))?
+            let (stop, rooms, sessions) = (stop.clone(), rooms.clone(), sessions.clone());
+            std::thread::Builder::new()
+                .name("sfu".into())
+                .spawn(move || run(socket, advertised, rx, &stop, &rooms, &sessions))?
         };
         Ok(Sfu {
             tx: Mutex::new(tx),
             advertised,
             rooms,
-            sessions: Mutex::new(HashMap::new()),
+            sessions,
             stop,
             thread: Mutex::new(Some(thread)),
             next: AtomicU64::new(1),
@@ -117,6 +121,18 @@ impl Sfu {
 
     /// Answers `offer` and adds the peer to `room`. Returns its session id and the answer.
     pub fn join(&self, room: &str, who: &str, role: Role, offer: &str) -> Result<(PeerId, String), JoinError> {
+        {
+            let sessions = lock(&self.sessions);
+            if sessions.len() >= MAX_PEERS {
+                return Err(JoinError::Full("the media server is full; try again in a minute"));
+            }
+            if sessions.values().filter(|(r, _)| r == room).count() >= MAX_ROOM {
+                return Err(JoinError::Full("this call has as many sessions as it may; someone must leave first"));
+            }
+            if sessions.values().filter(|(_, w)| w == who).count() >= MAX_PER_PERSON {
+                return Err(JoinError::Full("you have too many call sessions open; leave one first"));
+            }
+        }
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::Offer(e.to_string()))?;
         // Viewers (browsers) get ICE lite, as a server with a known address should: the
         // viewer checks the path it was given and keeps consent, and media takes that path.
@@ -147,23 +163,23 @@ impl Sfu {
             packets: 0,
             last_keyframe_request: None,
             lost_since: None,
+            joined: Instant::now(),
         };
-        self.tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(Cmd::Join(Box::new(peer)))
-            .map_err(|_| JoinError::Stopped)?;
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (room.to_owned(), who.to_owned()));
+        lock(&self.sessions).insert(id, (room.to_owned(), who.to_owned()));
+        if lock(&self.tx).send(Cmd::Join(Box::new(peer))).is_err() {
+            lock(&self.sessions).remove(&id);
+            return Err(JoinError::Stopped);
+        }
         Ok((id, answer.to_sdp_string()))
     }
 
     /// Ends a session. Returns whether it existed in `room` for `who`.
     pub fn leave(&self, room: &str, who: &str, id: PeerId) -> bool {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sessions = lock(&self.sessions);
         let known = sessions.get(&id).is_some_and(|(r, w)| r == room && w == who);
         if known {
             sessions.remove(&id);
-            let _ = self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(Cmd::Leave(id));
+            let _ = lock(&self.tx).send(Cmd::Leave(id));
         }
         known
     }
@@ -182,6 +198,17 @@ impl Drop for Sfu {
         }
     }
 }
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sessions in all, in one call, and of one person.
+const MAX_PEERS: usize = 256;
+const MAX_ROOM: usize = 16;
+const MAX_PER_PERSON: usize = 8;
+/// A peer that has not connected this long after its offer is dropped.
+const CONNECT_WITHIN: Duration = Duration::from_secs(20);
 
 /// A track a publisher sends.
 #[derive(Debug, Clone, Copy)]
@@ -212,6 +239,7 @@ struct Peer {
     /// Since when ICE has found no path (a tunnel): the peer is kept a while, so the call
     /// comes back by itself when the link does.
     lost_since: Option<Instant>,
+    joined: Instant,
 }
 
 /// How long a peer with no path is kept.
@@ -230,6 +258,7 @@ fn run(
     rx: Receiver<Cmd>,
     stop: &AtomicBool,
     rooms: &Mutex<HashMap<String, Vec<Participant>>>,
+    sessions: &Mutex<HashMap<PeerId, (String, String)>>,
 ) {
     let mut peers: Vec<Peer> = Vec::new();
     let mut buf = vec![0u8; 2000];
@@ -250,13 +279,17 @@ fn run(
                 Err(TryRecvError::Disconnected) => return,
             }
         }
-        for p in peers.iter_mut().filter(|p| p.lost_since.is_some_and(|t| t.elapsed() > LOST_GRACE)) {
+        for p in peers.iter_mut().filter(|p| {
+            p.lost_since.is_some_and(|t| t.elapsed() > LOST_GRACE)
+                || (!p.connected && p.joined.elapsed() > CONNECT_WITHIN)
+        }) {
             p.rtc.disconnect();
         }
         peers.retain(|p| {
             let alive = p.rtc.is_alive();
             if !alive {
                 tracing::info!(room = %p.room, who = %p.who, session = p.id, "left a call");
+                lock(sessions).remove(&p.id);
             }
             alive
         });
@@ -304,11 +337,21 @@ fn run(
 }
 
 fn feed(p: &mut Peer, input: Input<'_>) {
-    if p.rtc.is_alive()
-        && let Err(e) = p.rtc.handle_input(input)
-    {
-        tracing::info!(session = p.id, error = %e, "a call peer dropped");
-        p.rtc.disconnect();
+    if !p.rtc.is_alive() {
+        return;
+    }
+    // A fault in the WebRTC stack on one peer's bytes ends that peer, not every call.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.rtc.handle_input(input)));
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::info!(session = p.id, error = %e, "a call peer dropped");
+            p.rtc.disconnect();
+        }
+        Err(_) => {
+            tracing::error!(session = p.id, "the WebRTC stack failed on a peer's input; the peer was dropped");
+            p.rtc.disconnect();
+        }
     }
 }
 
@@ -318,7 +361,13 @@ fn poll(p: &mut Peer, socket: &UdpSocket, outs: &mut Vec<Out>) -> Instant {
         if !p.rtc.is_alive() {
             return Instant::now();
         }
-        match p.rtc.poll_output() {
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.rtc.poll_output()));
+        let Ok(polled) = polled else {
+            tracing::error!(session = p.id, "the WebRTC stack failed on a peer; the peer was dropped");
+            p.rtc.disconnect();
+            return Instant::now();
+        };
+        match polled {
             Ok(Output::Timeout(t)) => return t,
             Ok(Output::Transmit(t)) => {
                 let _ = socket.send_to(&t.contents, t.destination);

@@ -45,6 +45,12 @@ const ALERT: &str = "geofence_alert";
 const ZONES_TTL: Duration = Duration::from_secs(5);
 /// The acting user of the service's own reads and audit entries.
 const SYSTEM: &str = "system:geofence";
+/// Positions whose GPS time is further than this from the hub's clock are ignored.
+const MAX_CLOCK_SKEW_MS: i64 = 10 * 60 * 1000;
+/// A position older than this does not decide where a consult goes.
+const ROUTE_POSITION_MAX_AGE_S: i64 = 120;
+/// Alerts older than this are not listed.
+const ALERTS_SHOWN_FOR_MS: i64 = 12 * 3600 * 1000;
 
 /// A van's newest position, as the map shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -171,10 +177,17 @@ impl Geo {
         if !at.is_valid() {
             return;
         }
-        // The case must be one of the van's organisation's: a van cannot alert about, or
-        // route by, someone else's case.
-        let case =
-            r.active_case.filter(|doc| self.cases.org_of(*doc).ok().flatten().as_deref() == Some(pos.org.as_str()));
+        // GPS time far from the hub's clock is a receiver fault (or a replay): ignored, so one
+        // bad fix cannot freeze a van's presence in its zones.
+        if (r.at_ms - now_s() * 1000).abs() > MAX_CLOCK_SKEW_MS {
+            tracing::warn!(van = %pos.van, at_ms = r.at_ms, "a position far from the hub's clock was ignored");
+            return;
+        }
+        // The case must be one the van may sync (its organisation's, created by or assigned to
+        // it): a van cannot alert about, or route by, anyone else's case.
+        let case = r.active_case.filter(|doc| {
+            self.cases.storage().case_meta(*doc).ok().flatten().is_some_and(|m| m.entitles(&pos.org, &pos.van))
+        });
         let fix = Fix { at, t_ms: r.at_ms, accuracy_m: f64::from(r.accuracy_dm) / 10.0 };
         let (decisions, inside) = {
             let mut orgs = lock(&self.orgs);
@@ -336,6 +349,9 @@ impl Geo {
     /// position known).
     pub fn consult_area(&self, org: &str, van: &str) -> Result<Option<ConsultArea>, StorageError> {
         let Some(pos) = lock(&self.latest).get(&(org.to_owned(), van.to_owned())).cloned() else { return Ok(None) };
+        if now_s() - pos.received_s > ROUTE_POSITION_MAX_AGE_S {
+            return Ok(None);
+        }
         let zones = self.load_zones(org)?;
         let areas = policy::service_areas_at(&zones, LatLon { lat: pos.lat, lon: pos.lon });
         if areas.is_empty() {
@@ -504,7 +520,8 @@ async fn positions(State(state): State<Arc<HubState>>, Caller(p): Caller) -> Res
     Ok(axum::Json(vans).into_response())
 }
 
-/// Pre-arrival alerts for the caller: those of zones whose receiving team they are in.
+/// Pre-arrival alerts of the last 12 hours for the caller: those of zones whose receiving
+/// team they are in.
 /// Each case shown is written to the audit log as seen by the caller.
 async fn alerts(State(state): State<Arc<HubState>>, Caller(p): Caller) -> Result<Response, ApiError> {
     require(&p, Permission::CaseRead)?;
@@ -512,9 +529,10 @@ async fn alerts(State(state): State<Arc<HubState>>, Caller(p): Caller) -> Result
     let list = blocking(move || {
         let storage = geo.identity.storage();
         let mut out = Vec::new();
+        let since = rfc3339(now_s() * 1000 - ALERTS_SHOWN_FOR_MS);
         for row in storage.identities(ALERT, p.org.as_str()).map_err(storage_error)? {
             let a: Alert = crate::identity::records::open(geo.identity.sealer(), &row).map_err(storage_error)?;
-            if a.team.iter().any(|u| u == p.user.as_str()) {
+            if a.team.iter().any(|u| u == p.user.as_str()) && a.raised_at >= since {
                 out.push(a);
             }
         }

@@ -37,8 +37,8 @@ pub struct Zone {
     /// Service area: the doctors (user names) its consults go to while on call.
     #[serde(default)]
     pub doctors: Vec<String>,
-    /// Consult recordings made in this zone are deleted from the van once the hub has
-    /// verified its copy.
+    /// Meant to have consult recordings made in this zone deleted from the van once the hub
+    /// has verified its copy. Stored; not enforced yet (the van does not know the zones).
     #[serde(default)]
     pub delete_recordings_after_upload: bool,
 }
@@ -50,6 +50,24 @@ pub fn check(zone: &Zone) -> Result<(), String> {
         return Err("name must be 1 to 100 characters".into());
     }
     zone.shape.validate().map_err(|e| format!("shape: {e}"))?;
+    // Presence needs a fix 30 m or more inside (GPS noise): a smaller zone could never be
+    // entered.
+    let deepest = match &zone.shape {
+        Shape::Circle { radius_m, .. } => *radius_m,
+        Shape::Polygon { points } => {
+            let n = points.len() as f64;
+            let centre = LatLon {
+                lat: points.iter().map(|p| p.lat).sum::<f64>() / n,
+                lon: points.iter().map(|p| p.lon).sum::<f64>() / n,
+            };
+            zone.shape.depth_m(centre)
+        }
+    };
+    if deepest < 60.0 {
+        return Err(
+            "the zone must reach at least 60 m inside (GPS fixes wander by 15 m or more); draw it larger".into()
+        );
+    }
     let names = zone.team.iter().chain(&zone.doctors);
     if let Some(bad) = names.clone().find(|u| u.is_empty() || u.len() > 64) {
         return Err(format!("'{bad}' is not a user name"));
@@ -99,32 +117,46 @@ pub enum Decision {
 pub struct Tracker {
     cfg: PresenceConfig,
     presence: HashMap<(String, String), Presence>,
+    /// The last case each van was decided to bring into each approach zone.
+    alerted: HashMap<(String, String), [u8; 16]>,
 }
 
 impl Tracker {
     /// A tracker with the default hysteresis.
     pub fn new(cfg: PresenceConfig) -> Tracker {
-        Tracker { cfg, presence: HashMap::new() }
+        Tracker { cfg, presence: HashMap::new(), alerted: HashMap::new() }
     }
 
     /// Takes a van's position; returns what it decided.
     pub fn position(&mut self, van: &str, fix: &Fix, case: Option<[u8; 16]>, zones: &[Zone]) -> Vec<Decision> {
         let mut out = Vec::new();
         for z in zones {
-            let p = self.presence.entry((van.to_owned(), z.id.clone())).or_default();
+            let key = (van.to_owned(), z.id.clone());
+            let p = self.presence.entry(key.clone()).or_default();
+            let mut entered_at = None;
             match p.update(&z.shape, fix, &self.cfg) {
                 Some(Transition::Entered { at_ms }) => {
+                    entered_at = Some(at_ms);
                     out.push(Decision::Entered { zone: z.id.clone(), at_ms });
-                    if let (ZoneKind::HospitalApproach, Some(case)) = (z.kind, case) {
-                        out.push(Decision::Alert { zone: z.id.clone(), case, at_ms });
-                    }
                 }
-                Some(Transition::Left { at_ms }) => out.push(Decision::Left { zone: z.id.clone(), at_ms }),
+                Some(Transition::Left { at_ms }) => {
+                    out.push(Decision::Left { zone: z.id.clone(), at_ms });
+                    self.alerted.remove(&key);
+                }
                 None => {}
+            }
+            // A van with a case in a hospital's approach: on entering, or when the crew opens
+            // the case inside the zone (a scene near the hospital).
+            if let (ZoneKind::HospitalApproach, Some(case), true) = (z.kind, case, p.is_inside())
+                && self.alerted.get(&key) != Some(&case)
+            {
+                self.alerted.insert(key, case);
+                out.push(Decision::Alert { zone: z.id.clone(), case, at_ms: entered_at.unwrap_or(fix.t_ms) });
             }
         }
         // A zone deleted meanwhile is forgotten.
         self.presence.retain(|(v, z), _| v != van || zones.iter().any(|x| &x.id == z));
+        self.alerted.retain(|(v, z), _| v != van || zones.iter().any(|x| &x.id == z));
         out
     }
 
@@ -177,6 +209,22 @@ mod tests {
             decisions.extend(t.position("van-4", &fix, None, &zones));
         }
         assert!(matches!(decisions.as_slice(), [Decision::Entered { .. }]), "{decisions:?}");
+    }
+
+    #[test]
+    fn a_case_opened_inside_the_zone_alerts_once() {
+        let c = LatLon { lat: 51.5, lon: -0.1 };
+        let zones = [approach(c)];
+        let mut t = Tracker::new(PresenceConfig::default());
+        let mut decisions = vec![];
+        for i in 0..20 {
+            let fix = Fix { at: c, t_ms: i * 1000, accuracy_m: 10.0 };
+            let case = if i < 10 { None } else { Some([2; 16]) };
+            decisions.extend(t.position("van-3", &fix, case, &zones));
+        }
+        let alerts: Vec<_> = decisions.iter().filter(|d| matches!(d, Decision::Alert { .. })).collect();
+        assert_eq!(alerts.len(), 1, "{decisions:?}");
+        assert!(matches!(alerts[0], Decision::Alert { at_ms: 10_000, .. }), "{decisions:?}");
     }
 
     #[test]

@@ -522,8 +522,9 @@ async function renderMap() {
         h('td', {}, v.active_case ? h('a', { href: `#/case/${v.active_case}` }, 'Open') : '—')))))
       : h('p', { class: 'muted' }, 'No van has reported a position yet.'));
   };
-  await draw();
+  // The timer first: leaving the page during the first draw still stops it.
   state.mapTimer = setInterval(draw, 2000);
+  await draw();
 }
 
 // Heart rate, systolic pressure and SpO2 over time, drawn here (no chart library).

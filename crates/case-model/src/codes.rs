@@ -301,7 +301,7 @@ code_list!(
         Photo = ("photo", "", "Photograph"),
         Audio = ("audio", "", "Audio recording"),
         Document = ("document", "", "Document"),
-        GpsTrack = ("gps_track", "", "GPS track (NMEA 0183 sentences as received)"),
+        GpsTrack = ("gps_track", "", "GPS track (NMEA 0183, one RMC sentence per fix)"),
     }
 );
 
