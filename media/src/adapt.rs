@@ -86,7 +86,7 @@ impl Adapter {
         } else {
             self.clean = queueing < 0.1;
         }
-        self.tick(now_s);
+        self.tick(now_s, sent_kbps);
         let after = self.rate_kbps();
         (after != before).then_some(after)
     }
@@ -95,7 +95,10 @@ impl Adapter {
     /// (by four fifths each second, so it is back within a few seconds of a link recovering;
     /// carefully near where the link was last found full).
     /// Returns the new bitrate if it changed.
-    pub fn tick(&mut self, now_s: f64) -> Option<u32> {
+    /// The climb never sets the bitrate more than twice what actually went out
+    /// (`sent_kbps`): the reports of a link filling up come late, and a bitrate far ahead of
+    /// them would overshoot the link many times over before the first one arrives.
+    pub fn tick(&mut self, now_s: f64, sent_kbps: f64) -> Option<u32> {
         let before = self.rate_kbps();
         let dt = self.last_s.map_or(0.0, |l| (now_s - l).clamp(0.0, 2.0));
         self.last_s = Some(now_s);
@@ -110,7 +113,8 @@ impl Adapter {
                 }
             }
             let pace: f64 = if self.ceiling.is_some_and(|c| self.rate >= c * 0.9) { 1.05 } else { 1.8 };
-            self.rate = (self.rate * pace.powf(dt)).min(f64::from(self.cfg.max_kbps));
+            let lead = (sent_kbps.max(f64::from(self.cfg.min_kbps)) * 2.0).max(self.rate);
+            self.rate = (self.rate * pace.powf(dt)).min(lead).min(f64::from(self.cfg.max_kbps));
         } else {
             self.clean_above_since = None;
         }
@@ -140,7 +144,7 @@ mod tests {
                 a.report(*t, loss, rtt, sent);
                 next_report = *t + 1.5;
             } else {
-                a.tick(*t);
+                a.tick(*t, sent);
             }
             trace.push((*t, a.rate_kbps()));
             *t += 0.5;

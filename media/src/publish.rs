@@ -394,7 +394,7 @@ fn adapt(
                 last_report = Some(report);
                 adapter.report(at, lost, rtt, sent_kbps)
             } else {
-                adapter.tick(at)
+                adapter.tick(at, sent_kbps)
             };
             if let Some(kbps) = changed
                 && let Some(enc) = &encoder
