@@ -277,7 +277,14 @@ async fn a_call_over_a_link_with_5_percent_loss_and_100_ms_delay_stays_up() {
     // Still up: the picture keeps coming and the sound.
     assert_eq!(got["ice"], "connected", "{got}");
     assert!(got["decodedFrames"].as_u64().unwrap_or(0) >= 100, "{got}");
-    assert!(got["audioPackets"].as_u64().unwrap_or(0) >= 500, "{got}");
+    // A DTLS handshake packet lost on this link costs a retransmission timer (1 s, then 2 s),
+    // so the join itself takes a variable few seconds: the sound is judged from then on
+    // (Opus sends 50 packets a second; 5% are lost).
+    let joined_s = got["firstFrameMs"].as_f64().unwrap_or(f64::MAX) / 1000.0;
+    assert!(joined_s < 10.0, "joined after {joined_s} s: {got}");
+    let audio_rate = got["audioPackets"].as_f64().unwrap_or(0.0) / (15.0 - joined_s);
+    println!("joined after {joined_s:.1} s; then {audio_rate:.0} audio packets a second");
+    assert!(audio_rate >= 35.0, "the sound kept coming: {audio_rate:.0} packets a second: {got}");
     let (p50, p95, n) = latency(&got);
     println!(
         "glass-to-glass latency, 5% loss and 100 ms delay on the doctor's link: p50 {p50:.0} ms, p95 {p95:.0} ms over {n} frames"
