@@ -725,6 +725,47 @@ impl HubReplica {
 }
 
 impl Replica for HubReplica {
+    fn call_ticket(&mut self, doc: DocId) -> Result<sync_proto::CallGrant, String> {
+        let Some(identity) = self.identity.clone() else {
+            return Err("this hub does not issue call tickets".into());
+        };
+        blocking(|| {
+            let meta = match self.hub.storage.case_meta(doc) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(van = %self.peer, error = %e, "could not read a case for a call ticket");
+                    return Err("the hub cannot check this case now; try again".into());
+                }
+            };
+            // The same rule as syncing the case: a van calls about a case it may hold.
+            let (outcome, answer): (_, Result<sync_proto::CallGrant, String>) = match &meta {
+                None => (
+                    audit::Outcome::Refused,
+                    Err("the hub has not received this case yet; try again in a moment".into()),
+                ),
+                Some(m) if !self.entitled(m) => (
+                    audit::Outcome::Refused,
+                    Err("this van may not sync this case, so it may not call about it; the hub logged why".into()),
+                ),
+                Some(_) => {
+                    let case = CaseId::from_bytes(doc.0);
+                    let now_s = now().unix_millis() / 1000;
+                    (
+                        audit::Outcome::Allowed,
+                        Ok(identity.issue_call_ticket(&self.device.org, &self.device.van, case, now_s)),
+                    )
+                }
+            };
+            let rec = record(&self.peer, "call.ticket", Some(doc), outcome, String::new());
+            if let Err(e) = self.hub.storage.audit(&rec) {
+                // Nothing leaves unaudited.
+                tracing::error!(error = %e, "could not audit a call ticket; none given");
+                return Err("the hub could not record the request; try again".into());
+            }
+            answer
+        })
+    }
+
     fn receive_position(&mut self, report: sync_proto::PositionReport) {
         // Nobody listening (a hub without the geofence service) is fine.
         let _ =

@@ -153,6 +153,23 @@ fn brief(g: &serde_json::Value) -> serde_json::Value {
     })
 }
 
+/// The video frames the hub's copies of recording segments `shas` of `case` decode to,
+/// read as a doctor of org-north.
+fn decoded_at_hub(hub: &cloud_sync::fleet::Hub, case: case_model::CaseId, shas: &[String]) -> u64 {
+    let north = case_model::OrgId::parse("org-north").unwrap();
+    let doctor = case_model::UserId::parse("dr.neuro").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut decoded = 0;
+    for (i, sha) in shas.iter().enumerate() {
+        let (bytes, media_type) = hub.cases.read_attachment(&doctor, &north, case, sha).unwrap();
+        assert_eq!(media_type, "video/x-matroska");
+        let path = out.path().join(format!("{i}.mkv"));
+        std::fs::write(&path, bytes).unwrap();
+        decoded += media::inspect::decoded_video_frames(&path).unwrap();
+    }
+    decoded
+}
+
 /// p50 and p95 of the latencies the browser read off the frames.
 fn latency(got: &serde_json::Value) -> (f64, f64, usize) {
     let mut lat: Vec<f64> = got["latencies"].as_array().unwrap().iter().filter_map(|v| v.as_f64()).collect();
@@ -361,16 +378,8 @@ async fn the_recording_of_a_consult_reaches_the_hub_whole_after_the_van_reconnec
     let at_hub = t.hub.cases.read_case(&doctor, &north, case).unwrap();
     let segments: Vec<&case_model::Item> = at_hub.attachments.iter().filter(|a| a["kind"] == "video_segment").collect();
     assert_eq!(segments.len(), sealed.len());
-    let out = tempfile::tempdir().unwrap();
-    let mut decoded = 0;
-    for (i, a) in segments.iter().enumerate() {
-        let sha = a["sha256"].as_str().unwrap();
-        let (bytes, media_type) = t.hub.cases.read_attachment(&doctor, &north, case, sha).unwrap();
-        assert_eq!(media_type, "video/x-matroska");
-        let path = out.path().join(format!("{i}.mkv"));
-        std::fs::write(&path, bytes).unwrap();
-        decoded += media::inspect::decoded_video_frames(&path).unwrap();
-    }
+    let shas: Vec<String> = segments.iter().map(|a| a["sha256"].as_str().unwrap().to_owned()).collect();
+    let decoded = decoded_at_hub(&t.hub, case, &shas);
     let recorded = stopped.recorded_frames;
     println!(
         "recording: {} segments, {recorded} frames recorded in the van, {decoded} decoded at the hub",
@@ -607,4 +616,171 @@ async fn the_van_follows_its_link_down_and_up_keeps_audio_and_comes_back_after_a
     let _ = stop_tx.send(());
     let _ = server.await;
     drop(store);
+}
+
+/// The whole van side of a consult: the crew press "Start video consult" on the touchscreen
+/// (Chromium on the agent's page); the agent gets a ticket over its real QUIC sync session,
+/// publishes its camera and microphone (test sources) over WHIP and records the consult;
+/// the touchscreen plays the doctor through the agent's WHEP relay. The recording syncs to
+/// the hub whole while the session stays up. The ticket opens that case's call and nothing
+/// else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crew_start_a_video_consult_on_the_touchscreen_and_its_recording_reaches_the_hub() {
+    use cloud_sync::fleet::Hub;
+    use sync_quic::identity::DeviceId;
+    let mut t = setup(0).await;
+    let hub: &Hub = &t.hub;
+    let sync = common::live_van(hub, &t.store, None, None).await;
+    let up = std::time::Instant::now();
+    while !matches!(sync.status().state, "up_to_date" | "syncing") {
+        assert!(up.elapsed() < Duration::from_secs(20), "the van never connected: {:?}", sync.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let case = t.view.id;
+
+    // The ticket: this case's call only, for a case this van may sync.
+    let ticket = sync.call_ticket(case).await.expect("a ticket for the van's own case");
+    assert!(ticket.expires_at <= common::now_s() + 120, "taken briefly");
+    let router = cloud_sync::app(cloud_sync::HubState::open(&t.config).unwrap().with_hub(hub));
+    let (status, _) = common::call(&router, "GET", &format!("/api/v1/calls/{case}"), &ticket.token, None).await;
+    assert_eq!(status, StatusCode::OK, "the ticket shows who is in the case's call");
+    for uri in [
+        format!("/api/v1/cases/{case}"),
+        "/api/v1/cases".to_owned(),
+        "/api/v1/fleet/positions".into(),
+        "/api/v1/auth/me".into(),
+    ] {
+        let (status, body) = common::call(&router, "GET", &uri, &ticket.token, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "a call ticket reads nothing: {uri} {body}");
+    }
+    // Another van's case of the same organisation: no ticket, and this ticket opens no call of it.
+    let vdir2 = tempfile::tempdir().unwrap();
+    let other_case = {
+        let store2 = common::van_store(vdir2.path(), "van-2");
+        let ctx = case_model::EditContext {
+            user: case_model::UserId::parse("ana").unwrap(),
+            now: case_model::Timestamp::from_unix_millis(common::now_s() * 1000),
+        };
+        let view = store2.create_case(&ctx, &case_model::OrgId::parse("org-north").unwrap()).unwrap();
+        common::pump(
+            &mut edge_agent::sync::StoreReplica::new(store2.clone(), "hub").unwrap(),
+            &mut hub.cases.replica_for(&DeviceId::new("org-north", "van-2").unwrap()),
+        );
+        view.id
+    };
+    match sync.call_ticket(other_case).await {
+        Err(edge_agent::sync::TicketError::Refused(why)) => assert!(why.contains("may not sync"), "{why}"),
+        other => panic!("van-1 got a ticket to van-2's case: {other:?}"),
+    }
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("/api/v1/calls/{other_case}/whep"))
+        .header("authorization", format!("Bearer {}", ticket.token))
+        .header("content-type", "application/sdp")
+        .body(Body::from("v=0"))
+        .unwrap();
+    assert_eq!(router.clone().oneshot(req).await.unwrap().status(), StatusCode::NOT_FOUND);
+
+    // The van's agent, as it runs in the van: its API and touchscreen on loopback.
+    let spool = tempfile::tempdir().unwrap();
+    let calls = edge_agent::calls::CallHandle::new(
+        toml::from_str(&format!(
+            "hub_url = {:?}\nsource = \"test\"\nrecordings_dir = {:?}\nsegment_s = 3\n",
+            t.origin,
+            spool.path().display().to_string()
+        ))
+        .unwrap(),
+        t.store.clone(),
+        sync.clone(),
+    )
+    .unwrap();
+    let crew = edge_agent::crew::Crew::new(t.store.clone(), None, Default::default());
+    let state =
+        edge_agent::api::AppState::new(t.store.clone(), case_model::OrgId::parse("org-north").unwrap(), 1 << 26)
+            .with_sync(sync.clone())
+            .with_calls(calls.clone())
+            .with_crew(crew);
+    let agent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_origin = format!("http://{}", agent.local_addr().unwrap());
+    let agent_server = tokio::spawn(async move { axum::serve(agent, edge_agent::api::app(state)).await });
+
+    // The doctor joins from the hub a few seconds in (watching the van, sending a camera);
+    // the crew start the consult on the touchscreen and watch for 8 s once the doctor shows.
+    let doctor_run = t.browser(&t.doctor, "14", &["--publish", "--delay", "4"]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ui/touchscreen_call.mjs");
+    let args = [agent_origin.clone(), case.to_string(), "8".to_owned()];
+    let touch_run =
+        tokio::task::spawn_blocking(move || std::process::Command::new("node").arg(&script).args(args).output());
+    let touch = parse(touch_run.await.unwrap().unwrap(), "the touchscreen");
+    let got = parse(doctor_run.await.unwrap().unwrap(), "the doctor");
+    println!("touchscreen: {touch}");
+    println!("doctor's browser: {}", brief(&got));
+    // The crew's press started the call; the doctor's picture and sound played in the van.
+    assert!(touch["liveMs"].as_u64().unwrap() < 15_000, "{touch}");
+    assert!(touch["framesPerSecond"].as_f64().unwrap() >= 10.0, "the doctor's video played: {touch}");
+    assert!(touch["received"]["audioPackets"].as_u64().unwrap_or(0) >= 200, "the doctor's microphone: {touch}");
+    assert!(touch["endedText"].as_str().unwrap().contains("stored in the case"), "{touch}");
+    assert_eq!(touch["startVisibleAgain"], true);
+    assert_eq!(touch["smallTargets"], serde_json::json!([]), "touch targets under 48 px: {touch}");
+    assert_eq!(touch["offHost"], serde_json::json!([]), "the touchscreen talked only to its agent: {touch}");
+    // The van's camera and microphone reached the doctor, stamped frames and all.
+    assert!(got["decodedFrames"].as_u64().unwrap_or(0) >= 100, "{got}");
+    assert!(got["width"].as_u64().unwrap_or(0) >= 640, "{got}");
+    assert!(got["audioPackets"].as_u64().unwrap_or(0) >= 200, "{got}");
+    let (p50, p95, n) = latency(&got);
+    println!("glass-to-glass latency, van agent to doctor: p50 {p50:.0} ms, p95 {p95:.0} ms over {n} frames");
+    assert!(p50 < 1250.0 && p95 < 2000.0, "p50 {p50} p95 {p95}");
+
+    // The recording: sealed into the case in the van as it went, nothing plain left behind,
+    // and at the hub over the live session, decoding to the frames recorded.
+    let view = calls.status();
+    println!("the call as the agent saw it: {}", serde_json::to_string(&view).unwrap());
+    assert_eq!(view.state, "ended");
+    assert!(view.segments_sealed >= 2, "{view:?}");
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0, "no plain segment is left behind");
+    let north = case_model::OrgId::parse("org-north").unwrap();
+    let doctor = case_model::UserId::parse("dr.neuro").unwrap();
+    let started = std::time::Instant::now();
+    let segments = loop {
+        let at_hub = hub.cases.read_case(&doctor, &north, case).unwrap();
+        let segs: Vec<String> = at_hub
+            .attachments
+            .iter()
+            .filter(|a| a["kind"] == "video_segment")
+            .filter_map(|a| a["sha256"].as_str().map(str::to_owned))
+            .collect();
+        let whole = segs.len() == view.segments_sealed as usize
+            && segs.iter().all(|s| hub.cases.read_attachment(&doctor, &north, case, s).is_ok());
+        if whole {
+            break segs;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the recording did not reach the hub: {segs:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let decoded = decoded_at_hub(hub, case, &segments);
+    let recorded = view.recorded_frames;
+    println!("recording: {} segments, {recorded} frames recorded, {decoded} decoded at the hub", segments.len());
+    assert!(recorded >= 150, "{recorded}");
+    assert!((decoded as f64 - recorded as f64).abs() / recorded as f64 <= 0.01, "decoded {decoded} of {recorded}");
+
+    // Both sides wrote it down: the hub each ticket (given or refused) and the van's joins
+    // under its own name; the van its crew's start and end.
+    let at_hub = hub.cases.storage().audit_of_case(&case.to_string()).unwrap();
+    let hub_actions: Vec<(String, String)> = at_hub.iter().map(|e| (e.actor.clone(), e.action.clone())).collect();
+    for (actor, action) in
+        [("van:org-north/van-1", "call.ticket"), ("van:van-1", "call.publish"), ("van:van-1", "call.watch")]
+    {
+        assert!(hub_actions.iter().any(|(a, b)| a == actor && b == action), "{actor} {action} in {hub_actions:?}");
+    }
+    let refused = hub.cases.storage().audit_of_case(&other_case.to_string()).unwrap();
+    assert!(
+        refused.iter().any(|e| e.action == "call.ticket" && e.outcome == audit::Outcome::Refused),
+        "the refused ticket is audited"
+    );
+    let at_van: Vec<String> = t.store.audit_after(0, 10_000).unwrap().into_iter().map(|e| e.action).collect();
+    for action in ["call.start", "call.watch", "call.end"] {
+        assert!(at_van.iter().any(|a| a == action), "{action} in the van's log");
+    }
+    agent_server.abort();
+    t.stop_server().await;
 }

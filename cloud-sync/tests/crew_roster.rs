@@ -85,30 +85,10 @@ async fn a_pin_removed_at_the_hub_stops_working_on_a_van_that_stays_connected() 
     hub.identity.set_pin(&north, &medic, "604182", now()).unwrap();
 
     // The hub over real QUIC, and an enrolled van syncing in the background.
-    let server = hub.bind_sync("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = server.local_addr();
-    {
-        let (hub, server) = (hub.clone(), server.clone());
-        tokio::spawn(async move { hub.serve_sync(server).await });
-    }
-    let token = hub.enroller.issue(DeviceId::new("org-north", "van-1").unwrap(), now() + 600).unwrap();
-    let enrolled = sync_quic::enrol::enrol(addr, "hub.medvan.local", &token.encode()).await.unwrap();
     let vdir = tempfile::tempdir().unwrap();
     let (store, _) = common::van_case(&hub, vdir.path());
     let key = [11u8; 32];
-    let sync = edge_agent::sync::spawn(
-        store.clone(),
-        edge_agent::sync::SyncSettings {
-            address: addr.to_string(),
-            server_name: "hub.medvan.local".into(),
-            identity: edge_agent::identity::Identity { ca: enrolled.ca, cert: enrolled.cert, key: enrolled.key },
-            identity_dir: None,
-            renew_below: None,
-            liveness: Default::default(),
-            roster_key: Some(key),
-        },
-    )
-    .unwrap();
+    let sync = common::live_van(&hub, &store, Some(key), None).await;
     let crew = Crew::new(store.clone(), Some(key), CrewSettings::default());
     eventually("the roster reaches the van", Duration::from_secs(10), || {
         crew.login("pat.medic", "604182", now()).is_ok()

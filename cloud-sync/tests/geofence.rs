@@ -11,7 +11,6 @@ use case_model::{Edit, EditContext, FieldName, FieldValue, OrgId, Timestamp, Use
 use cloud_sync::identity::roles::Role;
 use cloud_sync::{HubState, app};
 use geofence::{LatLon, distance_m, offset};
-use sync_quic::identity::DeviceId;
 
 use common::call;
 
@@ -69,15 +68,6 @@ async fn a_drive_into_a_hospital_zone_with_gps_noise_raises_exactly_one_alert_at
     let (status, zones) = call(&router, "GET", "/api/v1/geofences", &ed, None).await;
     assert_eq!((status, zones.as_array().unwrap().len()), (StatusCode::OK, 1), "a doctor sees them on the map");
 
-    // The hub over real QUIC, and an enrolled van.
-    let server = hub.bind_sync("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = server.local_addr();
-    {
-        let (hub, server) = (hub.clone(), server.clone());
-        tokio::spawn(async move { hub.serve_sync(server).await });
-    }
-    let token = hub.enroller.issue(DeviceId::new("org-north", "van-1").unwrap(), common::now_s() + 600).unwrap();
-    let enrolled = sync_quic::enrol::enrol(addr, "hub.medvan.local", &token.encode()).await.unwrap();
     let vdir = tempfile::tempdir().unwrap();
     let (store, _) = common::van_case(&hub, vdir.path());
 
@@ -132,20 +122,7 @@ async fn a_drive_into_a_hospital_zone_with_gps_noise_raises_exactly_one_alert_at
         &edge_agent::gps::GpsConfig { device: sim.path().to_owned(), baud: 9600 },
     )
     .unwrap();
-    let sync = edge_agent::sync::spawn_reporting(
-        store.clone(),
-        edge_agent::sync::SyncSettings {
-            address: addr.to_string(),
-            server_name: "hub.medvan.local".into(),
-            identity: edge_agent::identity::Identity { ca: enrolled.ca, cert: enrolled.cert, key: enrolled.key },
-            identity_dir: None,
-            renew_below: None,
-            liveness: Default::default(),
-            roster_key: None,
-        },
-        Some(gps.positions()),
-    )
-    .unwrap();
+    let sync = common::live_van(&hub, &store, None, Some(gps.positions())).await;
 
     // The van shows on the map while it drives.
     eventually("the van appears on the map", Duration::from_secs(20), async || {

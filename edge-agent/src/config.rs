@@ -25,6 +25,10 @@ pub struct Config {
     /// The GPS receiver, if the van has one.
     #[serde(default)]
     pub gps: Option<crate::gps::GpsConfig>,
+    /// Video consults (the camera, the microphone and the hub's media server), if the van
+    /// has them.
+    #[serde(default)]
+    pub calls: Option<crate::calls::CallConfig>,
 }
 
 /// The `[xray]` table.

@@ -4,6 +4,7 @@
 //! is here so that tests drive the same code.
 
 pub mod api;
+pub mod calls;
 pub mod config;
 pub mod crew;
 pub mod gps;
@@ -147,14 +148,21 @@ pub async fn serve(
     let gps = start_gps(&config, &store)?;
     let sync = start_sync_reporting(&config, &store, Some(gps.positions())).await?;
     let xray = start_xray(&config, &store)?;
+    let calls = match &config.calls {
+        Some(c) => calls::CallHandle::new(c.clone(), store.clone(), sync.clone())?,
+        None => calls::CallHandle::not_configured(),
+    };
     let crew = crew::Crew::new(store.clone(), crew_key(&config)?, config.crew.clone());
     let state = api::AppState::new(store.clone(), config.agent.org_id.clone(), limit)
         .with_sync(sync)
         .with_xray(xray.clone())
         .with_gps(gps.clone())
+        .with_calls(calls.clone())
         .with_crew(crew);
     let app = api::app(state);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("Failed to serve the local API")?;
+    // A running consult ends, its recording sealed into the case, before the store closes.
+    tokio::task::spawn_blocking(move || calls.shutdown()).await.context("Failed to end the video consult")?;
     // Disarm the unit before the store closes.
     let x = xray.clone();
     tokio::task::spawn_blocking(move || x.stop()).await.context("Failed to stop the X-ray service")?;

@@ -29,7 +29,13 @@ pub struct StoreReplica {
     signer: Option<std::sync::Arc<AuditSigner>>,
     /// Seals the crew roster as it arrives; without it no roster is taken.
     roster_key: Option<[u8; 32]>,
+    /// Who waits for the hub's answer about a call ticket.
+    tickets: Tickets,
 }
+
+/// Those waiting for call tickets, by case.
+type Tickets = std::sync::Arc<std::sync::Mutex<BTreeMap<DocId, Vec<TicketReply>>>>;
+type TicketReply = tokio::sync::oneshot::Sender<Result<sync_proto::CallGrant, String>>;
 
 /// Signs tree heads of the van's audit log with the van's device key (ECDSA P-256), so the
 /// hub, and an auditor later, can tell the van vouched for every entry up to each head.
@@ -80,7 +86,14 @@ impl StoreReplica {
             pending: BTreeMap::new(),
             signer: None,
             roster_key: None,
+            tickets: Default::default(),
         })
+    }
+
+    /// Hands the hub's answers about call tickets to those waiting in `tickets`.
+    fn with_tickets(mut self, tickets: Tickets) -> StoreReplica {
+        self.tickets = tickets;
+        self
     }
 
     /// Takes the crew roster from the hub, sealed with the van's PIN key.
@@ -207,6 +220,12 @@ impl Replica for StoreReplica {
     fn write_blob(&mut self, sha256: &[u8; 32], size: u64, offset: u64, data: &[u8]) -> Result<(), ReplicaRefusal> {
         blocking(|| self.store.write_incoming_blob(sha256, size, offset, data))
             .map_err(|e| ReplicaRefusal { reason: RefusalReason::Malformed, detail: e.to_string() })
+    }
+
+    fn receive_call_ticket(&mut self, doc: DocId, grant: Result<sync_proto::CallGrant, String>) {
+        for reply in lock(&self.tickets).remove(&doc).unwrap_or_default() {
+            let _ = reply.send(grant.clone());
+        }
     }
 
     fn audit_batch(&mut self, after: u64, max: usize) -> Option<(Vec<AuditRecord>, SignedHead)> {
@@ -353,7 +372,27 @@ pub struct SyncSettings {
 pub struct SyncHandle {
     status: std::sync::Arc<std::sync::Mutex<SyncStatus>>,
     pending: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<CaseId>>>,
+    /// Into the live session (call ticket requests); `None` when sync is not running.
+    requests: Option<tokio::sync::mpsc::UnboundedSender<LocalChange>>,
+    tickets: Tickets,
 }
+
+/// Why the van has no ticket to a case's live call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    /// Sync is not set up (no hub, not enrolled, or the identity is unusable).
+    #[error("this van does not sync with a hub (not enrolled?), and calls go through the hub")]
+    NotConfigured,
+    /// No session with the hub now.
+    #[error("the hub is out of reach; a video consult needs the link: try again when the van is online")]
+    Offline,
+    /// The hub said no, or did not answer in time.
+    #[error("the hub gave no call ticket: {0}")]
+    Refused(String),
+}
+
+/// How long the van keeps asking for a ticket (the case may be a moment behind at the hub).
+const TICKET_PATIENCE: std::time::Duration = std::time::Duration::from_secs(6);
 
 impl SyncHandle {
     /// A handle that reports sync as not configured.
@@ -368,6 +407,39 @@ impl SyncHandle {
                 connections: 0,
             })),
             pending: Default::default(),
+            requests: None,
+            tickets: Default::default(),
+        }
+    }
+
+    /// A ticket to `case`'s live call from the hub, over the sync session (the van's
+    /// certificate is the credential). Asked again for a few seconds if the hub says no,
+    /// since a case made just now may not have reached it yet.
+    pub async fn call_ticket(&self, case: CaseId) -> Result<sync_proto::CallGrant, TicketError> {
+        let requests = self.requests.as_ref().ok_or(TicketError::NotConfigured)?;
+        let doc = DocId(*case.as_bytes());
+        let deadline = tokio::time::Instant::now() + TICKET_PATIENCE;
+        let mut last = String::from("no answer in time");
+        loop {
+            if !matches!(lock(&self.status).state, "syncing" | "up_to_date") {
+                return Err(TicketError::Offline);
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            lock(&self.tickets).entry(doc).or_default().push(tx);
+            if requests.send(LocalChange::CallTicket(doc)).is_err() {
+                return Err(TicketError::NotConfigured);
+            }
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(Ok(grant))) => return Ok(grant),
+                Ok(Ok(Err(why))) => last = why,
+                // The session ended before the answer: it reconnects, ask again.
+                Ok(Err(_)) => {}
+                Err(_) => return Err(TicketError::Refused(last)),
+            }
+            if tokio::time::Instant::now() + std::time::Duration::from_secs(1) > deadline {
+                return Err(TicketError::Refused(last));
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     }
 
@@ -410,10 +482,11 @@ pub fn spawn_reporting(
     settings: SyncSettings,
     positions: Option<tokio::sync::watch::Receiver<Option<sync_proto::PositionReport>>>,
 ) -> anyhow::Result<SyncHandle> {
-    let handle = SyncHandle::not_configured();
+    let mut handle = SyncHandle::not_configured();
     lock(&handle.status).state = "connecting";
     lock(&handle.status).hub = Some(settings.address.clone());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LocalChange>();
+    handle.requests = Some(tx.clone());
     let pending = handle.pending.clone();
     let blob_tx = tx.clone();
     let position_tx = tx.clone();
@@ -627,10 +700,21 @@ async fn session(
         });
     }
     // Changes made before this connection are covered by the inventory exchange.
-    while local.try_recv().is_ok() {}
+    // A ticket asked meanwhile is answered below, so its asker asks again.
+    let mut asked = Vec::new();
+    while let Ok(change) = local.try_recv() {
+        if let LocalChange::CallTicket(doc) = change {
+            asked.push(doc);
+        }
+    }
     let signer = std::sync::Arc::new(AuditSigner::for_identity(&settings.identity)?);
-    let mut replica =
-        StoreReplica::new(store.clone(), "hub")?.with_audit_signer(signer).with_roster_key(settings.roster_key);
+    let mut replica = StoreReplica::new(store.clone(), "hub")?
+        .with_audit_signer(signer)
+        .with_roster_key(settings.roster_key)
+        .with_tickets(out.tickets.clone());
+    for doc in asked {
+        replica.receive_call_ticket(doc, Err("the link to the hub was starting; asked again".into()));
+    }
     loop {
         let (mut send, mut recv) = connected.conn.open_bi().await?;
         let mut session = sync_proto::Session::new(sync_proto::Role::Van);

@@ -356,7 +356,7 @@ async fn every_operation_in_the_openapi_document_is_served() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 29);
+    assert_eq!(operations, 34);
 }
 
 #[tokio::test]
@@ -412,4 +412,62 @@ async fn health_reports_whether_the_store_can_take_edits() {
     assert_eq!(v["status"], "degraded");
     let (status, v) = a.json(Method::POST, "/api/v1/cases", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+}
+
+#[tokio::test]
+async fn a_video_consult_says_why_it_cannot_start_and_changes_nothing() {
+    let a = agent();
+    let id = a.new_case().await;
+    // No [calls] in the config.
+    let (status, v) = a.json(Method::POST, &format!("/api/v1/cases/{id}/call"), None).await;
+    assert_eq!((status, v["error"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("calls_not_configured")), "{v}");
+    let (_, v) = a.json(Method::GET, "/api/v1/call", None).await;
+    assert_eq!(v["state"], "not_configured");
+    // Calls set up, but the van does not sync (not enrolled): a call goes through the hub.
+    let calls = edge_agent::calls::CallHandle::new(
+        toml::from_str("hub_url = \"http://127.0.0.1:9\"\nsource = \"test\"").unwrap(),
+        a.store.clone(),
+        edge_agent::sync::SyncHandle::not_configured(),
+    )
+    .unwrap();
+    let (crew, tokens) = edge_agent::crew::with_members(&a.store, &[("ana", "604182")]);
+    let router = app(AppState::new(a.store.clone(), OrgId::parse("org-north").unwrap(), 1 << 20)
+        .with_crew(crew)
+        .with_calls(calls));
+    let a = Agent { router, tokens, ..a };
+    let (status, v) = a.json(Method::POST, &format!("/api/v1/cases/{id}/call"), None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("does not sync with a hub"), "{v}");
+    let (_, v) = a.json(Method::GET, "/api/v1/call", None).await;
+    assert_eq!(v["state"], "failed", "{v}");
+    // Nothing runs, so nothing ends; a case that does not exist is not called about.
+    let (status, v) = a.json(Method::DELETE, &format!("/api/v1/cases/{id}/call"), None).await;
+    assert_eq!((status, v["error"].as_str()), (StatusCode::CONFLICT, Some("no_call")), "{v}");
+    let missing = "01a3185c-5000-7d9d-ab57-5afec289f84f";
+    let (status, _) = a.json(Method::POST, &format!("/api/v1/cases/{missing}/call"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A WHEP offer must be SDP.
+    let (status, _) = a
+        .call(
+            Method::POST,
+            &format!("/api/v1/cases/{id}/call/watch"),
+            Some("ana"),
+            Body::from("{}"),
+            "application/json",
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // The refused start is in the van's log.
+    let actions: Vec<(String, String)> =
+        a.store.audit_after(0, 1000).unwrap().into_iter().map(|e| (e.action, format!("{:?}", e.outcome))).collect();
+    assert!(actions.iter().any(|(a, o)| a == "call.start" && o == "Refused"), "{actions:?}");
+    // An https:// hub address (WHIP here is plain HTTP, TLS comes from a proxy) is refused
+    // with what to do.
+    let e = edge_agent::calls::CallHandle::new(
+        toml::from_str("hub_url = \"https://hub.example.org\"").unwrap(),
+        a.store.clone(),
+        edge_agent::sync::SyncHandle::not_configured(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("http://"), "{e}");
 }

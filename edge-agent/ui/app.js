@@ -756,6 +756,7 @@ function tabConsult() {
     return edit('message', [{ op: 'add_chat', text }]);
   };
   return h('div', {},
+    callSection(),
     h('h2', {}, 'Notes and prescriptions from the doctor'),
     h('div', { id: 'notes', 'aria-live': 'polite' }, notes.length || rx.length ? [...notes, ...rx] : h('p', { class: 'muted' }, 'Nothing from a doctor yet. New notes appear here by themselves.')),
     h('h2', {}, 'Chat'),
@@ -769,6 +770,162 @@ function tabConsult() {
     h('label', { for: 'consult-reason' }, 'Or in your words'), reason, urg,
     h('button', { class: 'ok', id: 'send-consult', style: 'margin-top:8px', onclick: send }, 'Send to a doctor'),
     keyboard(reason));
+}
+
+// ---- video consult -----------------------------------------------------------------------
+
+// The van's camera and microphone go to the hub from the agent (WHIP); this screen plays the
+// doctors (WHEP, relayed by the agent with the van's ticket). The player outlives redraws:
+// the same element is put back each time.
+const call = { pc: null, session: null, caseId: null, video: null, words: null, view: null, joining: false };
+
+function callWords(v) {
+  if (!v || v.case_id !== state.caseId) return 'No video consult for this case.';
+  const kbps = v.sent_kbps ? `, sending ${(v.sent_kbps / 1000).toFixed(1)} Mbit/s` : '';
+  const lost = v.fraction_lost > 0.02 ? `, poor link (${Math.round(v.fraction_lost * 100)}% lost)` : '';
+  return {
+    starting: 'Starting the video consult…',
+    live: `Live with the hub${kbps}${lost}. Recorded into the case (${v.segments_sealed} part(s) stored).`,
+    stopping: 'Ending the video consult…',
+    ended: `Video consult ended. Recording stored in the case (${v.segments_sealed} part(s)).`,
+    failed: `No video consult: ${v.error || 'it failed'}`,
+    idle: 'No video consult for this case.',
+  }[v.state] || v.state;
+}
+
+function callLive(v) {
+  return v && v.case_id === state.caseId && ['starting', 'live', 'stopping'].includes(v.state);
+}
+
+function callSection() {
+  if (!call.video) {
+    call.video = h('video', { id: 'call-video', autoplay: true, playsinline: true, 'aria-label': 'The doctors in the call' });
+    call.words = h('p', { id: 'call-state', role: 'status' });
+  }
+  const v = call.view;
+  call.words.textContent = callWords(v);
+  const live = callLive(v);
+  // A redraw takes the player out of the page, which pauses it: play on once it is back.
+  if (live && call.video.srcObject) setTimeout(() => call.video.play().catch(() => {}), 0);
+  return h('section', { class: 'call', 'aria-labelledby': 'call-title' },
+    h('h2', { id: 'call-title' }, 'Video consult'),
+    live ? call.video : null,
+    call.words,
+    live
+      ? h('button', { class: 'danger', id: 'end-call', onclick: endCall }, 'End video consult')
+      : h('button', { class: 'ok', id: 'start-call', onclick: startCall }, 'Start video consult'));
+}
+
+async function startCall() {
+  const id = state.caseId;
+  call.view = { state: 'starting', case_id: id };
+  renderCase();
+  try {
+    call.view = await api('POST', `/cases/${id}/call`);
+  } catch (e) {
+    call.view = { state: 'failed', case_id: id, error: e.message };
+    toast(`No video consult: ${e.message}`, true);
+    renderCase();
+    return;
+  }
+  renderCase();
+  try {
+    await watchCall(id);
+  } catch (e) {
+    toast(`The doctors cannot be shown: ${e.message}`, true);
+  }
+}
+
+async function watchCall(id) {
+  if (call.joining) return;
+  call.joining = true;
+  try {
+    await joinCall(id);
+  } finally {
+    call.joining = false;
+  }
+}
+
+async function joinCall(id) {
+  const pc = new RTCPeerConnection();
+  // A doctor and a specialist: two of each.
+  for (let i = 0; i < 2; i++) {
+    pc.addTransceiver('video', { direction: 'recvonly' });
+    pc.addTransceiver('audio', { direction: 'recvonly' });
+  }
+  const remote = new MediaStream();
+  pc.ontrack = (e) => { remote.addTrack(e.track); call.video.srcObject = remote; };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((resolve) => {
+    if (pc.iceGatheringState === 'complete') return resolve();
+    pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && resolve());
+    setTimeout(resolve, 2000);
+  });
+  const resp = await fetch(`/api/v1/cases/${id}/call/watch`, {
+    method: 'POST', body: pc.localDescription.sdp,
+    headers: { Authorization: `Bearer ${state.token}`, 'Content-Type': 'application/sdp' },
+  });
+  if (resp.status !== 201) {
+    pc.close();
+    const text = await resp.text();
+    let message = text;
+    try { message = JSON.parse(text).message || text; } catch { /* plain text */ }
+    throw new ApiError(resp.status, message || `The van answered ${resp.status}.`);
+  }
+  call.session = resp.headers.get('Location');
+  await pc.setRemoteDescription({ type: 'answer', sdp: await resp.text() });
+  call.pc = pc;
+  call.caseId = id;
+}
+
+// What arrived from the doctors, for the end-to-end test's figures.
+window.medvanCallStats = async () => {
+  if (!call.pc) return null;
+  const out = { audioPackets: 0, framesDecoded: 0 };
+  (await call.pc.getStats()).forEach((r) => {
+    if (r.type !== 'inbound-rtp') return;
+    if (r.kind === 'audio') out.audioPackets += r.packetsReceived || 0;
+    else out.framesDecoded += r.framesDecoded || 0;
+  });
+  return out;
+};
+
+function stopWatching() {
+  if (call.pc) call.pc.close();
+  if (call.session) {
+    fetch(call.session, { method: 'DELETE', headers: { Authorization: `Bearer ${state.token}` } }).catch(() => {});
+  }
+  call.pc = null; call.session = null; call.caseId = null;
+  if (call.video) call.video.srcObject = null;
+}
+
+async function endCall() {
+  const id = state.caseId;
+  stopWatching();
+  call.view = { ...call.view, state: 'stopping' };
+  renderCase();
+  try {
+    call.view = await api('DELETE', `/cases/${id}/call`);
+    toast('Video consult ended; its recording is stored in the case.');
+  } catch (e) {
+    toast(`Could not end the video consult: ${e.message}`, true);
+  }
+  renderCase();
+}
+
+async function pollCall() {
+  if (!state.token) return;
+  const v = await api('GET', '/call').catch(() => null);
+  if (!v) return;
+  const was = JSON.stringify(call.view);
+  call.view = v;
+  if (call.words) call.words.textContent = callWords(v);
+  // A call started elsewhere (another screen) or ended: show it, and play it here too.
+  if (callLive(v) && v.state === 'live' && !call.pc && !call.joining && state.caseId === v.case_id) {
+    watchCall(v.case_id).catch(() => {});
+  }
+  if (!callLive(v) && call.pc) stopWatching();
+  if (state.tab === 'consult' && callLive(JSON.parse(was || 'null')) !== callLive(v)) renderCase();
 }
 
 function tabConflicts() {
@@ -790,6 +947,7 @@ $('logout').addEventListener('click', async () => {
   endSession('Logged out.');
 });
 setInterval(pollSync, 1500);
+setInterval(pollCall, 1500);
 // The case is read again every 2 s so the doctor's notes appear by themselves; the screen is
 // redrawn only when something changed (the X-ray tab keeps its own state and is not).
 setInterval(() => { if (state.caseId && state.tab !== 'xray') refreshCase(); }, 2000);

@@ -238,6 +238,12 @@ impl Publisher {
         }
     }
 
+    /// Replaces the bearer token [`Publisher::stop`] ends the session with (one taken
+    /// briefly, like a van's call ticket, may have lapsed by then).
+    pub fn set_token(&mut self, token: String) {
+        self.token = token;
+    }
+
     /// The session resource on the hub.
     pub fn location(&self) -> &str {
         &self.location

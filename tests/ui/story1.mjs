@@ -13,13 +13,13 @@
 // (on a link slowed so the upload takes seconds): it must still complete, and the hub
 // must hold exactly what the van holds, nothing lost and nothing twice.
 import { spawn, execFileSync } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { chromium } from 'playwright-core';
+import { totp } from './browser.mjs';
 import { Link } from './link.mjs';
 
 const require = createRequire(import.meta.url);
@@ -81,18 +81,6 @@ async function until(what, ms, fn) {
     if (Date.now() - started > ms) fail(`${what}: not within ${ms} ms`);
     await new Promise((r) => setTimeout(r, 100));
   }
-}
-
-function totp(secretB32, at = Date.now()) {
-  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
-  let bits = '';
-  for (const c of secretB32.replace(/=+$/, '')) bits += alphabet.indexOf(c).toString(2).padStart(5, '0');
-  const key = Buffer.from(bits.match(/.{8}/g).map((b) => parseInt(b, 2)));
-  const msg = Buffer.alloc(8);
-  msg.writeBigUInt64BE(BigInt(Math.floor(at / 30000)));
-  const mac = crypto.createHmac('sha1', key).update(msg).digest();
-  const off = mac[mac.length - 1] & 0xf;
-  return String((mac.readUInt32BE(off) & 0x7fffffff) % 1000000).padStart(6, '0');
 }
 
 function percentile(list, p) {

@@ -8,7 +8,7 @@
 //
 // --delay waits before joining; the JSON includes how many sessions the call had, polled
 // every half second from the join.
-import { chromium } from 'playwright-core';
+import { launch } from './browser.mjs';
 
 const [origin, caseId, token, secondsArg] = process.argv.slice(2);
 const publish = process.argv.includes('--publish');
@@ -19,15 +19,8 @@ const delay = delayAt > 0 ? Number(process.argv[delayAt + 1]) : 0;
 // putting its address in place of the hub's candidates.
 const viaAt = process.argv.indexOf('--via');
 const via = viaAt > 0 ? process.argv[viaAt + 1] : null;
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream',
-    '--use-fake-ui-for-media-stream'],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage();
   page.on('console', (m) => process.stderr.write(`page: ${m.text()}\n`));

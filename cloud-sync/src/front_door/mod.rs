@@ -57,6 +57,9 @@ pub const PUBLIC: &[&str] = &[
     "/app/{file}",
 ];
 
+/// The routes a van's call ticket may call (`calls/`).
+const CALL_ROUTES: &str = "/api/v1/calls/{case}";
+
 /// Rate limits, from the `[front_door]` config table.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -277,6 +280,16 @@ pub async fn middleware(State(state): State<Arc<HubState>>, mut req: Request, ne
                     if let Err(wait) = door.check(&door.per_user, &user_key) {
                         door.metrics.refused("rate_limited");
                         break 'answer too_many(wait, "by this user");
+                    }
+                    // A van's call ticket opens the calls routes and nothing else, whatever
+                    // a handler would check.
+                    if p.call_case().is_some() && !route.as_deref().is_some_and(|r| r.starts_with(CALL_ROUTES)) {
+                        door.metrics.refused("forbidden");
+                        break 'answer ApiError(
+                            StatusCode::FORBIDDEN,
+                            "a van's call ticket opens its case's call and nothing else".into(),
+                        )
+                        .into_response();
                     }
                     req.extensions_mut().insert(p);
                 }

@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use case_model::{OrgId, UserId};
+use case_model::{CaseId, OrgId, UserId};
 use ring::rand::{SecureRandom, SystemRandom};
 use sha2::{Digest, Sha256};
 use tokens::jwt::KeySet;
@@ -113,6 +113,9 @@ pub struct Principal {
     /// For callers by the browser cookie: the SHA-256 (hex) of the session's CSRF token,
     /// which their state-changing requests must carry.
     pub(crate) csrf_hash: Option<String>,
+    /// For a van calling with a call ticket ([`Identity::issue_call_ticket`]): the one case
+    /// whose live call it may join. Such a caller has no roles, so nothing else lets it in.
+    pub(crate) call_case: Option<CaseId>,
 }
 
 impl Principal {
@@ -120,6 +123,23 @@ impl Principal {
     pub fn can(&self, p: Permission) -> bool {
         roles::allows(&self.roles, p)
     }
+
+    /// The case whose call this caller (a van with a ticket) may join, if that is what it is.
+    pub fn call_case(&self) -> Option<CaseId> {
+        self.call_case
+    }
+}
+
+/// How long a van's call ticket is taken: long enough to start or end a call, too short to
+/// be worth stealing (a call already running does not need it).
+pub const CALL_TICKET_S: i64 = 120;
+
+/// What a call ticket's token id starts with; login session ids are hex, never this.
+const CALL_TICKET_JTI: &str = "call";
+
+/// The subject of a van's call ticket: not a user name (those may not hold `:`).
+fn van_subject(van: &str) -> String {
+    format!("van:{van}")
 }
 
 /// Why a login, a refresh or a reset failed. The messages are safe to show the person.
@@ -519,6 +539,10 @@ impl Identity {
     ) -> Result<(), IdentityError> {
         if roles.is_empty() {
             return Err(IdentityError::Invalid("give the user at least one role".into()));
+        }
+        if username.as_str().contains(':') {
+            // `van:...` and `system:...` name vans and the hub's own processes.
+            return Err(IdentityError::Invalid("a user name may not contain `:`; pick another".into()));
         }
         if !self.storage.orgs()?.iter().any(|(id, _)| id == org.as_str()) {
             return Err(StorageError::NoSuchOrg(org.to_string()).into());
@@ -1195,6 +1219,9 @@ impl Identity {
             }
         };
         let session = claims.jti.split('.').next().unwrap_or_default().to_owned();
+        if session == CALL_TICKET_JTI {
+            return Self::call_principal(&claims);
+        }
         if !self.session_live(&session, now)? {
             return Err(AuthError::NoSession);
         }
@@ -1204,6 +1231,39 @@ impl Identity {
             roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
             session,
             csrf_hash: None,
+            call_case: None,
+        })
+    }
+
+    /// A ticket to one case's live call for a van of `org` that may sync the case (the
+    /// caller checked that, over the van's certificate). Signed like an access token, for
+    /// [`CALL_TICKET_S`], with no roles: it opens that call's WHIP and WHEP and nothing else.
+    pub fn issue_call_ticket(&self, org: &str, van: &str, case: CaseId, now: i64) -> sync_proto::CallGrant {
+        let jti = format!("{CALL_TICKET_JTI}.{case}.{}", hex::encode(self.random::<8>()));
+        let token = self.keys.read().unwrap_or_else(|p| p.into_inner()).issue_for(
+            &van_subject(van),
+            org,
+            &[],
+            now,
+            &jti,
+            CALL_TICKET_S,
+        );
+        sync_proto::CallGrant { token, expires_at: now + CALL_TICKET_S }
+    }
+
+    fn call_principal(claims: &tokens::jwt::Claims) -> Result<Principal, AuthError> {
+        let malformed = || AuthError::Token(tokens::jwt::TokenError::Malformed);
+        let case = claims.jti.split('.').nth(1).and_then(|c| CaseId::parse(c).ok()).ok_or_else(malformed)?;
+        if !claims.sub.starts_with("van:") || !claims.roles.is_empty() {
+            return Err(malformed());
+        }
+        Ok(Principal {
+            user: UserId::parse(&claims.sub).map_err(|_| malformed())?,
+            org: OrgId::parse(&claims.org).map_err(|_| malformed())?,
+            roles: Vec::new(),
+            session: claims.jti.clone(),
+            csrf_hash: None,
+            call_case: Some(case),
         })
     }
 
@@ -1272,6 +1332,7 @@ impl Identity {
             roles: s.roles.clone(),
             session: sid.to_owned(),
             csrf_hash: Some(s.csrf_hash),
+            call_case: None,
         })
     }
 

@@ -227,6 +227,16 @@ pub(crate) fn two_org_hub(dir: &std::path::Path) -> (cloud_sync::config::Config,
     (config, hub, Doctors { north, south })
 }
 
+/// A new store of van `van` in `dir`.
+#[allow(dead_code)]
+pub(crate) fn van_store(dir: &std::path::Path, van: &str) -> case_store::Store {
+    let key = dir.join("k");
+    case_store::generate_key_file(&key).unwrap();
+    let mut sc = case_store::StoreConfig::new(dir.join("d"), key, case_model::VanId::parse(van).unwrap());
+    sc.create_if_missing = true;
+    case_store::Store::open(sc).unwrap()
+}
+
 /// A store of van `van-1` of org-north in `dir` that created a case (by `ana`), synced to
 /// `hub`: the store and the case as the van sees it.
 #[allow(dead_code)]
@@ -234,11 +244,7 @@ pub(crate) fn van_case(
     hub: &cloud_sync::fleet::Hub,
     dir: &std::path::Path,
 ) -> (case_store::Store, case_model::CaseView) {
-    let key = dir.join("k");
-    case_store::generate_key_file(&key).unwrap();
-    let mut sc = case_store::StoreConfig::new(dir.join("d"), key, case_model::VanId::parse("van-1").unwrap());
-    sc.create_if_missing = true;
-    let store = case_store::Store::open(sc).unwrap();
+    let store = van_store(dir, "van-1");
     let ctx = case_model::EditContext {
         user: case_model::UserId::parse("ana").unwrap(),
         now: case_model::Timestamp::from_unix_millis(1_800_000_000_000),
@@ -307,4 +313,38 @@ pub(crate) fn create_with_password(
     let (o, u) = (case_model::OrgId::parse(org).unwrap(), case_model::UserId::parse(user).unwrap());
     let link = id.add_user("admin", &o, &u, roles, None, now_s()).unwrap();
     id.redeem_reset(&link, PASSWORD, now_s()).unwrap();
+}
+
+/// Serves `hub`'s sync over real QUIC on loopback, enrols van-1 of org-north and starts its
+/// sync service over `store` (reporting `positions`, if given), as the agent runs it.
+#[allow(dead_code)]
+pub(crate) async fn live_van(
+    hub: &cloud_sync::fleet::Hub,
+    store: &case_store::Store,
+    roster_key: Option<[u8; 32]>,
+    positions: Option<tokio::sync::watch::Receiver<Option<sync_proto::PositionReport>>>,
+) -> edge_agent::sync::SyncHandle {
+    let server = hub.bind_sync("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = server.local_addr();
+    {
+        let (hub, server) = (hub.clone(), server.clone());
+        tokio::spawn(async move { hub.serve_sync(server).await });
+    }
+    let device = sync_quic::identity::DeviceId::new("org-north", "van-1").unwrap();
+    let token = hub.enroller.issue(device, now_s() + 600).unwrap();
+    let enrolled = sync_quic::enrol::enrol(addr, "hub.medvan.local", &token.encode()).await.unwrap();
+    edge_agent::sync::spawn_reporting(
+        store.clone(),
+        edge_agent::sync::SyncSettings {
+            address: addr.to_string(),
+            server_name: "hub.medvan.local".into(),
+            identity: edge_agent::identity::Identity { ca: enrolled.ca, cert: enrolled.cert, key: enrolled.key },
+            identity_dir: None,
+            renew_below: None,
+            liveness: Default::default(),
+            roster_key,
+        },
+        positions,
+    )
+    .unwrap()
 }

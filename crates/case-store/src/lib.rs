@@ -693,6 +693,19 @@ impl Store {
         self.write(vec![Op::Audit(record(ctx, action, None, outcome, detail))])
     }
 
+    /// Records an event about a case that changes nothing in it (a video consult started or
+    /// watched) in the audit log, durably, so the case's trail shows it.
+    pub fn record_case_event(
+        &self,
+        ctx: &EditContext,
+        id: CaseId,
+        action: &str,
+        outcome: audit::Outcome,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        self.write(vec![Op::Audit(record(ctx, action, Some(id), outcome, detail))])
+    }
+
     /// How many entries the audit log holds (its last position).
     pub fn audit_size(&self) -> Result<u64, StoreError> {
         let conn = lock(&self.inner.reader);

@@ -39,6 +39,11 @@
 //! 8. From version 3 the van reports where it is ([`Message::Position`],
 //!    [`Session::position`]) while connected; the hub hands each report to its replica and
 //!    keeps nothing of it in the session.
+//! 9. From version 4 the van may ask for a ticket to a case's live call
+//!    ([`Message::CallTicketRequest`], [`Session::request_call_ticket`]); the hub's replica
+//!    decides ([`Replica::call_ticket`]) and the answer goes to the van's
+//!    ([`Replica::receive_call_ticket`]). The van's certificate is its credential for the
+//!    call's WHIP request too, through the ticket.
 //!
 //! Messages travel as length-prefixed frames ([`frame`]); a frame over the size limit or
 //! that does not decode ends the session with an error naming the problem.
@@ -48,12 +53,16 @@ pub mod frame;
 mod message;
 mod session;
 
-pub use message::{AuditRecord, CrewMember, DocId, Message, PositionReport, Priority, RefusalReason, SignedHead};
+pub use message::{
+    AuditRecord, CallGrant, CrewMember, DocId, Message, PositionReport, Priority, RefusalReason, SignedHead,
+};
 pub use session::{AUDIT_BATCH, BlobState, CHUNK, Event, Replica, ReplicaRefusal, Role, Session, SyncError};
 
 /// The newest protocol version this build speaks (2: the van's audit log travels too; 3:
-/// and its position).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// and its position; 4: and tickets to live calls).
+pub const PROTOCOL_VERSION: u16 = 4;
+/// The first version that carries tickets to live calls.
+pub const CALL_VERSION: u16 = 4;
 /// The first version that carries positions.
 pub const POSITION_VERSION: u16 = 3;
 /// The first version that carries audit logs.

@@ -154,6 +154,36 @@ pub enum Message {
     /// Van to hub (version 3 on): where the van is now. Not stored by the protocol: the
     /// newest replaces the last.
     Position(PositionReport),
+    /// Van to hub (version 4 on): a ticket to publish the case's live call, asked when the
+    /// crew starts a video consult.
+    CallTicketRequest {
+        /// The case.
+        doc: DocId,
+    },
+    /// Hub to van: the ticket, or why there is none.
+    CallTicket {
+        /// The case.
+        doc: DocId,
+        /// The ticket, or why the hub gave none (for a person).
+        grant: Result<CallGrant, String>,
+    },
+}
+
+/// A ticket to a case's live call: a bearer token the hub's call endpoints (WHIP, WHEP)
+/// take for that case alone, briefly.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallGrant {
+    /// The bearer token.
+    pub token: String,
+    /// When it stops being accepted (seconds since the epoch, the hub's clock).
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for CallGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A bearer token stays out of logs.
+        f.debug_struct("CallGrant").field("token", &"<redacted>").field("expires_at", &self.expires_at).finish()
+    }
 }
 
 /// Where a van is, from its GPS receiver.

@@ -14,7 +14,7 @@ use automerge::sync;
 use sha2::{Digest, Sha256};
 
 use crate::message::{AuditRecord, CrewMember, DocId, Message, Priority, RefusalReason, SignedHead};
-use crate::{AUDIT_VERSION, MIN_PROTOCOL_VERSION, POSITION_VERSION, PROTOCOL_VERSION};
+use crate::{AUDIT_VERSION, CALL_VERSION, CallGrant, MIN_PROTOCOL_VERSION, POSITION_VERSION, PROTOCOL_VERSION};
 
 /// Which side of the connection this session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +114,15 @@ pub trait Replica {
 
     /// The hub: the van reported where it is.
     fn receive_position(&mut self, _report: crate::PositionReport) {}
+
+    /// The hub: a ticket to the live call of `doc` for this van, or why not (for a person).
+    /// Only for a case the van may sync.
+    fn call_ticket(&mut self, _doc: DocId) -> Result<CallGrant, String> {
+        Err("this hub does not host live calls".into())
+    }
+
+    /// The van: the hub's answer to [`Session::request_call_ticket`].
+    fn receive_call_ticket(&mut self, _doc: DocId, _grant: Result<CallGrant, String>) {}
     /// The van: stores the roster (replacing the last); durable on return.
     fn receive_roster(&mut self, _digest: [u8; 32], _members: Vec<CrewMember>) -> Result<(), ReplicaRefusal> {
         Err(ReplicaRefusal { reason: RefusalReason::NotAuthorised, detail: "this side keeps no crew roster".into() })
@@ -543,6 +552,17 @@ impl Session {
                 replica.receive_position(report);
                 Ok(())
             }
+            (Phase::Syncing, Message::CallTicketRequest { doc })
+                if self.role == Role::Hub && self.version >= CALL_VERSION =>
+            {
+                let grant = replica.call_ticket(doc);
+                self.queue(Message::CallTicket { doc, grant });
+                Ok(())
+            }
+            (Phase::Syncing, Message::CallTicket { doc, grant }) if self.role == Role::Van => {
+                replica.receive_call_ticket(doc, grant);
+                Ok(())
+            }
             (Phase::Syncing, Message::AuditRefused { detail }) if self.role == Role::Van => {
                 self.audit_waiting = false;
                 self.audit_stopped = true;
@@ -590,6 +610,17 @@ impl Session {
         }
         self.outbox.retain(|Reverse((_, _, Queued(m)))| !matches!(m, Message::Position(_)));
         self.queue(Message::Position(report));
+        true
+    }
+
+    /// The van: asks the hub for a ticket to the live call of `doc`; the answer goes to the
+    /// replica ([`Replica::receive_call_ticket`]). Returns whether it was asked: not before
+    /// the session is syncing, nor of a hub older than version 4.
+    pub fn request_call_ticket(&mut self, doc: DocId) -> bool {
+        if self.phase != Phase::Syncing || self.role != Role::Van || self.version < CALL_VERSION {
+            return false;
+        }
+        self.queue(Message::CallTicketRequest { doc });
         true
     }
 
@@ -799,5 +830,7 @@ fn name(msg: &Message) -> &'static str {
         Message::Roster { .. } => "Roster",
         Message::RosterAck { .. } => "RosterAck",
         Message::Position(_) => "Position",
+        Message::CallTicketRequest { .. } => "CallTicketRequest",
+        Message::CallTicket { .. } => "CallTicket",
     }
 }

@@ -7,8 +7,8 @@ use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ChangeHash, ObjType, ROOT, ReadDoc};
 use sync_proto::frame::{Decoder, encode};
 use sync_proto::{
-    BlobState, DocId, Event, Message, PositionReport, Priority, RefusalReason, Replica, ReplicaRefusal, Role, Session,
-    SyncError,
+    BlobState, CallGrant, DocId, Event, Message, PositionReport, Priority, RefusalReason, Replica, ReplicaRefusal,
+    Role, Session, SyncError,
 };
 
 #[derive(Default)]
@@ -23,6 +23,8 @@ struct Mem {
     partial: HashMap<[u8; 32], Vec<u8>>,
     /// Positions the van reported.
     positions: Vec<PositionReport>,
+    /// Call tickets: the hub's answers as the van received them.
+    tickets: Vec<(DocId, Result<CallGrant, String>)>,
 }
 
 impl Mem {
@@ -75,6 +77,17 @@ impl Mem {
 impl Replica for Mem {
     fn receive_position(&mut self, report: PositionReport) {
         self.positions.push(report);
+    }
+    fn call_ticket(&mut self, doc: DocId) -> Result<CallGrant, String> {
+        // The hub's rule here: a ticket only for a case this side holds.
+        if self.docs.contains_key(&doc) {
+            Ok(CallGrant { token: format!("ticket-{}", doc.0[1]), expires_at: 120 })
+        } else {
+            Err("this van may not sync that case".into())
+        }
+    }
+    fn receive_call_ticket(&mut self, doc: DocId, grant: Result<CallGrant, String>) {
+        self.tickets.push((doc, grant));
     }
     fn accepts_blob(&self, _sha256: &[u8; 32], size: u64) -> bool {
         size <= 64 * 1024 * 1024
@@ -528,4 +541,34 @@ fn positions_reach_the_hub_newest_only_and_not_before_the_handshake() {
     while vs.poll_transmit(&mut van).is_some() {}
     vs.handle(Message::Welcome { version: 2, in_sync: true }, &mut van).unwrap();
     assert!(!vs.position(report(4)));
+}
+
+#[test]
+fn call_tickets_are_asked_in_a_session_and_answered_by_the_hubs_rule() {
+    let (mut van, mut hub) = (Mem::new(1), Mem::new(2));
+    van.create(id(1), Priority::Case);
+    let (mut vs, mut hs) = (Session::new(Role::Van), Session::new(Role::Hub));
+    assert!(!vs.request_call_ticket(id(1)), "no session yet");
+    vs.start(&van);
+    pump(&mut van, &mut hub, &mut vs, &mut hs);
+    assert!(vs.request_call_ticket(id(1)));
+    assert!(vs.request_call_ticket(id(9)));
+    pump(&mut van, &mut hub, &mut vs, &mut hs);
+    assert_eq!(van.tickets.len(), 2, "{:?}", van.tickets);
+    assert_eq!(van.tickets[0], (id(1), Ok(CallGrant { token: "ticket-1".into(), expires_at: 120 })));
+    assert_eq!(van.tickets[1], (id(9), Err("this van may not sync that case".into())));
+    assert!(hub.tickets.is_empty());
+    // The token stays out of logs.
+    assert!(!format!("{:?}", van.tickets[0]).contains("ticket-1"));
+    // A hub that does not speak version 4 is never asked.
+    let mut vs = Session::new(Role::Van);
+    vs.start(&van);
+    while vs.poll_transmit(&mut van).is_some() {}
+    vs.handle(Message::Welcome { version: 3, in_sync: true }, &mut van).unwrap();
+    assert!(!vs.request_call_ticket(id(1)));
+    // A van cannot hand the hub a ticket, nor a hub ask a van for one.
+    let mut hs = Session::new(Role::Hub);
+    hs.handle(Message::Hello { min_version: 1, max_version: 4, scope_digest: [0; 32] }, &mut hub).unwrap();
+    let forged = Message::CallTicket { doc: id(1), grant: Ok(CallGrant { token: "x".into(), expires_at: 1 }) };
+    assert!(hs.handle(forged, &mut hub).is_err());
 }

@@ -326,6 +326,8 @@ pub enum LocalChange {
     Roster,
     /// The van: where it is now.
     Position(sync_proto::PositionReport),
+    /// The van: the crew wants a ticket to this case's live call.
+    CallTicket(sync_proto::DocId),
 }
 
 impl From<sync_proto::DocId> for LocalChange {
@@ -468,6 +470,17 @@ async fn drive(
                 Some(LocalChange::Roster) => session.roster_changed(replica),
                 Some(LocalChange::Position(report)) => {
                     session.position(report);
+                }
+                Some(LocalChange::CallTicket(doc)) => {
+                    if !session.request_call_ticket(doc) {
+                        // Answered at once, so nobody waits for a question never sent.
+                        replica.receive_call_ticket(
+                            doc,
+                            Err("the hub cannot be asked yet (the session is starting, or the hub predates live \
+                                 calls); try again in a moment"
+                                .into()),
+                        );
+                    }
                 }
                 None => break Ok(()),
             },

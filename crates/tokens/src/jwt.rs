@@ -148,6 +148,13 @@ impl KeySet {
 
     /// Issues an access token for `sub` of `org` with `roles`, valid from `now`.
     pub fn issue(&self, sub: &str, org: &str, roles: &[String], now: i64, jti: &str) -> String {
+        self.issue_for(sub, org, roles, now, jti, self.lifetime_s)
+    }
+
+    /// [`KeySet::issue`] for a token that lives `lifetime_s`, at most the set's lifetime
+    /// (a rotated key verifies no longer than that).
+    pub fn issue_for(&self, sub: &str, org: &str, roles: &[String], now: i64, jti: &str, lifetime_s: i64) -> String {
+        let lifetime_s = lifetime_s.clamp(1, self.lifetime_s);
         let key = self.current();
         let header = serde_json::json!({ "alg": ALG, "typ": "at+jwt", "kid": key.kid });
         let claims = Claims {
@@ -157,7 +164,7 @@ impl KeySet {
             org: org.into(),
             roles: roles.to_vec(),
             iat: now,
-            exp: now + self.lifetime_s,
+            exp: now + lifetime_s,
             jti: jti.into(),
         };
         let signing_input = format!(
@@ -296,6 +303,12 @@ mod tests {
         let other_iss = KeySet::new("https://evil.example", "medvan-api", 300, "k1", &pkcs8).unwrap();
         assert_eq!(other_iss.verify(&t, NOW), Err(TokenError::Issuer));
         assert_eq!(s.verify(&t, NOW - 100), Err(TokenError::NotYetValid));
+        // A shorter-lived token expires on its own time; none outlives the set's lifetime.
+        let short = s.issue_for("van:van-1", "org-north", &[], NOW, "call.x", 60);
+        assert!(s.verify(&short, NOW + 60 + LEEWAY_S - 1).is_ok());
+        assert_eq!(s.verify(&short, NOW + 60 + LEEWAY_S), Err(TokenError::Expired));
+        let long = s.issue_for("van:van-1", "org-north", &[], NOW, "call.y", 86_400);
+        assert_eq!(s.verify(&long, NOW + 300 + LEEWAY_S), Err(TokenError::Expired));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! The acting user recorded on every edit and audit entry is the session's. The API listens
 //! on loopback only (the config refuses anything else).
 
+mod calls;
 mod cases;
 mod crew;
 mod error;
@@ -37,6 +38,7 @@ pub struct AppState {
     pub(crate) max_attachment_bytes: usize,
     pub(crate) xray: crate::xray::XrayHandle,
     pub(crate) gps: crate::gps::GpsHandle,
+    pub(crate) calls: crate::calls::CallHandle,
     pub(crate) crew: Arc<crate::crew::Crew>,
 }
 
@@ -49,6 +51,7 @@ impl AppState {
             sync: crate::sync::SyncHandle::not_configured(),
             xray: crate::xray::XrayHandle::not_configured(),
             gps: crate::gps::GpsHandle::not_configured(),
+            calls: crate::calls::CallHandle::not_configured(),
             crew: Arc::new(crate::crew::Crew::new(store.clone(), None, Default::default())),
             store,
         }
@@ -69,6 +72,12 @@ impl AppState {
     /// Reports this GPS service's status at `/api/v1/gps`.
     pub fn with_gps(mut self, gps: crate::gps::GpsHandle) -> AppState {
         self.gps = gps;
+        self
+    }
+
+    /// Runs video consults with this service at `/api/v1/call`.
+    pub fn with_calls(mut self, calls: crate::calls::CallHandle) -> AppState {
+        self.calls = calls;
         self
     }
 
@@ -119,6 +128,10 @@ fn routes(limit: usize) -> Routes {
         .route("/cases/{id}/history", get(cases::history))
         .route("/cases/{id}/audit", get(cases::audit))
         .route("/audit/verify", get(cases::verify_audit))
+        .route("/cases/{id}/call", post(calls::start).delete(calls::stop))
+        .route("/cases/{id}/call/watch", post(calls::watch))
+        .route("/cases/{id}/call/watch/{session}", axum::routing::delete(calls::unwatch))
+        .route("/call", get(calls::status))
         .route("/sync", get(sync_status))
         .route("/gps", get(gps_status))
         .route("/xray", get(xray::status))

@@ -1,6 +1,7 @@
 //! The touchscreen app: static files built into the agent (`edge-agent/ui/`), served with
 //! headers that keep the page to its own server (no request to any other host can be made
-//! from it) and out of other sites' frames.
+//! from it) and out of other sites' frames. A video consult's media is the one exception,
+//! by design: WebRTC flows with the hub's media server, negotiated through the agent.
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
