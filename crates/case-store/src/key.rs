@@ -121,25 +121,10 @@ pub fn generate_key_file(path: &Path) -> std::io::Result<()> {
 /// of a key, and connections keyed at the same instant on several threads have been seen
 /// to fail with "An error occurred with PRAGMA key". Every SQLCipher database of the
 /// process (the van's store, the hub's) is keyed through here.
-///
-/// It still failed that way, rarely, with another thread closing its last keyed connection
-/// at the time (SQLCipher tears its crypto provider down when no keyed connection is left,
-/// and sets it up again on the next key). So one keyed in-memory connection is kept for the
-/// life of the process, and a key that fails is tried once more.
 pub fn apply_sqlcipher_key(conn: &rusqlite::Connection, key: &[u8; 32]) -> rusqlite::Result<()> {
-    static KEYING: std::sync::Mutex<Option<rusqlite::Connection>> = std::sync::Mutex::new(None);
-    let mut keep_alive = KEYING.lock().unwrap_or_else(|p| p.into_inner());
-    if keep_alive.is_none()
-        && let Ok(c) = rusqlite::Connection::open_in_memory()
-        && c.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode([7u8; 32]))).is_ok()
-    {
-        *keep_alive = Some(c);
-    }
-    let pragma = format!("PRAGMA key = \"x'{}'\";", hex::encode(key));
-    if let Err(e) = conn.execute_batch(&pragma) {
-        tracing::warn!(error = %e, "keying an SQLCipher connection failed; trying once more");
-        conn.execute_batch(&pragma)?;
-    }
+    static KEYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = KEYING.lock().unwrap_or_else(|p| p.into_inner());
+    conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(key)))?;
     // The codec is set up on the first read; a wrong key shows here too (callers check).
     let _ = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0));
     Ok(())
