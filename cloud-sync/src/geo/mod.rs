@@ -26,6 +26,7 @@ use axum::routing::get;
 use case_model::{CaseId, OrgId, UserId};
 use geofence::{Fix, LatLon, PresenceConfig};
 use serde::{Deserialize, Serialize};
+use sync_proto::DocId;
 use tokio::sync::broadcast;
 
 pub use policy::{Decision, Tracker, Zone, ZoneKind};
@@ -109,9 +110,16 @@ pub struct ConsultArea {
 
 struct OrgState {
     tracker: Tracker,
-    zones: Vec<Zone>,
+    /// Shared with the decisions made on them (a position is about once a second a van).
+    zones: Arc<Vec<Zone>>,
     zones_read: Option<Instant>,
 }
+
+/// Whether a van may name a case as its active one, as last read, and when.
+type Entitlements = HashMap<(String, String, DocId), (bool, Instant)>;
+
+/// How long a van's entitlement to its active case is taken without reading it again.
+const ENTITLED_TTL: Duration = Duration::from_secs(30);
 
 /// The service.
 pub struct Geo {
@@ -120,6 +128,7 @@ pub struct Geo {
     orgs: Mutex<HashMap<String, OrgState>>,
     latest: Mutex<HashMap<(String, String), VanOnMap>>,
     alerts: broadcast::Sender<(String, Alert)>,
+    entitled: Mutex<Entitlements>,
 }
 
 impl std::fmt::Debug for Geo {
@@ -145,6 +154,7 @@ impl Geo {
             orgs: Mutex::new(HashMap::new()),
             latest: Mutex::new(HashMap::new()),
             alerts: broadcast::channel(256).0,
+            entitled: Mutex::new(HashMap::new()),
         })
     }
 
@@ -185,21 +195,19 @@ impl Geo {
         }
         // The case must be one the van may sync (its organisation's, created by or assigned to
         // it): a van cannot alert about, or route by, anyone else's case.
-        let case = r.active_case.filter(|doc| {
-            self.cases.storage().case_meta(*doc).ok().flatten().is_some_and(|m| m.entitles(&pos.org, &pos.van))
-        });
+        let case = r.active_case.filter(|doc| self.entitled(pos, *doc));
         let fix = Fix { at, t_ms: r.at_ms, accuracy_m: f64::from(r.accuracy_dm) / 10.0 };
         let (decisions, inside) = {
             let mut orgs = lock(&self.orgs);
             let state = orgs.entry(pos.org.clone()).or_insert_with(|| OrgState {
                 tracker: Tracker::new(PresenceConfig::default()),
-                zones: Vec::new(),
+                zones: Arc::new(Vec::new()),
                 zones_read: None,
             });
             if state.zones_read.is_none_or(|t| t.elapsed() >= ZONES_TTL) {
                 match self.load_zones(&pos.org) {
                     Ok(z) => {
-                        state.zones = z;
+                        state.zones = Arc::new(z);
                         state.zones_read = Some(Instant::now());
                     }
                     Err(e) => tracing::warn!(error = %e, "could not read the geofences; using the last known"),
@@ -241,6 +249,28 @@ impl Geo {
             outcome: audit::Outcome::Allowed,
             detail,
         })
+    }
+
+    /// Whether the van may name `doc` as its active case (its organisation's, created by or
+    /// assigned to it), read from storage at most every [`ENTITLED_TTL`] per van and case.
+    fn entitled(&self, pos: &VanPosition, doc: DocId) -> bool {
+        let key = (pos.org.clone(), pos.van.clone(), doc);
+        if let Some((ok, at)) = lock(&self.entitled).get(&key)
+            && at.elapsed() < ENTITLED_TTL
+        {
+            return *ok;
+        }
+        let ok = match self.cases.storage().case_meta(doc) {
+            Ok(meta) => meta.is_some_and(|m| m.entitles(&pos.org, &pos.van)),
+            // Not known now: not trusted, and asked again next time.
+            Err(_) => return false,
+        };
+        let mut cache = lock(&self.entitled);
+        if cache.len() >= 10_000 {
+            cache.retain(|_, (_, at)| at.elapsed() < ENTITLED_TTL);
+        }
+        cache.insert(key, (ok, Instant::now()));
+        ok
     }
 
     fn decided(&self, pos: &VanPosition, d: &Decision, zones: &[Zone]) -> Result<(), StorageError> {
