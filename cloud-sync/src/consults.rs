@@ -38,11 +38,14 @@ const ROUTE: &str = "consult_route";
 pub struct ConsultConfig {
     /// A request nobody claimed for this long goes to every doctor, seconds.
     pub escalate_after_s: i64,
+    /// Going on call lasts this long (a shift), hours: a doctor who went home without going
+    /// off call stops getting requests then, and the others get them instead.
+    pub on_call_hours: i64,
 }
 
 impl Default for ConsultConfig {
     fn default() -> Self {
-        ConsultConfig { escalate_after_s: 120 }
+        ConsultConfig { escalate_after_s: 120, on_call_hours: 12 }
     }
 }
 
@@ -126,12 +129,20 @@ fn text(item: &case_model::Item, key: &str) -> String {
     item.get(key).and_then(|v| v.as_str()).unwrap_or("").to_owned()
 }
 
-fn on_call_doctors(identity: &crate::identity::Identity, org: &str) -> Result<Vec<String>, StorageError> {
+/// The organisation's doctors on call at `now`, each with when that lapses: going on call
+/// lasts `lasts_s`.
+fn on_call_doctors(
+    identity: &crate::identity::Identity,
+    org: &str,
+    lasts_s: i64,
+    now: i64,
+) -> Result<Vec<(String, i64)>, StorageError> {
     let mut out = Vec::new();
     for row in identity.storage().identities(ON_CALL, org)? {
         let oc: OnCall = crate::identity::records::open(identity.sealer(), &row)?;
-        if oc.on_call {
-            out.push(row.id.rsplit('/').next().unwrap_or("").to_owned());
+        let until = oc.since.saturating_add(lasts_s);
+        if oc.on_call && now < until {
+            out.push((row.id.rsplit('/').next().unwrap_or("").to_owned(), until));
         }
     }
     out.sort();
@@ -189,12 +200,14 @@ fn build_queue(
     geo: Option<&crate::geo::Geo>,
     org: &str,
     user: &str,
-    escalate_after_s: i64,
+    config: &ConsultConfig,
     now: i64,
 ) -> Result<Vec<QueueItem>, StorageError> {
+    let escalate_after_s = config.escalate_after_s;
     let storage = identity.storage();
     let vault = Vault { storage: &*storage, sealer: identity.sealer() };
-    let on_call = on_call_doctors(identity, org)?;
+    let on_call: Vec<String> =
+        on_call_doctors(identity, org, config.on_call_hours * 3600, now)?.into_iter().map(|(d, _)| d).collect();
     let me_on_call = on_call.iter().any(|d| d == user);
     let mut out = Vec::new();
     for v in views {
@@ -270,11 +283,11 @@ fn build_queue(
 async fn queue(State(state): State<Arc<HubState>>, Caller(p): Caller) -> Result<Response, ApiError> {
     require(&p, Permission::ConsultAnswer)?;
     let (cases, identity) = parts(&state)?;
-    let escalate = state.consults.escalate_after_s;
+    let config = state.consults.clone();
     let geo = state.geo.clone();
     let list = blocking(move || {
         let views = cases.consulting_cases(&p.user, &p.org).map_err(ApiError::from)?;
-        build_queue(&views, &identity, geo.as_deref(), p.org.as_str(), p.user.as_str(), escalate, now_s())
+        build_queue(&views, &identity, geo.as_deref(), p.org.as_str(), p.user.as_str(), &config, now_s())
             .map_err(storage_error)
     })
     .await?;
@@ -329,9 +342,16 @@ async fn on_call(State(state): State<Arc<HubState>>, Caller(p): Caller) -> Resul
     require(&p, Permission::ConsultAnswer)?;
     let (_, identity) = parts(&state)?;
     let (org, user) = (p.org.to_string(), p.user.to_string());
-    let doctors = blocking(move || on_call_doctors(&identity, &org).map_err(storage_error)).await?;
-    Ok(axum::Json(serde_json::json!({ "on_call": doctors.contains(&user), "doctors_on_call": doctors }))
-        .into_response())
+    let lasts_s = state.consults.on_call_hours * 3600;
+    let doctors = blocking(move || on_call_doctors(&identity, &org, lasts_s, now_s()).map_err(storage_error)).await?;
+    let mine = doctors.iter().find(|(d, _)| *d == user).map(|(_, until)| *until);
+    let names: Vec<&str> = doctors.iter().map(|(d, _)| d.as_str()).collect();
+    Ok(axum::Json(serde_json::json!({
+        "on_call": mine.is_some(),
+        "on_call_until": mine,
+        "doctors_on_call": names,
+    }))
+    .into_response())
 }
 
 /// A doctor takes a request: the first claim wins; a second doctor gets 409 naming who has it.
@@ -384,8 +404,12 @@ async fn claim(
     Ok(axum::Json(serde_json::json!({ "claimed_by": claimed.by, "claimed_at": claimed.at })).into_response())
 }
 
+/// How often an event stream looks at its caller's login again.
+const LOGIN_RECHECK: Duration = Duration::from_secs(10);
+
 /// Changes to the caller's organisation's cases as they happen (Server-Sent Events): an
-/// event `case` with the case id, and a `tick` every 15 s (escalations are due by time).
+/// event `case` with the case id, and a `tick` every 15 s (escalations are due by time). The
+/// stream ends within [`LOGIN_RECHECK`] of the caller's login ending.
 async fn events(State(state): State<Arc<HubState>>, Caller(p): Caller) -> Result<Response, ApiError> {
     require(&p, Permission::CaseRead)?;
     let (cases, _) = parts(&state)?;
@@ -401,8 +425,12 @@ async fn events(State(state): State<Arc<HubState>>, Caller(p): Caller) -> Result
     let user = p.user.to_string();
     let mut alerts = state.geo.as_ref().map(|g| g.alerts());
     let storage = state.identity.as_ref().map(|i| i.storage());
+    let identity = state.identity.clone();
     let stream = async_stream(move |tx| async move {
         let mut tick = tokio::time::interval(Duration::from_secs(15));
+        // The login is looked at again as the stream goes: one that ended (logged out
+        // elsewhere, disabled) ends the stream, and the page's reconnection is refused.
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + LOGIN_RECHECK, LOGIN_RECHECK);
         loop {
             let next_alert = async {
                 match alerts.as_mut() {
@@ -441,6 +469,16 @@ async fn events(State(state): State<Arc<HubState>>, Caller(p): Caller) -> Result
                     }
                 },
                 _ = tick.tick() => Event::default().event("tick").data(now_s().to_string()),
+                _ = recheck.tick() => {
+                    let Some(identity) = identity.clone() else { continue };
+                    let who = p.clone();
+                    let stands = tokio::task::spawn_blocking(move || identity.still_stands(&who, now_s())).await;
+                    // A storage failure is not a logout.
+                    if matches!(stands, Ok(Ok(false))) {
+                        return;
+                    }
+                    continue;
+                }
                 got = rx.recv() => match got {
                     Ok(doc) => {
                         let cases = cases.clone();

@@ -36,7 +36,11 @@ async fn requests_reach_the_doctors_on_call_the_first_claim_wins_and_unclaimed_o
         call(&router, "PUT", "/api/v1/consults/on-call", &osei, Some(serde_json::json!({"on_call": true}))).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (_, who) = call(&router, "GET", "/api/v1/consults/on-call", &ana, None).await;
-    assert_eq!(who, serde_json::json!({"on_call": false, "doctors_on_call": ["dr.osei"]}));
+    assert_eq!(who, serde_json::json!({"on_call": false, "on_call_until": null, "doctors_on_call": ["dr.osei"]}));
+    // For a shift: twelve hours unless the config says otherwise.
+    let (_, me) = call(&router, "GET", "/api/v1/consults/on-call", &osei, None).await;
+    let until = me["on_call_until"].as_i64().unwrap();
+    assert!((until - common::now_s() - 12 * 3600).abs() <= 5, "{me}");
 
     // The van asks for a consult (here written at the hub as the crew would from the van).
     let vdir = tempfile::tempdir().unwrap();
@@ -180,4 +184,18 @@ async fn a_hub_shutting_down_ends_the_event_streams_instead_of_waiting_for_them(
     let ended = tokio::time::timeout(Duration::from_secs(5), server).await;
     assert!(ended.is_ok(), "the hub waited for the event stream to end");
     ended.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn going_on_call_lapses_after_the_configured_shift() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, hub, doctors) = common::two_org_hub(dir.path());
+    // A shift of no length: going on call lapses at once.
+    config.consults.on_call_hours = 0;
+    let router = app(HubState::open(&config).unwrap().with_hub(&hub));
+    let on = Some(serde_json::json!({"on_call": true}));
+    let (status, _) = call(&router, "PUT", "/api/v1/consults/on-call", &doctors.north, on).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, who) = call(&router, "GET", "/api/v1/consults/on-call", &doctors.north, None).await;
+    assert_eq!(who, serde_json::json!({"on_call": false, "on_call_until": null, "doctors_on_call": []}));
 }

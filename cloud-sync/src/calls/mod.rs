@@ -153,6 +153,7 @@ async fn join(
             }
             _ => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
         })?;
+    watch_login(state.clone(), p, id.to_string(), session);
     let location = format!("/api/v1/calls/{id}/sessions/{session}");
     let mut resp = (StatusCode::CREATED, answer).into_response();
     let h = resp.headers_mut();
@@ -162,6 +163,45 @@ async fn join(
     }
     h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Location"));
     Ok(resp)
+}
+
+/// A caller's login is looked at again this often while they are in a call.
+const LOGIN_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes the caller out of the call when their login ends (they logged out elsewhere, or an
+/// administrator disabled them): access is decided for as long as media flows, not only at
+/// the join. A storage failure leaves them in (it is not a logout).
+fn watch_login(state: Arc<HubState>, p: Principal, room: String, session: sfu::PeerId) {
+    let (Some(identity), Some(sfu)) = (state.identity.clone(), state.sfu.clone()) else { return };
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(LOGIN_RECHECK).await;
+            if !sfu.has_session(session) {
+                return;
+            }
+            let (id, who) = (identity.clone(), p.clone());
+            let stands = tokio::task::spawn_blocking(move || id.still_stands(&who, now_s())).await;
+            if !matches!(stands, Ok(Ok(false))) {
+                continue;
+            }
+            if sfu.leave(&room, p.user.as_str(), session) {
+                tracing::info!(room = %room, who = %p.user, session, "a caller's login ended; took them out of the call");
+                let rec = audit::Record {
+                    at: now_s() * 1000,
+                    actor: p.user.to_string(),
+                    action: "call.leave".into(),
+                    case_id: Some(room.clone()),
+                    outcome: audit::Outcome::Allowed,
+                    detail: "the login ended".into(),
+                };
+                let storage = identity.storage();
+                if let Err(e) = tokio::task::spawn_blocking(move || storage.audit(&rec)).await {
+                    tracing::error!(error = %e, "could not audit a call's end");
+                }
+            }
+            return;
+        }
+    });
 }
 
 /// WHIP: the caller publishes (the van's camera and microphone, or a doctor's).

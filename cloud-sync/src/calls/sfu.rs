@@ -188,6 +188,11 @@ impl Sfu {
     pub fn participants(&self, room: &str) -> Vec<Participant> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner()).get(room).cloned().unwrap_or_default()
     }
+
+    /// Whether a session is open (joined, and not yet left or dropped).
+    pub fn has_session(&self, id: PeerId) -> bool {
+        lock(&self.sessions).contains_key(&id)
+    }
 }
 
 impl Drop for Sfu {

@@ -1284,6 +1284,21 @@ impl Identity {
         Ok(claims)
     }
 
+    /// Whether `p`'s login still stands: not logged out, ended by an administrator (a
+    /// disabled account's sessions end) or past its absolute timeout. What outlives a
+    /// request (an event stream, a live call) asks again every so often. A van's call
+    /// ticket stands for its own short life.
+    ///
+    /// Read from storage each time (not through the bearer tokens' short cache, which may
+    /// still hold a session's state from before its second factor was confirmed).
+    pub fn still_stands(&self, p: &Principal, now: i64) -> Result<bool, AuthError> {
+        if p.call_case.is_some() {
+            return Ok(true);
+        }
+        let s = self.vault().load::<Session>(SESSION, &p.session).map_err(|e| AuthError::Storage(e.to_string()))?;
+        Ok(s.is_some_and(|(s, _)| !s.ended && !s.mfa_pending && now < s.created_at + self.settings.absolute_timeout_s))
+    }
+
     /// Whether a bearer token's session still stands (not logged out, revoked or timed
     /// out), looked at in storage at most every [`SESSION_RECHECK_S`] per session.
     fn session_live(&self, sid: &str, now: i64) -> Result<bool, AuthError> {

@@ -255,7 +255,8 @@ async function renderQueue() {
       if (state.me.permissions.includes('consult_answer')) {
         const oc = await api('GET', '/api/v1/consults/on-call');
         onCall.setAttribute('aria-pressed', String(oc.on_call));
-        onCall.textContent = oc.on_call ? 'On call (tap to go off call)' : 'Off call (tap to go on call)';
+        const until = oc.on_call_until ? ` until ${new Date(oc.on_call_until * 1000).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })}` : '';
+        onCall.textContent = oc.on_call ? `On call${until} (tap to go off call)` : 'Off call (tap to go on call)';
         $('on-call-who').textContent = oc.doctors_on_call.length ? `On call now: ${oc.doctors_on_call.join(', ')}` : 'Nobody is on call: requests go to every doctor.';
         const list = await api('GET', '/api/v1/consults');
         fill(consults, ...(list.length ? list.map(consultCard) : [h('p', { class: 'muted' }, 'No request for you now. New ones appear here by themselves.')]));
