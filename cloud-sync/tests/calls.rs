@@ -550,9 +550,13 @@ async fn the_van_follows_its_link_down_and_up_keeps_audio_and_comes_back_after_a
     let trace: Vec<String> = samples
         .iter()
         .step_by(2)
-        .map(|(t, v)| format!("{:.1}s:{}/{}", (t - at(0)) as f64 / 1000.0, v.target_kbps, v.sent_kbps))
+        .map(|(t, v)| {
+            let rtt = v.rtt_s.map_or("-".to_owned(), |r| format!("{:.0}", r * 1000.0));
+            let lost = (v.fraction_lost * 100.0).round();
+            format!("{:.1}s:{}/{}/{rtt}/{lost}", (t - at(0)) as f64 / 1000.0, v.target_kbps, v.sent_kbps)
+        })
         .collect();
-    println!("van's video bitrate (target/sent kbit/s): {}", trace.join(" "));
+    println!("van's video bitrate (target/sent kbit/s, round trip ms, lost %): {}", trace.join(" "));
     let down = first_after(at(1), &|v| v.target_kbps <= 460).unwrap_or(f64::INFINITY);
     // Following it back up: at twice what the narrow link allowed.
     let up = first_after(at(2), &|v| v.target_kbps >= 1000).unwrap_or(f64::INFINITY);

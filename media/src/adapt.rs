@@ -170,6 +170,42 @@ mod tests {
         assert!(recovered.0 - back[0].0 <= 5.0, "back within 5 s: {back:?}");
     }
 
+    /// A link of `cap` kbit/s behind a queue of one second: what is sent over the cap waits,
+    /// and only a full queue drops. Reports every 0.5 s, with no round trip in them (the
+    /// worst case: only loss tells the van, and late). Returns the trace.
+    fn run_queued(a: &mut Adapter, t: &mut f64, queue: &mut f64, cap: f64, secs: f64) -> Vec<(f64, u32)> {
+        let mut trace = Vec::new();
+        let end = *t + secs;
+        while *t < end {
+            let sent = f64::from(a.rate_kbps()) + 32.0;
+            *queue += (sent - cap) * 0.5;
+            let limit = cap * 1.0;
+            let dropped = (*queue - limit).max(0.0);
+            *queue = queue.clamp(0.0, limit);
+            let loss = dropped / (sent * 0.5);
+            a.report(*t, loss.min(1.0), None, sent);
+            trace.push((*t, a.rate_kbps()));
+            *t += 0.5;
+        }
+        trace
+    }
+
+    #[test]
+    fn a_queue_that_hides_a_full_link_does_not_send_the_climb_far_past_it() {
+        let mut a = Adapter::new(AdaptConfig::default(), 1500);
+        let (mut t, mut queue) = (0.0, 0.0);
+        run_queued(&mut a, &mut t, &mut queue, 4000.0, 15.0);
+        let narrow = run_queued(&mut a, &mut t, &mut queue, 500.0, 12.0);
+        let down = narrow.iter().find(|(_, r)| *r <= 460).expect("comes under the link");
+        assert!(down.0 - narrow[0].0 <= 5.0, "down within 5 s: {narrow:?}");
+        // Once down, it probes near the link, not at three or four times it.
+        let after: Vec<u32> = narrow.iter().filter(|(at, _)| *at >= down.0 + 2.0).map(|(_, r)| *r).collect();
+        assert!(after.iter().all(|r| *r <= 900), "stays near the 0.5 Mbit/s link: {narrow:?}");
+        let back = run_queued(&mut a, &mut t, &mut queue, 4000.0, 10.0);
+        let up = back.iter().find(|(_, r)| *r >= 1000).expect("climbs back");
+        assert!(up.0 - back[0].0 <= 5.0, "back to 1 Mbit/s within 5 s: {back:?}");
+    }
+
     #[test]
     fn steady_random_loss_lowers_the_rate_but_not_to_nothing() {
         let mut a = Adapter::new(AdaptConfig::default(), 1500);
