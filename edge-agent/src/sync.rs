@@ -425,7 +425,13 @@ impl SyncHandle {
                 return Err(TicketError::Offline);
             }
             let (tx, rx) = tokio::sync::oneshot::channel();
-            lock(&self.tickets).entry(doc).or_default().push(tx);
+            {
+                let mut waiting = lock(&self.tickets);
+                let list = waiting.entry(doc).or_default();
+                // Askers who gave up (timed out) wait no more.
+                list.retain(|w| !w.is_closed());
+                list.push(tx);
+            }
             if requests.send(LocalChange::CallTicket(doc)).is_err() {
                 return Err(TicketError::NotConfigured);
             }

@@ -127,6 +127,8 @@ async function act(label, fn) {
 }
 
 function endSession(message) {
+  // The van's call goes on (it is the van's, and the doctors stay); this screen stops playing it.
+  stopWatching();
   state.token = null; state.user = null; state.caseId = null; state.view = null;
   state.vitals = {}; state.drafts = {}; state.xray = freshXray(state.xray.presets);
   sessionStorage.clear();
@@ -797,11 +799,17 @@ function callLive(v) {
   return v && v.case_id === state.caseId && ['starting', 'live', 'stopping'].includes(v.state);
 }
 
-function callSection() {
+// The player and its status line, made once.
+function player() {
   if (!call.video) {
     call.video = h('video', { id: 'call-video', autoplay: true, playsinline: true, 'aria-label': 'The doctors in the call' });
     call.words = h('p', { id: 'call-state', role: 'status' });
   }
+  return call.video;
+}
+
+function callSection() {
+  player();
   const v = call.view;
   call.words.textContent = callWords(v);
   const live = callLive(v);
@@ -847,6 +855,8 @@ async function watchCall(id) {
 }
 
 async function joinCall(id) {
+  // The call may have been started from another screen before this one showed the tab.
+  player();
   const pc = new RTCPeerConnection();
   // A doctor and a specialist: two of each.
   for (let i = 0; i < 2; i++) {
