@@ -133,6 +133,10 @@ pub enum CallError {
     /// No call of this case runs.
     #[error("no video consult is running for this case")]
     NotRunning,
+    /// The touchscreen asked to stop playing a session this agent does not know (ended
+    /// already, or the agent restarted).
+    #[error("this screen is not playing that call session (it ended already); nothing to stop")]
+    NotWatching,
     /// No ticket from the hub.
     #[error(transparent)]
     Ticket(#[from] TicketError),
@@ -222,7 +226,7 @@ impl CallHandle {
     /// once the hub took the offer and media flows (or why not).
     pub async fn start(&self, ctx: &EditContext, case: CaseId) -> Result<CallView, CallError> {
         let inner = self.inner()?.clone();
-        let view = {
+        let (view, stop_rx) = {
             let mut cur = lock(&inner.current);
             let running = cur.stop.is_some() || cur.thread.as_ref().is_some_and(|t| !t.is_finished());
             if running && let Some(c) = cur.case {
@@ -240,7 +244,6 @@ impl CallHandle {
             cur.stop = Some(tx);
             (cur.view.clone(), rx)
         };
-        let (view, stop_rx) = view;
         let fail = |e: CallError| {
             let mut cur = lock(&inner.current);
             cur.stop = None;
@@ -348,7 +351,7 @@ impl CallHandle {
         let inner = self.inner()?.clone();
         let location = match lock(&inner.watching).remove(&id) {
             Some((c, location)) if c == case => location,
-            _ => return Err(CallError::NotRunning),
+            _ => return Err(CallError::NotWatching),
         };
         let ticket = inner.sync.call_ticket(case).await?;
         media::whip::end(&self.url(case, "whep")?, &ticket.token, &location)

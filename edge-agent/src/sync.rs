@@ -438,7 +438,7 @@ impl SyncHandle {
             match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(Ok(grant))) => return Ok(grant),
                 Ok(Ok(Err(why))) => last = why,
-                // The session ended before the answer: it reconnects, ask again.
+                // The answer's sender went away unanswered: ask again.
                 Ok(Err(_)) => {}
                 Err(_) => return Err(TicketError::Refused(last)),
             }

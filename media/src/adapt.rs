@@ -33,6 +33,8 @@ pub struct Adapter {
     /// above it for a while (the link got better).
     ceiling: Option<f64>,
     clean_above_since: Option<f64>,
+    /// The round trip last given, to tell a new measurement from a repeated one.
+    last_rtt: Option<f64>,
 }
 
 impl Adapter {
@@ -47,6 +49,7 @@ impl Adapter {
             clean: true,
             ceiling: None,
             clean_above_since: None,
+            last_rtt: None,
         }
     }
 
@@ -58,8 +61,17 @@ impl Adapter {
     /// A new receiver report at `now_s` (seconds on any steady clock): the fraction of
     /// packets lost since the one before, the round trip, and what this side sent over the
     /// last second (kbit/s, all streams). Returns the new bitrate if it changed.
+    ///
+    /// A round trip is measured only when a sender report comes back answered (every few
+    /// seconds), and the statistics repeat the last one meanwhile: the same value again is
+    /// not news, or a queue long drained would cut the bitrate report after report.
     pub fn report(&mut self, now_s: f64, fraction_lost: f64, rtt_s: Option<f64>, sent_kbps: f64) -> Option<u32> {
         let before = self.rate_kbps();
+        let repeated = rtt_s.is_some() && rtt_s == self.last_rtt;
+        if rtt_s.is_some() {
+            self.last_rtt = rtt_s;
+        }
+        let rtt_s = if repeated { None } else { rtt_s };
         if let Some(rtt) = rtt_s.filter(|r| r.is_finite() && *r >= 0.0) {
             // The shortest round trip lately is the link without a queue; it drifts up slowly
             // so a route that changed is learnt again.
@@ -204,6 +216,23 @@ mod tests {
         let back = run_queued(&mut a, &mut t, &mut queue, 4000.0, 10.0);
         let up = back.iter().find(|(_, r)| *r >= 1000).expect("climbs back");
         assert!(up.0 - back[0].0 <= 5.0, "back to 1 Mbit/s within 5 s: {back:?}");
+    }
+
+    #[test]
+    fn a_round_trip_repeated_by_the_statistics_cuts_once_not_at_every_report() {
+        let mut a = Adapter::new(AdaptConfig::default(), 2000);
+        // A clean link learns its round trip (50 ms)...
+        a.report(0.0, 0.0, Some(0.05), 2000.0);
+        // ...then a queue: one measurement of 800 ms, which the statistics then repeat while
+        // only the loss figure changes, long after the queue drained.
+        let cut = a.report(0.5, 0.0, Some(0.8), 2000.0).expect("a queue cuts");
+        let mut t = 1.0;
+        while t < 6.0 {
+            let lost = if ((t * 2.0) as u32).is_multiple_of(2) { 0.0 } else { 0.01 };
+            a.report(t, lost, Some(0.8), f64::from(cut));
+            t += 0.5;
+        }
+        assert!(a.rate_kbps() >= cut, "cut once to {cut}, not again and again: {}", a.rate_kbps());
     }
 
     #[test]

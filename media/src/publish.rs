@@ -362,7 +362,6 @@ fn adapt(
         let started = std::time::Instant::now();
         let mut last_bytes: Option<(u64, std::time::Instant)> = None;
         let mut last_report = None;
-        let mut last_rtt = None;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(500));
             let (tx, rx) = mpsc::channel();
@@ -399,15 +398,7 @@ fn adapt(
             let at = started.elapsed().as_secs_f64();
             let changed = if Some(report) != last_report {
                 last_report = Some(report);
-                // The round trip is measured only when a sender report of ours comes back
-                // answered (every few seconds); the statistics repeat the last one meanwhile.
-                // A repeated one is not news: taken again, a queue long drained would cut the
-                // bitrate report after report.
-                let fresh_rtt = rtt.filter(|r| Some(r.to_bits()) != last_rtt);
-                if rtt.is_some() {
-                    last_rtt = rtt.map(f64::to_bits);
-                }
-                adapter.report(at, lost, fresh_rtt, sent_kbps)
+                adapter.report(at, lost, rtt, sent_kbps)
             } else {
                 adapter.tick(at, sent_kbps)
             };

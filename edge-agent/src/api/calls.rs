@@ -21,7 +21,7 @@ impl From<CallError> for ApiError {
         match e {
             CallError::NotConfigured => ApiError::Unavailable("calls_not_configured", m),
             CallError::Busy(_) => ApiError::Conflict("call_running", m),
-            CallError::NotRunning => ApiError::Conflict("no_call", m),
+            CallError::NotRunning | CallError::NotWatching => ApiError::Conflict("no_call", m),
             CallError::Ticket(TicketError::NotConfigured | TicketError::Offline) => ApiError::Unavailable("offline", m),
             CallError::Ticket(TicketError::Refused(_)) => ApiError::Conflict("refused_by_hub", m),
             CallError::Media(_) => ApiError::Unavailable("media", m),
