@@ -32,6 +32,8 @@ pub struct Adapter {
     /// Where the link was last found full; near it the climb is careful, until it has held
     /// above it for a while (the link got better).
     ceiling: Option<f64>,
+    /// When the ceiling was last set: the cuts of one congestion keep the highest estimate.
+    ceiling_at: f64,
     clean_above_since: Option<f64>,
     /// The round trip last given, to tell a new measurement from a repeated one.
     last_rtt: Option<f64>,
@@ -48,9 +50,24 @@ impl Adapter {
             last_s: None,
             clean: true,
             ceiling: None,
+            ceiling_at: f64::NEG_INFINITY,
             clean_above_since: None,
             last_rtt: None,
         }
+    }
+
+    /// The link was found full at `now_s`, having carried about `carried_kbps`. Cuts within
+    /// a few seconds of each other are one congestion: the ceiling is the most the link was
+    /// seen to carry in it, not where the last cut landed (a run of cuts ends at the floor,
+    /// and a ceiling there lets the climb run fast past the real limit).
+    fn full_at(&mut self, now_s: f64, carried_kbps: f64) {
+        let carried = carried_kbps.max(self.rate);
+        self.ceiling = Some(match self.ceiling {
+            Some(c) if now_s - self.ceiling_at <= 4.0 => c.max(carried),
+            _ => carried,
+        });
+        self.ceiling_at = now_s;
+        self.clean_above_since = None;
     }
 
     /// The bitrate now, kbit/s.
@@ -85,16 +102,17 @@ impl Adapter {
         let min = f64::from(self.cfg.min_kbps);
         if fraction_lost > 0.10 {
             // The link carried what was not lost: go just under that, at once.
-            let carried = if sent_kbps > 0.0 { sent_kbps * (1.0 - fraction_lost) * 0.85 } else { self.rate * 0.5 };
-            self.rate = (self.rate * 0.7).min(carried).max(min);
+            let carried = if sent_kbps > 0.0 { sent_kbps * (1.0 - fraction_lost) } else { self.rate * 0.6 };
+            self.rate = (self.rate * 0.7).min(carried * 0.85).max(min);
             self.hold_until_s = now_s + 1.0;
             self.clean = false;
-            self.ceiling = Some(self.rate);
+            self.full_at(now_s, carried);
         } else if fraction_lost > 0.03 || queueing > 0.2 {
+            let carried = if sent_kbps > 0.0 { sent_kbps * (1.0 - fraction_lost) * 0.9 } else { self.rate };
             self.rate = (self.rate * 0.8).max(min);
             self.hold_until_s = now_s + 1.0;
             self.clean = false;
-            self.ceiling = Some(self.rate);
+            self.full_at(now_s, carried);
         } else {
             self.clean = queueing < 0.1;
         }
