@@ -265,6 +265,8 @@ pub struct Session {
     abandoned: std::collections::BTreeSet<[u8; 32]>,
     /// Documents changed locally before the handshake finished, offered once it does.
     early_changes: std::collections::BTreeSet<DocId>,
+    /// Blobs stored locally before the handshake finished, offered once it does.
+    early_blobs: BTreeMap<[u8; 32], (u64, Priority)>,
     /// Whether the peer's inventory arrived.
     inventory_seen: bool,
     /// The version agreed in the handshake.
@@ -327,6 +329,7 @@ impl Session {
             receiving: BTreeMap::new(),
             abandoned: Default::default(),
             early_changes: Default::default(),
+            early_blobs: Default::default(),
             inventory_seen: false,
             version: MIN_PROTOCOL_VERSION,
             audit_waiting: false,
@@ -626,8 +629,15 @@ impl Session {
 
     /// Tells the session this side now holds a blob the peer may need.
     pub fn local_blob(&mut self, sha256: [u8; 32], size: u64, priority: Priority) {
-        if self.phase == Phase::Syncing {
-            self.queue(Message::BlobOffer { sha256, size, priority });
+        match self.phase {
+            Phase::Syncing => self.queue(Message::BlobOffer { sha256, size, priority }),
+            // As with documents: the hello's digest predates this blob, and a hello sent as
+            // 0-RTT data on a dead link can wait a long time for its answer. Offered once
+            // the handshake is done, even if the hub then says the scopes matched.
+            Phase::Start | Phase::AwaitWelcome | Phase::AwaitHello => {
+                self.early_blobs.insert(sha256, (size, priority));
+            }
+            Phase::Closed => {}
         }
     }
 
@@ -711,9 +721,14 @@ impl Session {
     /// inventory and offer blobs; then offer whatever changed during the handshake.
     fn enter_syncing(&mut self, in_sync: bool, replica: &mut impl Replica) {
         self.phase = Phase::Syncing;
+        let early_blobs = std::mem::take(&mut self.early_blobs);
         if !in_sync {
             self.queue(inventory(replica));
             self.offer_blobs(replica);
+        } else {
+            for (sha256, (size, priority)) in early_blobs {
+                self.queue(Message::BlobOffer { sha256, size, priority });
+            }
         }
         self.events.push_back(Event::Ready { in_sync });
         self.offer_early_changes(replica);

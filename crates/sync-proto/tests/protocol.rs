@@ -572,3 +572,31 @@ fn call_tickets_are_asked_in_a_session_and_answered_by_the_hubs_rule() {
     let forged = Message::CallTicket { doc: id(1), grant: Ok(CallGrant { token: "x".into(), expires_at: 1 }) };
     assert!(hs.handle(forged, &mut hub).is_err());
 }
+
+#[test]
+fn what_the_van_stores_while_its_hello_waits_on_a_dead_link_still_reaches_the_hub() {
+    // A van reconnecting sends its hello as 0-RTT data at once, even while the link is
+    // still down; the crew go on working, and the hub answers the old hello when the link
+    // is back, saying the scopes matched (they did, when the hello was written).
+    let (mut van, mut hub) = (Mem::new(1), Mem::new(2));
+    let (mut vs, mut hs) = (Session::new(Role::Van), Session::new(Role::Hub));
+    vs.start(&van);
+    let hello: Vec<Message> = std::iter::from_fn(|| vs.poll_transmit(&mut van)).collect();
+    van.create(id(1), Priority::Case);
+    van.edit(id(1), "fall on the farm, left forearm");
+    vs.local_change(id(1), &mut van);
+    let preview = van.add_blob(blob(40_000, 3), Priority::Preview);
+    let image = van.add_blob(blob(600_000, 9), Priority::FullImage);
+    vs.local_blob(preview, 40_000, Priority::Preview);
+    vs.local_blob(image, 600_000, Priority::FullImage);
+    for m in hello {
+        hs.handle(m, &mut hub).unwrap();
+    }
+    pump(&mut van, &mut hub, &mut vs, &mut hs);
+    assert!(drain(&mut vs).contains(&Event::Ready { in_sync: true }), "the hub judged the scopes by the old hello");
+    assert_converged(&van, &hub);
+    for (name, h) in [("preview", preview), ("full image", image)] {
+        assert_eq!(hub.blob_state(&h), BlobState::Complete, "the {name} stored during the handshake");
+        assert_eq!(hub.blobs[&h].0, van.blobs[&h].0);
+    }
+}
