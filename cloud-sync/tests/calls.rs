@@ -553,10 +553,11 @@ async fn the_van_follows_its_link_down_and_up_keeps_audio_and_comes_back_after_a
         .map(|(t, v)| {
             let rtt = v.rtt_s.map_or("-".to_owned(), |r| format!("{:.0}", r * 1000.0));
             let lost = (v.fraction_lost * 100.0).round();
-            format!("{:.1}s:{}/{}/{rtt}/{lost}", (t - at(0)) as f64 / 1000.0, v.target_kbps, v.sent_kbps)
+            let recv = v.recv_kbps.map_or("-".to_owned(), |r| r.to_string());
+            format!("{:.1}s:{}/{}/{recv}/{rtt}/{lost}", (t - at(0)) as f64 / 1000.0, v.target_kbps, v.sent_kbps)
         })
         .collect();
-    println!("van's video bitrate (target/sent kbit/s, round trip ms, lost %): {}", trace.join(" "));
+    println!("van's video bitrate (target/sent/arrived kbit/s, round trip ms, lost %): {}", trace.join(" "));
     let down = first_after(at(1), &|v| v.target_kbps <= 460).unwrap_or(f64::INFINITY);
     // Following it back up: at twice what the narrow link allowed.
     let up = first_after(at(2), &|v| v.target_kbps >= 1000).unwrap_or(f64::INFINITY);
@@ -598,13 +599,19 @@ async fn the_van_follows_its_link_down_and_up_keeps_audio_and_comes_back_after_a
     // first change of the case the hub announced after it).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let arrived = arrivals.lock().unwrap().clone();
-    let mut delays: Vec<f64> = edits
+    let timed: Vec<(f64, &str, f64)> = edits
         .iter()
         .filter(|(_, what)| *what != "tunnel")
-        .map(|(t, _)| {
-            arrived.iter().find(|a| *a >= t).map_or(f64::INFINITY, |a| a.duration_since(*t).as_secs_f64() * 1000.0)
+        .map(|(t, what)| {
+            let delay =
+                arrived.iter().find(|a| *a >= t).map_or(f64::INFINITY, |a| a.duration_since(*t).as_secs_f64() * 1000.0);
+            (t.duration_since(edits[0].0).as_secs_f64(), *what, delay)
         })
         .collect();
+    let slow: Vec<String> =
+        timed.iter().filter(|e| e.2 > 500.0).map(|(at, what, d)| format!("+{at:.1}s ({what}): {d:.0} ms")).collect();
+    println!("edits slower than 500 ms (seconds after the first edit): {}", slow.join(", "));
+    let mut delays: Vec<f64> = timed.iter().map(|e| e.2).collect();
     delays.sort_by(f64::total_cmp);
     let p95 = percentile(&delays, 0.95);
     println!(

@@ -38,6 +38,8 @@ pub struct LinkView {
     pub fraction_lost: f64,
     /// The last round trip reported, seconds.
     pub rtt_s: Option<f64>,
+    /// What arrived at the hub, by its last transport-wide feedback, kbit/s.
+    pub recv_kbps: Option<u32>,
 }
 
 /// What a stopped call left.
@@ -101,15 +103,22 @@ fn pipeline_description(s: &Settings) -> String {
     format!(
         "{src} \
          v. ! {vtee}videoconvert ! {enc} ! rtph264pay config-interval=-1 aggregate-mode=zero-latency pt=96 ! \
-           application/x-rtp,media=video,encoding-name=H264,payload=96,clock-rate=90000 ! wb. \
+           application/x-rtp,media=video,encoding-name=H264,payload=96,clock-rate=90000,{twcc} ! wb. \
          a. ! {atee}opusenc bitrate=32000 frame-size=20 ! rtpopuspay pt=111 ! \
-           application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000 ! wb. \
+           application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000,{twcc} ! wb. \
          {record}\
          webrtcbin name=wb bundle-policy=max-bundle latency=50",
         src = crate::source::describe(&s.source, s.format),
         enc = crate::source::video_encoder(s.bitrate_kbps),
+        twcc = TWCC_CAPS,
     )
 }
+
+/// Transport-wide congestion control (draft-holmer-rmcat-transport-wide-cc-extensions-01):
+/// every packet carries a sequence number shared by audio and video, and the hub's media
+/// server answers every 50 ms with when each arrived. From that the van knows what the link
+/// carries and whether a queue grows, loss before any retransmission repairs it.
+const TWCC_CAPS: &str = "extmap-3=http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01,rtcp-fb-transport-cc=(boolean)true";
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -362,8 +371,24 @@ fn adapt(
         let started = std::time::Instant::now();
         let mut last_bytes: Option<(u64, std::time::Instant)> = None;
         let mut last_report = None;
+        let mut last_feedback = None;
+        let mut recv_kbps = None;
+        // The RTP session of the bundle, where the transport-wide feedback is read.
+        let mut session: Option<gst::Element> = None;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(500));
+            if session.is_none() {
+                session = wb
+                    .downcast_ref::<gst::Bin>()
+                    .and_then(|b| b.by_name("rtpbin"))
+                    .and_then(|rtpbin| rtpbin.emit_by_name::<Option<gst::Element>>("get-session", &[&0u32]));
+                if let Some(s) = &session {
+                    // A sender report every half second rather than every five: each
+                    // answered one is a fresh round trip, the only sign of a queue that
+                    // stands rather than grows.
+                    s.set_property("rtcp-min-interval", 500_000_000u64);
+                }
+            }
             let (tx, rx) = mpsc::channel();
             let promise = gst::Promise::with_change_func(move |reply| {
                 if let Ok(Some(reply)) = reply {
@@ -396,12 +421,21 @@ fn adapt(
             let report = (lost.to_bits(), rtt.map(f64::to_bits), lost_packets);
             tracing::debug!(lost, ?rtt, lost_packets, sent_kbps, "receiver report");
             let at = started.elapsed().as_secs_f64();
-            let changed = if Some(report) != last_report {
+            // The feedback statistics, too, stay as they are until new feedback comes.
+            let feedback = session.as_ref().and_then(transport_feedback).filter(|f| Some(*f) != last_feedback);
+            let before = adapter.rate_kbps();
+            if let Some(f) = feedback {
+                last_feedback = Some(f);
+                recv_kbps = Some(f.recv_kbps as u32);
+                adapter.feedback(at, crate::adapt::Feedback { sent_kbps, ..f });
+            }
+            if Some(report) != last_report {
                 last_report = Some(report);
-                adapter.report(at, lost, rtt, sent_kbps)
+                adapter.report(at, lost, rtt, sent_kbps);
             } else {
-                adapter.tick(at, sent_kbps)
-            };
+                adapter.tick(at, sent_kbps);
+            }
+            let changed = (adapter.rate_kbps() != before).then(|| adapter.rate_kbps());
             if let Some(kbps) = changed
                 && let Some(enc) = &encoder
                 && enc.has_property("bitrate")
@@ -413,9 +447,26 @@ fn adapt(
                 sent_kbps: sent_kbps as u32,
                 fraction_lost: lost,
                 rtt_s: rtt,
+                recv_kbps,
             };
         }
     });
+}
+
+/// The RTP session's transport-wide feedback statistics (GStreamer's `twcc-stats`), if
+/// the hub sends feedback and it covered a few packets.
+fn transport_feedback(session: &gst::Element) -> Option<crate::adapt::Feedback> {
+    let s = session.property::<Option<gst::Structure>>("twcc-stats")?;
+    if s.get::<u32>("packets-recv").ok()? < 3 {
+        return None;
+    }
+    Some(crate::adapt::Feedback {
+        // Replaced by the outbound count (see the field).
+        sent_kbps: f64::from(s.get::<u32>("bitrate-sent").ok()?) / 1000.0,
+        recv_kbps: f64::from(s.get::<u32>("bitrate-recv").ok()?) / 1000.0,
+        lost: s.get::<f64>("packet-loss-pct").ok()? / 100.0,
+        delay_trend_ms: s.get::<i64>("avg-delta-of-delta").ok()? as f64 / 1e6,
+    })
 }
 
 /// Logs the pipeline's errors and warnings, and reports recording segments as they close,
