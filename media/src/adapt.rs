@@ -8,9 +8,10 @@
 //! - transport-wide feedback ([`Feedback`]): every 50 ms the hub's media server says when
 //!   each packet arrived, so the van knows what the link carried, whether a queue is
 //!   growing, and what was lost before any retransmission repaired it;
-//! - RTCP receiver reports ([`Adapter::report`]): the fraction lost and a round trip, which
-//!   is measured only every few seconds. Used when the feedback is silent (a media server
-//!   that does not send it, or statistics that stopped moving).
+//! - RTCP receiver reports ([`Adapter::report`]): the fraction lost and a round trip,
+//!   measured only when a sender report comes back answered. They decide when the feedback
+//!   is silent (a media server that does not send it); while it flows, a fresh round trip
+//!   still shows what the feedback cannot: a queue that stands rather than grows.
 
 /// Limits and pace.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,6 +63,10 @@ pub struct Feedback {
     /// retransmissions). Not the feedback's own figure for the packets it covers: those
     /// still queued on the link are not in it, so it hides the very queue it should show.
     pub sent_kbps: f64,
+    /// The feedback's own figure: how fast the packets it covers were sent, kbit/s. Beside
+    /// what arrived of the same packets it tells a link that narrowed from a key frame's
+    /// burst, which the own count above takes in too.
+    pub covered_sent_kbps: f64,
     /// What arrived at the hub in it, kbit/s.
     pub recv_kbps: f64,
     /// The fraction of those packets lost (before any retransmission).
@@ -69,6 +74,46 @@ pub struct Feedback {
     /// How much later each packet arrived than the one before, beyond how much later it
     /// was sent (the mean delta of deltas), ms: above zero, a queue is growing.
     pub delay_trend_ms: f64,
+}
+
+/// Feedback gathered over a few looks: each of GStreamer's figures covers one feedback
+/// message (50 ms, a handful of packets at low rates), too few to judge alone. Rates and
+/// the delay trend are averaged by packets, loss counted over all of them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FeedbackWindow {
+    sent_packets: f64,
+    recv_packets: f64,
+    covered_sent: f64,
+    recv: f64,
+    delay_trend: f64,
+}
+
+impl FeedbackWindow {
+    /// One look: the feedback's figures and how many packets they cover.
+    pub fn add(&mut self, fb: Feedback, packets_sent: u32, packets_recv: u32) {
+        let (sent, recv) = (f64::from(packets_sent), f64::from(packets_recv));
+        self.sent_packets += sent;
+        self.recv_packets += recv;
+        self.covered_sent += fb.covered_sent_kbps * sent;
+        self.recv += fb.recv_kbps * recv;
+        self.delay_trend += fb.delay_trend_ms * recv;
+    }
+
+    /// What the looks since the last call add up to (`sent_kbps` is left for the caller's
+    /// own count), if they covered a few packets.
+    pub fn take(&mut self) -> Option<Feedback> {
+        let w = std::mem::take(self);
+        if w.recv_packets < 3.0 || w.sent_packets < 1.0 {
+            return None;
+        }
+        Some(Feedback {
+            sent_kbps: 0.0,
+            covered_sent_kbps: w.covered_sent / w.sent_packets,
+            recv_kbps: w.recv / w.recv_packets,
+            lost: (1.0 - w.recv_packets / w.sent_packets).clamp(0.0, 1.0),
+            delay_trend_ms: w.delay_trend / w.recv_packets,
+        })
+    }
 }
 
 /// Feedback older than this no longer decides; the receiver reports do.
@@ -115,7 +160,10 @@ impl Adapter {
         // counts only when the next feedback repeats it; a clear sign counts at once.
         let hint = fb.recv_kbps < fb.sent_kbps * 0.75 || (fb.delay_trend_ms > 0.5 && fb.recv_kbps < fb.sent_kbps * 0.9);
         self.suspect_in_a_row = if hint { self.suspect_in_a_row + 1 } else { 0 };
-        let clear = fb.lost > 0.10 || fb.delay_trend_ms > 4.0;
+        // Half of what was sent arriving, the same packets arriving slower than they left:
+        // the link narrowed.
+        let narrowed = fb.recv_kbps < fb.sent_kbps * 0.55 && fb.recv_kbps < fb.covered_sent_kbps * 0.7;
+        let clear = fb.lost > 0.10 || fb.delay_trend_ms > 4.0 || narrowed;
         if clear || self.suspect_in_a_row >= 2 {
             let carried = if clear { fb.recv_kbps } else { (fb.recv_kbps + arrived_before) / 2.0 }.max(0.0);
             // What arrived includes the audio: the picture takes the rest.
@@ -123,11 +171,7 @@ impl Adapter {
             // Feedback comes every 50 ms: half a second shows whether the cut was enough.
             self.hold_until_s = now_s + 0.5;
             self.clean = false;
-            // What arrived is what the link carries now: that is where it is full (not the
-            // most of a run of cuts, as with the receiver reports' guesses).
-            self.ceiling = Some(carried.max(min));
-            self.ceiling_at = now_s;
-            self.clean_above_since = None;
+            self.full_here(now_s, carried);
             self.suspect_in_a_row = 0;
         } else if hint || fb.lost > 0.03 || fb.delay_trend_ms > 1.0 {
             // Not clean enough to climb, not (yet) bad enough to cut.
@@ -154,6 +198,15 @@ impl Adapter {
         self.clean_above_since = None;
     }
 
+    /// The link was found full at `now_s` by the feedback, carrying `arrived_kbps`: what
+    /// arrived is what it carries now, so that is the ceiling (not the most of a run of
+    /// cuts, as with the receiver reports' guesses).
+    fn full_here(&mut self, now_s: f64, arrived_kbps: f64) {
+        self.ceiling = Some(arrived_kbps.max(f64::from(self.cfg.min_kbps)));
+        self.ceiling_at = now_s;
+        self.clean_above_since = None;
+    }
+
     /// The bitrate now, kbit/s.
     pub fn rate_kbps(&self) -> u32 {
         self.rate.round() as u32
@@ -163,9 +216,10 @@ impl Adapter {
     /// packets lost since the one before, the round trip, and what this side sent over the
     /// last second (kbit/s, all streams). Returns the new bitrate if it changed.
     ///
-    /// A round trip is measured only when a sender report comes back answered (every few
-    /// seconds), and the statistics repeat the last one meanwhile: the same value again is
-    /// not news, or a queue long drained would cut the bitrate report after report.
+    /// A round trip is measured only when a sender report comes back answered (every half
+    /// second as the van sets it, five seconds by GStreamer's default), and the statistics
+    /// repeat the last one meanwhile: the same value again is not news, or a queue long
+    /// drained would cut the bitrate report after report.
     pub fn report(&mut self, now_s: f64, fraction_lost: f64, rtt_s: Option<f64>, sent_kbps: f64) -> Option<u32> {
         let before = self.rate_kbps();
         let repeated = rtt_s.is_some() && rtt_s == self.last_rtt;
@@ -195,9 +249,7 @@ impl Adapter {
                 // The next round trips still show the queue as it was: wait for it to drain.
                 self.drain_until_s = now_s + 3.0;
                 self.clean = false;
-                self.ceiling = Some(arrived.max(f64::from(self.cfg.min_kbps)));
-                self.ceiling_at = now_s;
-                self.clean_above_since = None;
+                self.full_here(now_s, arrived);
             }
             self.tick(now_s, sent_kbps);
             let after = self.rate_kbps();
@@ -410,6 +462,7 @@ mod tests {
             let packets = (sent * 0.5 / 9.6).max(1.0);
             let fb = Feedback {
                 sent_kbps: sent,
+                covered_sent_kbps: sent,
                 recv_kbps: recv,
                 lost: (dropped / (sent * 0.5)).min(1.0),
                 delay_trend_ms: (*queue / cap - delay_before) * 1000.0 / packets,
@@ -446,7 +499,10 @@ mod tests {
         a.report(0.0, 0.0, Some(0.05), 600.0);
         let clean = |a: &mut Adapter, t: f64| {
             let sent = f64::from(a.rate_kbps()) + 32.0;
-            a.feedback(t, Feedback { sent_kbps: sent, recv_kbps: sent, lost: 0.0, delay_trend_ms: 0.0 });
+            a.feedback(
+                t,
+                Feedback { sent_kbps: sent, covered_sent_kbps: sent, recv_kbps: sent, lost: 0.0, delay_trend_ms: 0.0 },
+            );
         };
         clean(&mut a, 0.5);
         // The feedback sees no queue growing, but the round trip shows one standing: 750 ms
@@ -486,5 +542,28 @@ mod tests {
         let back = run_feedback(&mut a, &mut t, &mut queue, 4000.0, 8.0);
         let up = back.iter().find(|(_, r)| *r >= 1000).expect("climbs back");
         assert!(up.0 - back[0].0 <= 5.0, "1 Mbit/s within 5 s of the tunnel: {back:?}");
+    }
+
+    #[test]
+    fn a_window_of_feedback_weighs_each_look_by_its_packets_and_counts_loss_over_all() {
+        let look = |covered, recv, trend| Feedback {
+            sent_kbps: 0.0,
+            covered_sent_kbps: covered,
+            recv_kbps: recv,
+            lost: 0.0,
+            delay_trend_ms: trend,
+        };
+        let mut w = FeedbackWindow::default();
+        assert_eq!(w.take(), None, "nothing looked at");
+        // A key frame's burst in a big window, then two small quiet ones with a loss.
+        w.add(look(2000.0, 1900.0, 0.0), 30, 30);
+        w.add(look(400.0, 300.0, 2.0), 5, 4);
+        w.add(look(400.0, 400.0, 0.0), 5, 5);
+        let fb = w.take().expect("enough packets");
+        assert!((fb.recv_kbps - (1900.0 * 30.0 + 300.0 * 4.0 + 400.0 * 5.0) / 39.0).abs() < 1e-9);
+        assert!((fb.covered_sent_kbps - (2000.0 * 30.0 + 400.0 * 10.0) / 40.0).abs() < 1e-9);
+        assert!((fb.lost - 1.0 / 40.0).abs() < 1e-9, "one packet of 40");
+        assert!((fb.delay_trend_ms - 8.0 / 39.0).abs() < 1e-9);
+        assert_eq!(w.take(), None, "taken: the window starts again");
     }
 }

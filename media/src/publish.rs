@@ -356,7 +356,8 @@ impl Drop for NullOnDrop {
     }
 }
 
-/// Twice a second: the receiver's reports from `webrtcbin`'s statistics into the
+/// Twice a second: the hub's transport-wide feedback (looked at ten times a second and
+/// added up) and its receiver reports (from `webrtcbin`'s statistics) into the
 /// [`crate::adapt::Adapter`], and its bitrate into the encoder.
 fn adapt(
     wb: &gst::Element,
@@ -372,11 +373,22 @@ fn adapt(
         let mut last_bytes: Option<(u64, std::time::Instant)> = None;
         let mut last_report = None;
         let mut last_feedback = None;
+        let mut window = crate::adapt::FeedbackWindow::default();
         let mut recv_kbps = None;
         // The RTP session of the bundle, where the transport-wide feedback is read.
         let mut session: Option<gst::Element> = None;
+        let mut sent_kbps = 0.0;
+        let mut round = 0u64;
+        let set_bitrate = |kbps: u32| {
+            if let Some(enc) = &encoder
+                && enc.has_property("bitrate")
+            {
+                enc.set_property("bitrate", kbps);
+            }
+        };
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(100));
+            round += 1;
             if session.is_none() {
                 session = wb
                     .downcast_ref::<gst::Bin>()
@@ -388,6 +400,24 @@ fn adapt(
                     // stands rather than grows.
                     s.set_property("rtcp-min-interval", 500_000_000u64);
                 }
+            }
+            // The feedback looked at ten times a second (a property read; each look covers
+            // one feedback message, and stays as it is until the next one comes).
+            if let Some(look) = session.as_ref().and_then(transport_feedback).filter(|l| Some(*l) != last_feedback) {
+                last_feedback = Some(look);
+                window.add(look.0, look.1, look.2);
+            }
+            // Decided twice a second, on what the looks add up to.
+            if !round.is_multiple_of(5) {
+                continue;
+            }
+            let before = adapter.rate_kbps();
+            if let Some(f) = window.take() {
+                recv_kbps = Some(f.recv_kbps as u32);
+                adapter.feedback(started.elapsed().as_secs_f64(), crate::adapt::Feedback { sent_kbps, ..f });
+            }
+            if adapter.rate_kbps() != before {
+                set_bitrate(adapter.rate_kbps());
             }
             let (tx, rx) = mpsc::channel();
             let promise = gst::Promise::with_change_func(move |reply| {
@@ -413,7 +443,7 @@ fn adapt(
                 }
             }
             let now = std::time::Instant::now();
-            let sent_kbps = last_bytes
+            sent_kbps = last_bytes
                 .map(|(b, t)| (bytes.saturating_sub(b) * 8) as f64 / now.duration_since(t).as_secs_f64() / 1000.0)
                 .unwrap_or(0.0);
             last_bytes = Some((bytes, now));
@@ -421,26 +451,15 @@ fn adapt(
             let report = (lost.to_bits(), rtt.map(f64::to_bits), lost_packets);
             tracing::debug!(lost, ?rtt, lost_packets, sent_kbps, "receiver report");
             let at = started.elapsed().as_secs_f64();
-            // The feedback statistics, too, stay as they are until new feedback comes.
-            let feedback = session.as_ref().and_then(transport_feedback).filter(|f| Some(*f) != last_feedback);
             let before = adapter.rate_kbps();
-            if let Some(f) = feedback {
-                last_feedback = Some(f);
-                recv_kbps = Some(f.recv_kbps as u32);
-                adapter.feedback(at, crate::adapt::Feedback { sent_kbps, ..f });
-            }
             if Some(report) != last_report {
                 last_report = Some(report);
                 adapter.report(at, lost, rtt, sent_kbps);
             } else {
                 adapter.tick(at, sent_kbps);
             }
-            let changed = (adapter.rate_kbps() != before).then(|| adapter.rate_kbps());
-            if let Some(kbps) = changed
-                && let Some(enc) = &encoder
-                && enc.has_property("bitrate")
-            {
-                enc.set_property("bitrate", kbps);
+            if adapter.rate_kbps() != before {
+                set_bitrate(adapter.rate_kbps());
             }
             *view.lock().unwrap_or_else(|p| p.into_inner()) = LinkView {
                 target_kbps: adapter.rate_kbps(),
@@ -453,20 +472,19 @@ fn adapt(
     });
 }
 
-/// The RTP session's transport-wide feedback statistics (GStreamer's `twcc-stats`), if
-/// the hub sends feedback and it covered a few packets.
-fn transport_feedback(session: &gst::Element) -> Option<crate::adapt::Feedback> {
+/// The RTP session's transport-wide feedback statistics (GStreamer's `twcc-stats`, the
+/// last feedback message) with how many packets it covered, sent and received.
+fn transport_feedback(session: &gst::Element) -> Option<(crate::adapt::Feedback, u32, u32)> {
     let s = session.property::<Option<gst::Structure>>("twcc-stats")?;
-    if s.get::<u32>("packets-recv").ok()? < 3 {
-        return None;
-    }
-    Some(crate::adapt::Feedback {
+    let feedback = crate::adapt::Feedback {
         // Replaced by the outbound count (see the field).
-        sent_kbps: f64::from(s.get::<u32>("bitrate-sent").ok()?) / 1000.0,
+        sent_kbps: 0.0,
+        covered_sent_kbps: f64::from(s.get::<u32>("bitrate-sent").ok()?) / 1000.0,
         recv_kbps: f64::from(s.get::<u32>("bitrate-recv").ok()?) / 1000.0,
         lost: s.get::<f64>("packet-loss-pct").ok()? / 100.0,
         delay_trend_ms: s.get::<i64>("avg-delta-of-delta").ok()? as f64 / 1e6,
-    })
+    };
+    Some((feedback, s.get::<u32>("packets-sent").ok()?, s.get::<u32>("packets-recv").ok()?))
 }
 
 /// Logs the pipeline's errors and warnings, and reports recording segments as they close,
