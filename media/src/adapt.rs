@@ -59,13 +59,9 @@ pub struct Adapter {
 /// look (GStreamer's `twcc-stats`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Feedback {
-    /// What this side sent lately by its own count, kbit/s (video, audio,
-    /// retransmissions). Not the feedback's own figure for the packets it covers: those
-    /// still queued on the link are not in it, so it hides the very queue it should show.
-    pub sent_kbps: f64,
     /// The feedback's own figure: how fast the packets it covers were sent, kbit/s. Beside
     /// what arrived of the same packets it tells a link that narrowed from a key frame's
-    /// burst, which the own count above takes in too.
+    /// burst, which this side's own count (see [`Adapter::feedback`]) takes in too.
     pub covered_sent_kbps: f64,
     /// What arrived at the hub in it, kbit/s.
     pub recv_kbps: f64,
@@ -99,15 +95,13 @@ impl FeedbackWindow {
         self.delay_trend += fb.delay_trend_ms * recv;
     }
 
-    /// What the looks since the last call add up to (`sent_kbps` is left for the caller's
-    /// own count), if they covered a few packets.
+    /// What the looks since the last call add up to, if they covered a few packets.
     pub fn take(&mut self) -> Option<Feedback> {
         let w = std::mem::take(self);
         if w.recv_packets < 3.0 || w.sent_packets < 1.0 {
             return None;
         }
         Some(Feedback {
-            sent_kbps: 0.0,
             covered_sent_kbps: w.covered_sent / w.sent_packets,
             recv_kbps: w.recv / w.recv_packets,
             lost: (1.0 - w.recv_packets / w.sent_packets).clamp(0.0, 1.0),
@@ -150,7 +144,11 @@ impl Adapter {
     /// or a queue grows while less arrives than was sent: the bitrate goes just under what
     /// arrived, at once (what the link carries now, not a guess from a fraction). Returns
     /// the new bitrate if it changed.
-    pub fn feedback(&mut self, now_s: f64, fb: Feedback) -> Option<u32> {
+    ///
+    /// `sent_kbps` is what this side sent lately by its own count (video, audio,
+    /// retransmissions), not the feedback's figure for the packets it covers: those still
+    /// queued on the link are not in it, so it hides the very queue it should show.
+    pub fn feedback(&mut self, now_s: f64, fb: Feedback, sent_kbps: f64) -> Option<u32> {
         let before = self.rate_kbps();
         self.feedback_at = Some(now_s);
         let arrived_before = std::mem::replace(&mut self.arrived_kbps, fb.recv_kbps.max(0.0));
@@ -158,11 +156,11 @@ impl Adapter {
         // A queue grows: arrivals spread out and fall behind what was sent. A window holds
         // a few dozen packets and the encoder sends in bursts (a key frame), so a hint
         // counts only when the next feedback repeats it; a clear sign counts at once.
-        let hint = fb.recv_kbps < fb.sent_kbps * 0.75 || (fb.delay_trend_ms > 0.5 && fb.recv_kbps < fb.sent_kbps * 0.9);
+        let hint = fb.recv_kbps < sent_kbps * 0.75 || (fb.delay_trend_ms > 0.5 && fb.recv_kbps < sent_kbps * 0.9);
         self.suspect_in_a_row = if hint { self.suspect_in_a_row + 1 } else { 0 };
         // Half of what was sent arriving, the same packets arriving slower than they left:
         // the link narrowed.
-        let narrowed = fb.recv_kbps < fb.sent_kbps * 0.55 && fb.recv_kbps < fb.covered_sent_kbps * 0.7;
+        let narrowed = fb.recv_kbps < sent_kbps * 0.55 && fb.recv_kbps < fb.covered_sent_kbps * 0.7;
         let clear = fb.lost > 0.10 || fb.delay_trend_ms > 4.0 || narrowed;
         if clear || self.suspect_in_a_row >= 2 {
             let carried = if clear { fb.recv_kbps } else { (fb.recv_kbps + arrived_before) / 2.0 }.max(0.0);
@@ -179,7 +177,7 @@ impl Adapter {
         } else {
             self.clean = true;
         }
-        self.tick(now_s, fb.sent_kbps);
+        self.tick(now_s, sent_kbps);
         let after = self.rate_kbps();
         (after != before).then_some(after)
     }
@@ -461,13 +459,12 @@ mod tests {
             *queue -= dropped;
             let packets = (sent * 0.5 / 9.6).max(1.0);
             let fb = Feedback {
-                sent_kbps: sent,
                 covered_sent_kbps: sent,
                 recv_kbps: recv,
                 lost: (dropped / (sent * 0.5)).min(1.0),
                 delay_trend_ms: (*queue / cap - delay_before) * 1000.0 / packets,
             };
-            a.feedback(*t, fb);
+            a.feedback(*t, fb, sent);
             trace.push((*t, a.rate_kbps()));
             *t += 0.5;
         }
@@ -499,10 +496,7 @@ mod tests {
         a.report(0.0, 0.0, Some(0.05), 600.0);
         let clean = |a: &mut Adapter, t: f64| {
             let sent = f64::from(a.rate_kbps()) + 32.0;
-            a.feedback(
-                t,
-                Feedback { sent_kbps: sent, covered_sent_kbps: sent, recv_kbps: sent, lost: 0.0, delay_trend_ms: 0.0 },
-            );
+            a.feedback(t, Feedback { covered_sent_kbps: sent, recv_kbps: sent, lost: 0.0, delay_trend_ms: 0.0 }, sent);
         };
         clean(&mut a, 0.5);
         // The feedback sees no queue growing, but the round trip shows one standing: 750 ms
@@ -547,7 +541,6 @@ mod tests {
     #[test]
     fn a_window_of_feedback_weighs_each_look_by_its_packets_and_counts_loss_over_all() {
         let look = |covered, recv, trend| Feedback {
-            sent_kbps: 0.0,
             covered_sent_kbps: covered,
             recv_kbps: recv,
             lost: 0.0,

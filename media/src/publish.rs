@@ -414,7 +414,7 @@ fn adapt(
             let before = adapter.rate_kbps();
             if let Some(f) = window.take() {
                 recv_kbps = Some(f.recv_kbps as u32);
-                adapter.feedback(started.elapsed().as_secs_f64(), crate::adapt::Feedback { sent_kbps, ..f });
+                adapter.feedback(started.elapsed().as_secs_f64(), f, sent_kbps);
             }
             if adapter.rate_kbps() != before {
                 set_bitrate(adapter.rate_kbps());
@@ -477,8 +477,6 @@ fn adapt(
 fn transport_feedback(session: &gst::Element) -> Option<(crate::adapt::Feedback, u32, u32)> {
     let s = session.property::<Option<gst::Structure>>("twcc-stats")?;
     let feedback = crate::adapt::Feedback {
-        // Replaced by the outbound count (see the field).
-        sent_kbps: 0.0,
         covered_sent_kbps: f64::from(s.get::<u32>("bitrate-sent").ok()?) / 1000.0,
         recv_kbps: f64::from(s.get::<u32>("bitrate-recv").ok()?) / 1000.0,
         lost: s.get::<f64>("packet-loss-pct").ok()? / 100.0,
